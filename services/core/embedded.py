@@ -130,7 +130,7 @@ class EmbeddedNats:
         )
         log_path = self.data_dir / "nats-server.log"
         with log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(  # noqa: S603 - fixed binary, arguments we built
+            self.process = subprocess.Popen(
                 [str(nats_server_binary()), "-c", str(config)],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -188,7 +188,7 @@ def _run_as() -> str | None:
     try:
         pwd.getpwnam(PG_SYSTEM_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", PG_SYSTEM_USER],  # noqa: S603,S607
+        subprocess.run(["useradd", "--system", "--no-create-home", PG_SYSTEM_USER],
                        check=True, capture_output=True)
     return PG_SYSTEM_USER
 
@@ -197,7 +197,7 @@ def _let_user_reach(path: Path) -> None:
     """Give 'others' traverse permission on every parent, so the postgres system user can reach ``path``."""
     for parent in [path, *path.parents]:
         mode = parent.stat().st_mode
-        if mode & 0o005 != 0o005:
+        if (mode & 0o005) != 0o005:
             parent.chmod(mode | 0o005)
 
 
@@ -229,9 +229,12 @@ class EmbeddedPostgres:
 
     def _pg(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         user = _run_as()
-        result = subprocess.run(  # noqa: S603 - fixed binary
+        result = subprocess.run(
             [str(postgres_bin_dir() / tool), *args],
+            # Drop root's group too: otherwise "group" permission bits of root-owned parents apply.
             user=user,
+            group=user,
+            extra_groups=[] if user else None,
             capture_output=True,
             text=True,
             timeout=timeout,

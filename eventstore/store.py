@@ -1,0 +1,330 @@
+"""The append-only event store on PostgreSQL.
+
+Appends are one SQL statement each (version check + insert of the whole batch), so a stream has exactly
+one winner per version and many streams append concurrently with group commit.
+
+Global order without skipping: identity values are taken in one order and commits happen in another, so
+a reader tailing by position alone could read position 11 before position 10 commits and then never see
+10. Every row records the id of the transaction that wrote it (``xid8``); a reader orders by
+``(tx_id, global_position)`` and only reads rows whose transaction is older than the oldest transaction
+still running (``pg_snapshot_xmin``). Nothing can commit below that line any more, so nothing is skipped,
+and no lock serializes writers. A checkpoint is still a single number: the global position of the last
+event handled (its transaction id is looked up from it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from eventstore.codec import encode
+from eventstore.schema import migrate
+
+# Expected-version sentinels (any other value >= 0 is the exact version of the stream's last event).
+ANY = -2
+NO_STREAM = -1
+STREAM_EXISTS = -4
+
+_EXPECTED_NAMES = {ANY: "ANY", NO_STREAM: "NO_STREAM", STREAM_EXISTS: "STREAM_EXISTS"}
+
+
+class EventStoreError(Exception):
+    """Base class of the store's errors."""
+
+
+class WrongExpectedVersion(EventStoreError):
+    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
+        expected_text = _EXPECTED_NAMES.get(expected, str(expected))
+        actual_text = "no stream" if actual == -1 else f"version {actual}"
+        super().__init__(f"stream {stream_id!r}: expected {expected_text}, found {actual_text}")
+        self.stream_id, self.expected, self.actual = stream_id, expected, actual
+
+
+class DuplicateEventId(EventStoreError):
+    """Some (not all) of the appended event ids exist already, or exist in another stream."""
+
+
+class PositionNotFound(EventStoreError):
+    pass
+
+
+class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event to append. ``event_id`` must be derived from the event's cause (idempotency)."""
+
+    type: str
+    data: Any  # a msgspec Struct, a mapping, or JSON bytes
+    event_id: uuid.UUID
+    metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
+
+
+class RecordedEvent(msgspec.Struct, frozen=True):
+    global_position: int
+    stream_id: str
+    version: int
+    event_id: uuid.UUID
+    type: str
+    data: str  # the stored JSON, exactly as written; decode with an EventRegistry
+    metadata: dict[str, Any]
+    recorded_at: datetime
+
+    @property
+    def category(self) -> str:
+        return category_of(self.stream_id)
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    next_expected_version: int  # the version of the stream's last event after this append
+    last_global_position: int
+    written: bool = True  # False when every event id was already stored (an idempotent repeat)
+
+
+def category_of(stream_id: str) -> str:
+    return stream_id.split("-", 1)[0]
+
+
+_APPEND = """
+WITH current AS (
+    SELECT coalesce(max(stream_version), -1) AS version FROM events WHERE stream_id = $1
+), allowed AS (
+    SELECT version FROM current
+    WHERE CASE $2::bigint
+        WHEN -2 THEN true
+        WHEN -1 THEN version = -1
+        WHEN -4 THEN version >= 0
+        ELSE version = $2::bigint
+    END
+)
+INSERT INTO events (stream_id, stream_version, event_id, event_type, data, metadata)
+SELECT $1, allowed.version + n.ord, n.event_id, n.event_type, n.data::jsonb, n.metadata::jsonb
+FROM allowed,
+     unnest($3::uuid[], $4::text[], $5::text[], $6::text[])
+         WITH ORDINALITY AS n(event_id, event_type, data, metadata, ord)
+ORDER BY n.ord
+RETURNING stream_version, global_position
+"""
+
+_COLUMNS = "global_position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at"
+
+_READ_ALL = f"""
+SELECT {_COLUMNS}, tx_id::text::bigint AS tx
+FROM events
+WHERE (tx_id, global_position) > ($1::text::xid8, $2::bigint)
+  AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY tx_id, global_position
+LIMIT $3
+"""
+
+_READ_STREAM = f"""
+SELECT {_COLUMNS} FROM events
+WHERE stream_id = $1 AND stream_version >= $2
+ORDER BY stream_version
+LIMIT $3
+"""
+
+_json_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def _recorded(row: asyncpg.Record) -> RecordedEvent:
+    return RecordedEvent(row[0], row[1], row[2], row[3], row[4], row[5], _json_decoder.decode(row[6]), row[7])
+
+
+class EventStore:
+    def __init__(self, pool: asyncpg.Pool, *, on_append: Callable[[AppendResult], None] | None = None) -> None:
+        self.pool = pool
+        # Called after every append that wrote events: lets a relay in this process wake up at once.
+        self._on_append: list[Callable[[AppendResult], None]] = [on_append] if on_append else []
+        self._appended = asyncio.Event()
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        on_append: Callable[[AppendResult], None] | None = None,
+    ) -> EventStore:
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        assert pool is not None
+        try:
+            async with pool.acquire() as con:
+                await migrate(con)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, on_append=on_append)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    def add_append_listener(self, listener: Callable[[AppendResult], None]) -> None:
+        self._on_append.append(listener)
+
+    # ------------------------------------------------------------------------------------------ append
+
+    async def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: int = ANY
+    ) -> AppendResult:
+        if not stream_id:
+            raise ValueError("stream_id must not be empty")
+        if not events:
+            raise ValueError("append needs at least one event")
+        if expected_version < 0 and expected_version not in _EXPECTED_NAMES:
+            raise ValueError(f"expected_version must be >= 0, ANY, NO_STREAM or STREAM_EXISTS, not {expected_version}")
+        ids = [event.event_id for event in events]
+        if len(set(ids)) != len(ids):
+            raise DuplicateEventId(f"stream {stream_id!r}: the same event id appears twice in one append")
+        args = (
+            stream_id,
+            expected_version,
+            ids,
+            [event.type for event in events],
+            [encode(event.data).decode() for event in events],
+            [encode(dict(event.metadata)).decode() for event in events],
+        )
+        async with self.pool.acquire() as con:
+            while True:
+                try:
+                    rows = await con.fetch(_APPEND, *args)
+                except asyncpg.UniqueViolationError as exc:
+                    repeat = await self._already_stored(con, stream_id, ids)
+                    if repeat is not None:
+                        return repeat
+                    if exc.constraint_name == "events_event_id_key":
+                        raise DuplicateEventId(
+                            f"stream {stream_id!r}: event ids already stored elsewhere or only in part"
+                        ) from None
+                    # Another writer took the version between our read and our insert.
+                    if expected_version in (ANY, STREAM_EXISTS):
+                        continue
+                    actual = await self._version(con, stream_id)
+                    raise WrongExpectedVersion(stream_id, expected_version, actual) from None
+                if rows:
+                    result = AppendResult(rows[-1][0], rows[-1][1])
+                    self._notify(result)
+                    return result
+                repeat = await self._already_stored(con, stream_id, ids)
+                if repeat is not None:
+                    return repeat
+                raise WrongExpectedVersion(stream_id, expected_version, await self._version(con, stream_id))
+
+    def _notify(self, result: AppendResult) -> None:
+        self._appended.set()
+        for listener in self._on_append:
+            listener(result)
+
+    @staticmethod
+    async def _version(con: asyncpg.Connection, stream_id: str) -> int:
+        version = await con.fetchval("SELECT max(stream_version) FROM events WHERE stream_id = $1", stream_id)
+        return -1 if version is None else int(version)
+
+    @staticmethod
+    async def _already_stored(
+        con: asyncpg.Connection, stream_id: str, ids: list[uuid.UUID]
+    ) -> AppendResult | None:
+        """The result of the original append when every id is stored in this stream (idempotent repeat)."""
+        rows = await con.fetch(
+            "SELECT stream_id, stream_version, global_position FROM events WHERE event_id = ANY($1::uuid[])",
+            ids,
+        )
+        if not rows:
+            return None
+        if len(rows) != len(ids) or any(row[0] != stream_id for row in rows):
+            raise DuplicateEventId(
+                f"stream {stream_id!r}: {len(rows)} of {len(ids)} event ids are already stored"
+                + ("" if all(row[0] == stream_id for row in rows) else " in another stream")
+            )
+        last = max(rows, key=lambda row: row[1])
+        return AppendResult(int(last[1]), int(last[2]), written=False)
+
+    # -------------------------------------------------------------------------------------------- read
+
+    async def stream_version(self, stream_id: str) -> int:
+        async with self.pool.acquire() as con:
+            return await self._version(con, stream_id)
+
+    async def read_stream(
+        self, stream_id: str, from_version: int = 0, *, batch_size: int = 1000
+    ) -> AsyncIterator[RecordedEvent]:
+        version = from_version
+        while True:
+            async with self.pool.acquire() as con:
+                rows = await con.fetch(_READ_STREAM, stream_id, version, batch_size)
+            for row in rows:
+                yield _recorded(row)
+            if len(rows) < batch_size:
+                return
+            version = rows[-1][2] + 1
+
+    async def _tx_of(self, con: asyncpg.Connection, position: int) -> int:
+        if position == 0:
+            return 0
+        tx = await con.fetchval("SELECT tx_id::text::bigint FROM events WHERE global_position = $1", position)
+        if tx is None:
+            raise PositionNotFound(f"no event at global position {position}")
+        return int(tx)
+
+    async def read_batch(
+        self, after_position: int = 0, limit: int = 1000, *, con: asyncpg.Connection | None = None
+    ) -> list[RecordedEvent]:
+        """Up to ``limit`` events after the event at ``after_position`` (0: from the start), in commit-safe
+        global order; empty when nothing more is committed below the oldest running transaction."""
+        if con is None:
+            async with self.pool.acquire() as own:
+                return await self.read_batch(after_position, limit, con=own)
+        tx = await self._tx_of(con, after_position)
+        rows = await con.fetch(_READ_ALL, str(tx), after_position, limit)
+        return [_recorded(row) for row in rows]
+
+    async def read_all(
+        self, from_position: int = 0, *, limit: int | None = None, batch_size: int = 5000
+    ) -> AsyncIterator[RecordedEvent]:
+        """Every event after ``from_position`` (a checkpoint: the global position of the last event
+        already handled, 0 for the start) in commit-safe global order, up to ``limit`` events."""
+        remaining = limit
+        async with self.pool.acquire() as con:
+            tx = await self._tx_of(con, from_position)
+            position = from_position
+            statement = await con.prepare(_READ_ALL)
+            while remaining is None or remaining > 0:
+                size = batch_size if remaining is None else min(batch_size, remaining)
+                rows = await statement.fetch(str(tx), position, size)
+                for row in rows:
+                    yield _recorded(row)
+                if remaining is not None:
+                    remaining -= len(rows)
+                if len(rows) < size:
+                    return
+                tx, position = rows[-1][8], rows[-1][0]
+
+    async def subscribe_all(
+        self, from_position: int = 0, *, poll_interval: float = 0.1, batch_size: int = 1000
+    ) -> AsyncIterator[RecordedEvent]:
+        """Catch up from ``from_position``, then follow new events as they commit (forever)."""
+        position = from_position
+        while True:
+            self._appended.clear()
+            batch = await self.read_batch(position, batch_size)
+            for event in batch:
+                yield event
+                position = event.global_position
+            if len(batch) < batch_size:
+                # Appends in this process wake us at once; other processes' appends are polled.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._appended.wait(), poll_interval)
+
+    async def head_position(self) -> int:
+        """The highest global position stored (0 when empty); for progress reports, not for tailing."""
+        async with self.pool.acquire() as con:
+            return int(await con.fetchval("SELECT coalesce(max(global_position), 0) FROM events"))
+
+    async def count(self) -> int:
+        async with self.pool.acquire() as con:
+            return int(await con.fetchval("SELECT count(*) FROM events"))

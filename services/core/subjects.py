@@ -1,0 +1,71 @@
+"""NATS subject and stream names, all derived from one configurable prefix (default ``openbell``)."""
+
+from __future__ import annotations
+
+import re
+
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _token(value: str, what: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"invalid {what} for a NATS subject token: {value!r}")
+    return value
+
+
+class Subjects:
+    def __init__(self, prefix: str = "openbell") -> None:
+        self.prefix = _token(prefix, "subject prefix")
+
+    # JetStream (durable): ticks and every stored event.
+    def tick(self, job_type: str) -> str:
+        return f"{self.prefix}.tick.{_token(job_type, 'job type')}"
+
+    def event(self, category: str, event_type: str) -> str:
+        return f"{self.prefix}.event.{_token(category, 'category')}.{_token(event_type, 'event type')}"
+
+    # Core NATS: live feeds, commands (request/reply), dead letters.
+    def feed(self, kind: str, key: str) -> str:
+        return f"{self.prefix}.feed.{_token(kind, 'feed kind')}.{_token(key, 'feed key')}"
+
+    def cmd(self, name: str) -> str:
+        return f"{self.prefix}.cmd.{name}"
+
+    def dlq(self, service: str) -> str:
+        return f"{self.prefix}.dlq.{_token(service, 'service')}"
+
+    @property
+    def ticks_stream(self) -> str:
+        return f"{self.prefix.upper().replace('-', '_')}_TICKS"
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self.prefix.upper().replace('-', '_')}_EVENTS"
+
+    @property
+    def dlq_stream(self) -> str:
+        return f"{self.prefix.upper().replace('-', '_')}_DLQ"
+
+    async def ensure_streams(self, js: JetStreamContext, *, dedupe_window: float = 900.0) -> None:
+        """Create (or update) the JetStream streams. ``dedupe_window``: seconds a Nats-Msg-Id is remembered."""
+        configs = [
+            StreamConfig(name=self.ticks_stream, subjects=[f"{self.prefix}.tick.>"]),
+            StreamConfig(name=self.events_stream, subjects=[f"{self.prefix}.event.>"]),
+            # Dead letters are kept (on disk) for inspection and replay.
+            StreamConfig(name=self.dlq_stream, subjects=[f"{self.prefix}.dlq.>"]),
+        ]
+        for config in configs:
+            config.retention = RetentionPolicy.LIMITS
+            config.storage = StorageType.FILE
+            config.discard = DiscardPolicy.OLD
+            config.duplicate_window = dedupe_window
+            try:
+                await js.stream_info(config.name)  # type: ignore[arg-type]
+            except NotFoundError:
+                await js.add_stream(config)
+            else:
+                await js.update_stream(config)
