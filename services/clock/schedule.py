@@ -1,0 +1,293 @@
+"""Job schedules (pure): which slots each job has on a trading day, tick ids, and what to do with
+slots the clock missed. Everything here takes its time as an argument; nothing reads the wall clock.
+
+All schedules are defined in exchange time (America/New_York) from the real XNYS calendar, see
+:mod:`services.clock.calendar`; slots are tz-aware UTC instants.
+
+| job_type            | when (trading days only)                       | missed slots              |
+| ------------------- | ---------------------------------------------- | ------------------------- |
+| strategy_execution  | every 15 min from the open, open <= t < close  | skipped (stale)           |
+| order_status_check  | every 1 min from the open, open <= t <= close  | coalesced into one tick   |
+| position_sync       | every 5 min from the open, open <= t <= close  | coalesced into one tick   |
+| price_update        | every 5 min from the open, open <= t <= close  | coalesced into one tick   |
+| alert_price_check   | every 5 min from the open, open <= t < close   | coalesced into one tick   |
+| portfolio_snapshot  | once, at close + 5 min                         | fired once per missed close |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+
+from services.clock import calendar
+from services.clock.calendar import NEW_YORK, Session
+
+
+class JobType(StrEnum):
+    STRATEGY_EXECUTION = "strategy_execution"
+    ORDER_STATUS_CHECK = "order_status_check"
+    POSITION_SYNC = "position_sync"
+    PRICE_UPDATE = "price_update"
+    PORTFOLIO_SNAPSHOT = "portfolio_snapshot"
+    ALERT_PRICE_CHECK = "alert_price_check"
+
+
+class UnknownJobType(ValueError):
+    """A job type that is not one of the six."""
+
+    def __init__(self, value: str) -> None:
+        valid = ", ".join(j.value for j in JobType)
+        super().__init__(f"unknown job type {value!r} (one of: {valid})")
+
+
+def parse_job_type(value: str) -> JobType:
+    try:
+        return JobType(value)
+    except ValueError:
+        raise UnknownJobType(value) from None
+
+
+class MissedPolicy(StrEnum):
+    SKIP = "skip"  # trading decisions on stale data are worse than none: skip and record
+    COALESCE = "coalesce"  # monitoring: one catch-up tick does the work of all missed ones
+    FIRE_EACH = "fire_each"  # snapshot: every missed close still gets its one snapshot
+
+
+class TickReason(StrEnum):
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+    CATCH_UP = "catch_up"
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    job_type: JobType
+    every: timedelta | None  # None: once per session, at close + after_close
+    include_close: bool
+    after_close: timedelta | None
+    missed: MissedPolicy
+    description: str
+
+
+SPECS: dict[JobType, JobSpec] = {
+    JobType.STRATEGY_EXECUTION: JobSpec(
+        JobType.STRATEGY_EXECUTION, timedelta(minutes=15), False, None, MissedPolicy.SKIP,
+        "every 15 min from the open, open <= t < close",
+    ),
+    JobType.ORDER_STATUS_CHECK: JobSpec(
+        JobType.ORDER_STATUS_CHECK, timedelta(minutes=1), True, None, MissedPolicy.COALESCE,
+        "every 1 min from the open, open <= t <= close",
+    ),
+    JobType.POSITION_SYNC: JobSpec(
+        JobType.POSITION_SYNC, timedelta(minutes=5), True, None, MissedPolicy.COALESCE,
+        "every 5 min from the open, open <= t <= close",
+    ),
+    JobType.PRICE_UPDATE: JobSpec(
+        JobType.PRICE_UPDATE, timedelta(minutes=5), True, None, MissedPolicy.COALESCE,
+        "every 5 min from the open, open <= t <= close",
+    ),
+    JobType.PORTFOLIO_SNAPSHOT: JobSpec(
+        JobType.PORTFOLIO_SNAPSHOT, None, False, timedelta(minutes=5), MissedPolicy.FIRE_EACH,
+        "once, at close + 5 min",
+    ),
+    JobType.ALERT_PRICE_CHECK: JobSpec(
+        JobType.ALERT_PRICE_CHECK, timedelta(minutes=5), False, None, MissedPolicy.COALESCE,
+        "every 5 min from the open, open <= t < close",
+    ),
+}
+
+JOB_ORDER: dict[JobType, int] = {job: i for i, job in enumerate(JobType)}
+
+
+def schedule_text(job_type: JobType) -> str:
+    """Human-readable schedule (the ``schedule`` column of ``scheduled_jobs``)."""
+    return f"{SPECS[job_type].description} (XNYS trading days, America/New_York)"
+
+
+# ------------------------------------------------------------------------------------------- tick ids
+
+
+def format_utc(instant: datetime) -> str:
+    """UTC ISO-8601 with seconds precision and a Z: ``2026-03-09T13:30:00Z``."""
+    if instant.tzinfo is None:
+        raise ValueError("naive datetime: pass a tz-aware instant")
+    return instant.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tick_id(job_type: JobType | str, scheduled_at: datetime) -> str:
+    return f"{JobType(job_type).value}@{format_utc(scheduled_at)}"
+
+
+def parse_tick_id(value: str) -> tuple[JobType, datetime]:
+    job, sep, when = value.partition("@")
+    if not sep or not when.endswith("Z"):
+        raise ValueError(f"malformed tick id {value!r}")
+    instant = datetime.strptime(when, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return parse_job_type(job), instant
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Slot:
+    scheduled_at: datetime
+    order: int
+    job_type: JobType
+
+    @classmethod
+    def of(cls, job_type: JobType, scheduled_at: datetime) -> Slot:
+        return cls(scheduled_at, JOB_ORDER[job_type], job_type)
+
+    @property
+    def tick_id(self) -> str:
+        return tick_id(self.job_type, self.scheduled_at)
+
+
+# -------------------------------------------------------------------------------------------- slots
+
+
+def session_slots(job_type: JobType, sess: Session) -> list[datetime]:
+    """The slots of one job in one session, increasing, tz-aware UTC."""
+    spec = SPECS[job_type]
+    if spec.every is None:
+        assert spec.after_close is not None
+        return [sess.close + spec.after_close]
+    slots: list[datetime] = []
+    t = sess.open
+    while t < sess.close or (spec.include_close and t == sess.close):
+        slots.append(t)
+        t += spec.every
+    return slots
+
+
+def day_slots(day: date, jobs: tuple[JobType, ...] = tuple(JobType)) -> list[Slot]:
+    """Every slot of the session on ``day`` (exchange date), sorted by time then job; [] on a closed day."""
+    sess = calendar.session(day)
+    if sess is None:
+        return []
+    return sorted(Slot.of(job, t) for job in jobs for t in session_slots(job, sess))
+
+
+def _slot_day_window(job_type: JobType) -> timedelta:
+    # A slot belongs to the session of its own exchange date (the snapshot is at most close + 5 min).
+    spec = SPECS[job_type]
+    return spec.after_close or timedelta(0)
+
+
+def slots_between(job_type: JobType, start: datetime, end: datetime) -> list[datetime]:
+    """Slots of ``job_type`` with ``start < t <= end`` (tz-aware), increasing."""
+    if end <= start:
+        return []
+    first = calendar.exchange_date(start - _slot_day_window(job_type))
+    last = calendar.exchange_date(end)
+    result: list[datetime] = []
+    for sess in calendar.sessions_between(first, last):
+        result.extend(t for t in session_slots(job_type, sess) if start < t <= end)
+    return result
+
+
+def all_slots_between(start: datetime, end: datetime, jobs: tuple[JobType, ...] = tuple(JobType)) -> list[Slot]:
+    """Slots of all ``jobs`` with ``start < t <= end``, sorted by time then job."""
+    return sorted(Slot.of(job, t) for job in jobs for t in slots_between(job, start, end))
+
+
+def next_slot_after(job_type: JobType, instant: datetime) -> datetime:
+    """The first slot of ``job_type`` strictly after ``instant``."""
+    day = calendar.exchange_date(instant - _slot_day_window(job_type))
+    for sess in calendar.sessions_from(day):
+        for t in session_slots(job_type, sess):
+            if t > instant:
+                return t
+    raise calendar.CalendarRangeError(f"no slot of {job_type} after {instant.isoformat()}")
+
+
+def previous_slot_at_or_before(job_type: JobType, instant: datetime) -> datetime | None:
+    """The last slot of ``job_type`` with ``t <= instant`` (None if there is none in the calendar range)."""
+    day = calendar.exchange_date(instant)
+    sess = calendar.session(day)
+    candidates = [t for t in session_slots(job_type, sess) if t <= instant] if sess else []
+    if candidates:
+        return candidates[-1]
+    for prev in calendar.sessions_before(day):
+        return session_slots(job_type, prev)[-1]
+    return None
+
+
+def to_new_york(instant: datetime) -> datetime:
+    return instant.astimezone(NEW_YORK)
+
+
+# ------------------------------------------------------------------------------------- missed slots
+
+
+DEFAULT_MAX_LATENESS = timedelta(seconds=60)
+
+
+class SkipReason(StrEnum):
+    STALE = "stale"  # a trading slot that is too old to act on
+    COALESCED = "coalesced"  # covered by another (catch-up or fresh) tick of the same job
+
+
+@dataclass(frozen=True, slots=True)
+class Fire:
+    slot: Slot
+    reason: TickReason
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    slot: Slot
+    reason: SkipReason
+    covered_by: str | None = None  # tick id of the tick that does this slot's work
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    fire: tuple[Fire, ...]
+    skip: tuple[Skip, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.fire and not self.skip
+
+
+def plan_due(
+    job_type: JobType,
+    last_handled: datetime | None,
+    now: datetime,
+    *,
+    max_lateness: timedelta = DEFAULT_MAX_LATENESS,
+) -> Plan:
+    """What the clock must do at ``now`` for ``job_type``, given the last slot it already handled.
+
+    Due slots are those in ``(last_handled, now]``. A due slot at most ``max_lateness`` old is *fresh*
+    and fires as ``scheduled``; older ones were *missed* (the clock was down) and follow the job's
+    :class:`MissedPolicy`. With no history at all (first start ever) nothing older than
+    ``max_lateness`` is considered missed.
+    """
+    if now.tzinfo is None:
+        raise ValueError("naive datetime: pass a tz-aware instant")
+    floor = last_handled if last_handled is not None else now - max_lateness
+    due = slots_between(job_type, floor, now)
+    fresh = [t for t in due if now - t <= max_lateness]
+    stale = [t for t in due if now - t > max_lateness]
+    fire = [Fire(Slot.of(job_type, t), TickReason.SCHEDULED) for t in fresh]
+    skip: list[Skip] = []
+    policy = SPECS[job_type].missed
+    if policy is MissedPolicy.SKIP:
+        skip = [Skip(Slot.of(job_type, t), SkipReason.STALE) for t in stale]
+    elif policy is MissedPolicy.COALESCE and stale:
+        if fresh:
+            cover = Slot.of(job_type, fresh[0]).tick_id
+            skip = [Skip(Slot.of(job_type, t), SkipReason.COALESCED, cover) for t in stale]
+        else:
+            catch_up = Slot.of(job_type, stale[-1])
+            fire.insert(0, Fire(catch_up, TickReason.CATCH_UP))
+            skip = [Skip(Slot.of(job_type, t), SkipReason.COALESCED, catch_up.tick_id) for t in stale[:-1]]
+    elif policy is MissedPolicy.FIRE_EACH:
+        fire = [Fire(Slot.of(job_type, t), TickReason.CATCH_UP) for t in stale] + fire
+    return Plan(tuple(sorted(fire, key=lambda f: f.slot)), tuple(sorted(skip, key=lambda s: s.slot)))
+
+
+def next_wakeup(now: datetime, jobs: tuple[JobType, ...] = tuple(JobType)) -> datetime:
+    """The earliest slot of any job strictly after ``now``."""
+    return min(next_slot_after(job, now) for job in jobs)
