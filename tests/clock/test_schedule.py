@@ -74,7 +74,7 @@ def test_early_close(day: date) -> None:
     assert ny_times(JobType.ALERT_PRICE_CHECK, day)[-1] == time(12, 55)
     assert ny_times(JobType.PRICE_UPDATE, day)[-1] == time(13, 0)
     # EST in late November/December: 13:05 New York = 18:05 UTC
-    snapshot = [s for s in day_slots(day) if s.job_type is JobType.PORTFOLIO_SNAPSHOT][0]
+    snapshot = next(s for s in day_slots(day) if s.job_type is JobType.PORTFOLIO_SNAPSHOT)
     assert snapshot.scheduled_at == datetime.combine(day, time(18, 5), UTC)
 
 
@@ -91,7 +91,7 @@ def test_dst_switches(day: date, open_utc: time, close_utc: time) -> None:
     slots = day_slots(day)
     assert slots[0].scheduled_at.astimezone(NY).time() == time(9, 30)
     assert slots[0].scheduled_at.time() == open_utc
-    snapshot = [s for s in slots if s.job_type is JobType.PORTFOLIO_SNAPSHOT][0]
+    snapshot = next(s for s in slots if s.job_type is JobType.PORTFOLIO_SNAPSHOT)
     assert snapshot.scheduled_at.astimezone(NY).time() == time(16, 5)
     assert snapshot.scheduled_at.time() == (datetime.combine(day, close_utc) + timedelta(minutes=5)).time()
 
