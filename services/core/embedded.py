@@ -273,6 +273,7 @@ class EmbeddedPostgres:
             log.info("reusing PostgreSQL on port %s", port)
             return self
         self.init()
+        self._remove_stale_pidfile()
         self.port = self.port or free_port()
         log_path = self.pgdata / "server.log"
         self._pg("pg_ctl", "-D", str(self.pgdata), "-l", str(log_path), "-w", "-t", "60",
@@ -280,6 +281,14 @@ class EmbeddedPostgres:
         self.started_here = True
         atexit.register(self.stop)
         return self
+
+    def _remove_stale_pidfile(self) -> None:
+        # A crashed postmaster can linger as a zombie where nothing reaps orphans (containers); the
+        # server would take it for a live postmaster and refuse to start.
+        pidfile = self.pgdata / "postmaster.pid"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if not pid_alive(int(pidfile.read_text().splitlines()[0])):
+                pidfile.unlink()
 
     def stop(self, mode: str = "fast") -> None:
         if not self.started_here:
@@ -290,10 +299,23 @@ class EmbeddedPostgres:
         self.started_here = False
 
     def kill(self) -> None:
-        """SIGKILL the postmaster (fault tests); ``start(reuse=False)`` recovers it on the same port."""
+        """SIGKILL the postmaster and its backends (a crash, for fault tests); ``start(reuse=False)``
+        then recovers the cluster from its WAL on the same port."""
         pidfile = self.pgdata / "postmaster.pid"
         pid = int(pidfile.read_text().splitlines()[0])
-        os.kill(pid, signal.SIGKILL)
-        _wait_for(lambda: not pid_alive(pid), 10, "postgres to die")
-        # Orphaned backends keep the shared memory; they exit on their own once the postmaster is gone.
+        victims = [pid, *_children_of(pid)]
+        for victim in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        _wait_for(lambda: not any(pid_alive(v) for v in victims), 10, "postgres processes to die")
         _wait_for(lambda: not port_open("127.0.0.1", self.port or 0), 10, "postgres port to close")
+
+
+def _children_of(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                children.append(int(stat.parent.name))
+    return children

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -44,13 +43,6 @@ def deposit(amount: str = "1.10") -> NewEvent:
         event_id=uuid.uuid4(),
         metadata={"correlation_id": "c-1"},
     )
-
-
-@pytest.fixture
-async def store(pg_dsn: str) -> AsyncIterator[EventStore]:
-    s = await EventStore.connect(pg_dsn, max_size=20)
-    yield s
-    await s.close()
 
 
 async def test_append_and_read_back_typed_events(store: EventStore) -> None:

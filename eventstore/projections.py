@@ -1,0 +1,156 @@
+"""Projections: named handlers that turn the event log into read-model tables.
+
+A projection's checkpoint is updated in the same transaction as its read-model writes, so every event
+takes effect exactly once, whatever crashes in between. Two runners of one projection serialize on the
+checkpoint row (``SELECT ... FOR UPDATE``), so running one per service copy is safe.
+
+``rebuild(name)`` truncates the projection's tables, resets its checkpoint and replays the whole log in
+one transaction: readers see the old read model until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from typing import ClassVar
+
+import asyncpg
+
+from eventstore.store import EventStore, RecordedEvent
+
+log = logging.getLogger(__name__)
+
+
+class Projection(ABC):
+    """Subclass with a ``name``, the ``tables`` it owns, ``setup`` (idempotent DDL) and ``apply``."""
+
+    name: ClassVar[str]
+    tables: ClassVar[tuple[str, ...]] = ()
+    # Only these event types are passed to ``apply`` (None: all); the checkpoint moves over the rest.
+    event_types: ClassVar[frozenset[str] | None] = None
+
+    async def setup(self, con: asyncpg.Connection) -> None:  # noqa: B027 - optional hook
+        """Create the read-model tables if they do not exist (runs inside a transaction)."""
+
+    @abstractmethod
+    async def apply(self, con: asyncpg.Connection, events: list[RecordedEvent]) -> None:
+        """Update the read model for these events, in order; runs inside the checkpoint's transaction."""
+
+
+def checkpoint_name(projection: Projection | str) -> str:
+    name = projection if isinstance(projection, str) else projection.name
+    return f"projection:{name}"
+
+
+class ProjectionRunner:
+    def __init__(self, store: EventStore, projections: Iterable[Projection], *, batch_size: int = 2000) -> None:
+        self.store = store
+        self.projections = {p.name: p for p in projections}
+        self.batch_size = batch_size
+        self._ready = False
+
+    def __getitem__(self, name: str) -> Projection:
+        try:
+            return self.projections[name]
+        except KeyError:
+            known = ", ".join(sorted(self.projections)) or "none"
+            raise KeyError(f"unknown projection {name!r} (known: {known})") from None
+
+    async def setup(self) -> None:
+        async with self.store.pool.acquire() as con:
+            for projection in self.projections.values():
+                async with con.transaction():
+                    # Serialize DDL of concurrent service copies starting together.
+                    await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", checkpoint_name(projection))
+                    await projection.setup(con)
+                    await con.execute(
+                        "INSERT INTO eventstore_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+                        checkpoint_name(projection),
+                    )
+        self._ready = True
+
+    async def _step(self, con: asyncpg.Connection, projection: Projection) -> int:
+        """Apply the next batch for one projection inside the caller's transaction; returns events read."""
+        position = await con.fetchval(
+            "SELECT position FROM eventstore_checkpoints WHERE name = $1 FOR UPDATE", checkpoint_name(projection)
+        )
+        events = await self.store.read_batch(position, self.batch_size, con=con)
+        if not events:
+            return 0
+        wanted = projection.event_types
+        relevant = events if wanted is None else [e for e in events if e.type in wanted]
+        if relevant:
+            await projection.apply(con, relevant)
+        await con.execute(
+            "UPDATE eventstore_checkpoints SET position = $2, updated_at = now() WHERE name = $1",
+            checkpoint_name(projection),
+            events[-1].global_position,
+        )
+        return len(events)
+
+    async def run_once(self, name: str | None = None) -> int:
+        """Catch the projection(s) up with everything committed now; returns the number of events read."""
+        if not self._ready:
+            await self.setup()
+        names = [name] if name else list(self.projections)
+        total = 0
+        for projection_name in names:
+            projection = self[projection_name]
+            while True:
+                async with self.store.pool.acquire() as con, con.transaction():
+                    count = await self._step(con, projection)
+                total += count
+                if count < self.batch_size:
+                    break
+        return total
+
+    async def run(self, stop: asyncio.Event, *, poll_interval: float = 0.05) -> None:
+        """Keep every projection caught up until ``stop`` is set; survives database restarts."""
+        delay = poll_interval
+        while not stop.is_set():
+            try:
+                count = await self.run_once()
+                delay = poll_interval
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                    asyncpg.CannotConnectNowError) as exc:
+                log.warning("projections: database unavailable (%s); retrying in %.1fs", exc, delay)
+                count = 0
+                delay = min(delay * 2, 2.0)
+            if count == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+
+    async def position(self, name: str) -> int:
+        async with self.store.pool.acquire() as con:
+            value = await con.fetchval(
+                "SELECT position FROM eventstore_checkpoints WHERE name = $1", checkpoint_name(self[name])
+            )
+        return int(value or 0)
+
+    async def rebuild(self, name: str, *, progress: Callable[[int], None] | None = None) -> int:
+        """Truncate the read model, reset the checkpoint and replay the log, all in one transaction."""
+        if not self._ready:
+            await self.setup()
+        projection = self[name]
+        total = 0
+        async with self.store.pool.acquire() as con, con.transaction():
+            await con.execute(
+                "SELECT position FROM eventstore_checkpoints WHERE name = $1 FOR UPDATE", checkpoint_name(projection)
+            )
+            if projection.tables:
+                await con.execute("TRUNCATE " + ", ".join(projection.tables))
+            await con.execute(
+                "UPDATE eventstore_checkpoints SET position = 0, updated_at = now() WHERE name = $1",
+                checkpoint_name(projection),
+            )
+            while True:
+                count = await self._step(con, projection)
+                total += count
+                if progress is not None and count:
+                    progress(count)
+                if count < self.batch_size:
+                    break
+        return total

@@ -1,0 +1,187 @@
+"""The relay on real NATS JetStream and PostgreSQL, including server restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+import asyncpg
+import msgspec
+import nats
+from nats.aio.client import Client as NatsClient
+
+from eventstore import EventStore, NewEvent
+from eventstore.relay import Relay, envelope_decoder
+from services.core.embedded import EmbeddedNats, EmbeddedPostgres
+from services.core.subjects import Subjects
+
+
+def order_placed(n: int) -> NewEvent:
+    return NewEvent(type="OrderPlaced", data={"n": n, "price": "10.50"}, event_id=uuid.uuid4(),
+                    metadata={"causation_id": f"c-{n}"})
+
+
+async def stream_messages(nc: NatsClient, subjects: Subjects) -> list[nats.aio.msg.Msg]:
+    """Every message stored in the events stream, in stream order."""
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.events_stream)
+    messages = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        messages.append(await js.get_msg(subjects.events_stream, seq))
+    return messages
+
+
+async def wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_relay_publishes_every_event_once_with_envelope(
+    store: EventStore, nc: NatsClient, subject_prefix: str
+) -> None:
+    subjects = Subjects(subject_prefix)
+    await subjects.ensure_streams(nc.jetstream())
+    relay = Relay(store, nc, subjects, batch_size=10)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    appended = [order_placed(n) for n in range(35)]
+    for i, event in enumerate(appended):
+        await store.append(f"order-{i % 5}", [event])
+
+    async def all_published() -> bool:
+        return relay.published >= 35
+
+    await wait_until(all_published)
+    stop.set()
+    await task
+    messages = await stream_messages(nc, subjects)
+    assert [m.headers["Nats-Msg-Id"] for m in messages] == [str(e.event_id) for e in appended]  # type: ignore[index]
+    first = messages[0]
+    assert first.subject == f"{subject_prefix}.event.order.OrderPlaced"
+    envelope = envelope_decoder.decode(first.data)
+    assert envelope.stream_id == "order-0" and envelope.version == 0 and envelope.type == "OrderPlaced"
+    assert msgspec.json.decode(envelope.data) == {"n": 0, "price": "10.50"}
+    assert envelope.metadata == {"causation_id": "c-0"}
+    assert envelope.recorded_at.tzinfo is not None
+
+    # A restarted relay continues from its checkpoint: nothing is published again.
+    again = Relay(store, nc, subjects)
+    stop = asyncio.Event()
+    task = asyncio.create_task(again.run(stop))
+    await store.append("order-9", [order_placed(99)])
+
+    async def one_more() -> bool:
+        return again.published == 1
+
+    await wait_until(one_more)
+    stop.set()
+    await task
+    assert len(await stream_messages(nc, subjects)) == 36
+
+
+async def test_only_one_relay_is_active_and_a_standby_takes_over(
+    store: EventStore, nc: NatsClient, subject_prefix: str
+) -> None:
+    subjects = Subjects(subject_prefix)
+    await subjects.ensure_streams(nc.jetstream())
+    first, second = Relay(store, nc, subjects), Relay(store, nc, subjects)
+    stop_first, stop_second = asyncio.Event(), asyncio.Event()
+    tasks = [asyncio.create_task(first.run(stop_first))]
+    await asyncio.wait_for(first.is_leader.wait(), 5)
+    tasks.append(asyncio.create_task(second.run(stop_second)))
+    for n in range(10):
+        await store.append("order-1", [order_placed(n)])
+    await asyncio.sleep(0.6)
+    assert not second.is_leader.is_set()
+    stop_first.set()
+    await tasks[0]
+    await asyncio.wait_for(second.is_leader.wait(), 5)
+    for n in range(10, 20):
+        await store.append("order-1", [order_placed(n)])
+
+    async def all_in_stream() -> bool:
+        return len(await stream_messages(nc, subjects)) == 20
+
+    await wait_until(all_in_stream)
+    stop_second.set()
+    await tasks[1]
+    assert first.published + second.published == 20
+    assert second.published == 10
+
+
+async def test_relay_survives_nats_restart_without_loss_or_duplicates(
+    store: EventStore, private_nats: EmbeddedNats, subject_prefix: str
+) -> None:
+    nc = await nats.connect(private_nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    subjects = Subjects(subject_prefix)
+    await subjects.ensure_streams(nc.jetstream())
+    relay = Relay(store, nc, subjects, batch_size=20, ack_timeout=1.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    appended: list[uuid.UUID] = []
+
+    async def writer(count: int) -> None:
+        for n in range(count):
+            event = order_placed(n)
+            await store.append(f"order-{n % 7}", [event])
+            appended.append(event.event_id)
+            await asyncio.sleep(0.003)
+
+    write = asyncio.create_task(writer(300))
+    await asyncio.sleep(0.3)
+    private_nats.kill()
+    await asyncio.sleep(0.5)
+    private_nats.start(reuse=False)
+    await write
+
+    async def delivered() -> bool:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            return len(await stream_messages(nc, subjects)) >= len(appended)
+        return False
+
+    await wait_until(delivered, 30)
+    stop.set()
+    await task
+    ids = [m.headers["Nats-Msg-Id"] for m in await stream_messages(nc, subjects)]  # type: ignore[index]
+    assert len(ids) == len(set(ids)), "a consumer would see an event twice"
+    assert set(ids) == {str(i) for i in appended}
+    await nc.close()
+
+
+async def test_relay_survives_postgres_restart(
+    private_postgres: EmbeddedPostgres, nc: NatsClient, subject_prefix: str
+) -> None:
+    store = await EventStore.connect(private_postgres.dsn())
+    subjects = Subjects(subject_prefix)
+    await subjects.ensure_streams(nc.jetstream())
+    relay = Relay(store, nc, subjects)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    for n in range(20):
+        await store.append("order-1", [order_placed(n)])
+    await asyncio.sleep(0.2)
+    private_postgres.kill()
+    private_postgres.start(reuse=False)
+    # The pool drops its dead connections; appends work again once the server is back.
+    for n in range(20, 40):
+        for _attempt in range(50):
+            try:
+                await store.append("order-1", [order_placed(n)])
+                break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                last = exc
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"store did not recover: {last!r}")
+
+    async def all_in_stream() -> bool:
+        return len(await stream_messages(nc, subjects)) == 40
+
+    await wait_until(all_in_stream, 30)
+    stop.set()
+    await task
+    await store.close()
