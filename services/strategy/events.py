@@ -1,0 +1,165 @@
+"""Domain events of portfolios, strategies and the strategy_execution job.
+
+Configuration (risk limits, strategy parameters, sizing) is validated by the pydantic models of
+``services.strategy.config`` before any event is made, and stored here as the plain JSON mapping of the
+validated model (``model.model_dump(mode="json")``): the event keeps exactly what was accepted, and a
+fold re-reads it with ``Model.model_validate``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+import msgspec
+
+from services.core.events import domain_event
+from services.orders.types import OrderType, Side, require_aware
+
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class _Timed(msgspec.Struct, frozen=True, kw_only=True):
+    at: AwareDatetime
+
+    def __post_init__(self) -> None:
+        require_aware(self.at, f"{type(self).__name__}.at")
+
+
+# ------------------------------------------------------------------------------------------ portfolios
+
+
+@domain_event
+class PortfolioOpened(_Timed, frozen=True, kw_only=True):
+    portfolio_id: str
+    starting_cash: Decimal
+    trading_mode: str  # "paper" | "live"
+    risk_limits: dict[str, Any]
+
+
+@domain_event
+class PortfolioRiskLimitsChanged(_Timed, frozen=True, kw_only=True):
+    portfolio_id: str
+    risk_limits: dict[str, Any]
+
+
+@domain_event
+class PortfolioHalted(_Timed, frozen=True, kw_only=True):
+    """No new orders for this portfolio until resumed. ``rule`` names the automatic cause (e.g.
+    ``daily_loss_limit``, ``position_sync``), None for an operator's halt."""
+
+    portfolio_id: str
+    reason: str
+    rule: str | None = None
+
+
+@domain_event
+class PortfolioResumed(_Timed, frozen=True, kw_only=True):
+    portfolio_id: str
+    reason: str = ""
+
+
+# ------------------------------------------------------------------------------------------ strategies
+
+
+@domain_event
+class StrategyAttached(_Timed, frozen=True, kw_only=True):
+    portfolio_id: str
+    strategy: str  # the strategy's name, unique within the portfolio
+    kind: str
+    universe: tuple[str, ...]
+    parameters: dict[str, Any]
+    sizing: dict[str, Any]
+    enabled: bool = True
+
+
+@domain_event
+class StrategyReconfigured(_Timed, frozen=True, kw_only=True):
+    """A declarative apply changed an attached strategy's kind, universe, parameters or sizing."""
+
+    portfolio_id: str
+    strategy: str
+    kind: str
+    universe: tuple[str, ...]
+    parameters: dict[str, Any]
+    sizing: dict[str, Any]
+
+
+@domain_event
+class StrategyEnabled(_Timed, frozen=True, kw_only=True):
+    portfolio_id: str
+    strategy: str
+
+
+@domain_event
+class StrategyDisabled(_Timed, frozen=True, kw_only=True):
+    portfolio_id: str
+    strategy: str
+
+
+# ------------------------------------------------------------------------------------------ global halt
+
+
+@domain_event
+class TradingHalted(_Timed, frozen=True, kw_only=True):
+    """The global kill switch (``openbell halt``): no portfolio places orders until resumed."""
+
+    reason: str
+
+
+@domain_event
+class TradingResumed(_Timed, frozen=True, kw_only=True):
+    reason: str = ""
+
+
+# ------------------------------------------------------------------------------------------ decisions
+
+
+@domain_event
+class SignalGenerated(_Timed, frozen=True, kw_only=True):
+    portfolio_id: str
+    tick_id: str
+    strategy: str
+    symbol: str
+    action: str  # "buy" | "sell" | "hold"
+    reason: str
+    strength: Decimal | None = None
+
+
+@domain_event
+class OrderRequested(_Timed, frozen=True, kw_only=True):
+    """A sized, risk-checked order the orders service must submit with exactly this client order id."""
+
+    portfolio_id: str
+    client_order_id: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    order_type: OrderType
+    limit_price: Decimal | None
+    tick_id: str
+    strategy: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.qty <= 0:
+            raise ValueError(f"OrderRequested.qty must be positive, got {self.qty}")
+        if (self.order_type is OrderType.LIMIT) != (self.limit_price is not None):
+            raise ValueError("OrderRequested.limit_price is required for limit orders and only for them")
+
+
+@domain_event
+class OrderRejectedByRisk(_Timed, frozen=True, kw_only=True):
+    """A signal that did not become an order: ``rule`` is the risk rule that refused it."""
+
+    portfolio_id: str
+    client_order_id: str  # the id the order would have had (the cause of this refusal)
+    tick_id: str
+    strategy: str
+    symbol: str
+    side: Side
+    qty: Decimal
+    rule: str
+    detail: str
