@@ -17,47 +17,53 @@ All schedules are defined in exchange time (America/New_York) from the real XNYS
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 
 from services.clock import calendar
 from services.clock.calendar import NEW_YORK, Session
+from services.core.jobs.types import (
+    JobType,
+    TickReason,
+    UnknownJobType,
+    format_utc,
+    parse_job_type,
+    parse_tick_id,
+    tick_id,
+)
 
-
-class JobType(StrEnum):
-    STRATEGY_EXECUTION = "strategy_execution"
-    ORDER_STATUS_CHECK = "order_status_check"
-    POSITION_SYNC = "position_sync"
-    PRICE_UPDATE = "price_update"
-    PORTFOLIO_SNAPSHOT = "portfolio_snapshot"
-    ALERT_PRICE_CHECK = "alert_price_check"
-
-
-class UnknownJobType(ValueError):
-    """A job type that is not one of the six."""
-
-    def __init__(self, value: str) -> None:
-        valid = ", ".join(j.value for j in JobType)
-        super().__init__(f"unknown job type {value!r} (one of: {valid})")
-
-
-def parse_job_type(value: str) -> JobType:
-    try:
-        return JobType(value)
-    except ValueError:
-        raise UnknownJobType(value) from None
+__all__ = [
+    "SPECS",
+    "Fire",
+    "JobSpec",
+    "JobType",
+    "MissedPolicy",
+    "Plan",
+    "Skip",
+    "SkipReason",
+    "Slot",
+    "TickReason",
+    "UnknownJobType",
+    "all_slots_between",
+    "day_slots",
+    "format_utc",
+    "next_slot_after",
+    "next_wakeup",
+    "parse_job_type",
+    "parse_tick_id",
+    "plan_due",
+    "previous_slot_at_or_before",
+    "schedule_text",
+    "session_slots",
+    "slots_between",
+    "tick_id",
+]
 
 
 class MissedPolicy(StrEnum):
     SKIP = "skip"  # trading decisions on stale data are worse than none: skip and record
     COALESCE = "coalesce"  # monitoring: one catch-up tick does the work of all missed ones
     FIRE_EACH = "fire_each"  # snapshot: every missed close still gets its one snapshot
-
-
-class TickReason(StrEnum):
-    SCHEDULED = "scheduled"
-    MANUAL = "manual"
-    CATCH_UP = "catch_up"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,25 +112,6 @@ def schedule_text(job_type: JobType) -> str:
 
 
 # ------------------------------------------------------------------------------------------- tick ids
-
-
-def format_utc(instant: datetime) -> str:
-    """UTC ISO-8601 with seconds precision and a Z: ``2026-03-09T13:30:00Z``."""
-    if instant.tzinfo is None:
-        raise ValueError("naive datetime: pass a tz-aware instant")
-    return instant.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def tick_id(job_type: JobType | str, scheduled_at: datetime) -> str:
-    return f"{JobType(job_type).value}@{format_utc(scheduled_at)}"
-
-
-def parse_tick_id(value: str) -> tuple[JobType, datetime]:
-    job, sep, when = value.partition("@")
-    if not sep or not when.endswith("Z"):
-        raise ValueError(f"malformed tick id {value!r}")
-    instant = datetime.strptime(when, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    return parse_job_type(job), instant
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -1,0 +1,370 @@
+"""JobRunner: runs one job for one tick and records it in the event log (the job ledger).
+
+Usage by a tick consumer (see :func:`services.core.jobs.consumer.subscribe_ticks` for the wiring)::
+
+    runner = JobRunner(store, nc=nc, subjects=Subjects(prefix))
+
+    async def price_update(ctx: JobContext) -> dict[str, int]:
+        ...  # decide with ctx.scheduled_at, never the wall clock
+        return {"symbols_updated": 12}
+
+    outcome = await runner.run(tick, price_update)
+
+Idempotency: the first ``JobExecutionStarted`` of a tick is appended with ``NO_STREAM`` on
+``jobrun-<tick_id>``, so two workers cannot both start it; once a terminal event (completed, failed,
+skipped) is stored, a redelivered tick is acknowledged without running again. A started run with no
+terminal event (its worker died) is taken over as attempt n+1 after ``takeover_after``.
+
+Circuit breaker: decided from ``job-<job_type>`` (the job's health, see :mod:`.breaker`) at every tick,
+never from memory, so all workers agree. A job function's exception is a *failed run* (recorded, the tick
+is acknowledged); only infrastructure errors (store unavailable) propagate, for the consumer to retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+
+from eventstore import NO_STREAM, DuplicateEventId, EventStore, RecordedEvent, WrongExpectedVersion
+from services.core.events import new_event, registry
+from services.core.jobs import breaker
+from services.core.jobs.breaker import DEFAULT_THRESHOLD, JobHealth
+from services.core.jobs.events import (
+    HEALTH_EVENTS,
+    HealthEvent,
+    JobCircuitOpened,
+    JobExecutionCompleted,
+    JobExecutionFailed,
+    JobExecutionSkipped,
+    JobExecutionStarted,
+    job_stream,
+    jobrun_stream,
+)
+from services.core.jobs.types import JobType, Tick, parse_job_type
+from services.core.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+Counters = Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    tick: Tick
+    attempt: int
+
+    @property
+    def job_type(self) -> JobType:
+        return self.tick.job_type
+
+    @property
+    def scheduled_at(self) -> datetime:
+        """The time every decision of the job uses (never the wall clock)."""
+        return self.tick.scheduled_at
+
+
+JobFunc = Callable[[JobContext], Awaitable[Counters | None]]
+
+
+class RunStatus(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    DUPLICATE = "duplicate"  # the tick already has a terminal event: nothing was run
+    IN_PROGRESS = "in_progress"  # another worker is running it right now: retry later
+    SUPERSEDED = "superseded"  # our attempt was taken over by another worker meanwhile
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    status: RunStatus
+    tick_id: str
+    attempt: int = 0
+    counters: Mapping[str, int] = field(default_factory=dict)
+    error: str | None = None
+    duration_ms: float | None = None
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+_KEY_VALUE = re.compile(
+    r"(?i)\b(api[_-]?key|secret[_-]?key|secret|token|password|passwd|pwd|authorization|apca-api-[a-z-]+)"
+    r"(\"?\s*[=:]\s*\"?)([^\s\"',;&]+)"
+)
+MAX_ERROR_CHARS = 2000
+
+
+def safe_error(exc: BaseException) -> str:
+    """The error text recorded in events: exception type and message, with credentials redacted."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = _URL_CREDENTIALS.sub(r"\1***@", text)
+    text = _KEY_VALUE.sub(r"\1\2***", text)
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobFeed(msgspec.Struct, frozen=True, kw_only=True):
+    """Core NATS message on ``<prefix>.feed.job.<job_type>`` at the end of each run (or skip)."""
+
+    job_type: str
+    tick_id: str
+    status: str  # completed | failed | skipped
+    attempt: int
+    duration_ms: float | None = None
+    counters: dict[str, int] = {}
+    error: str | None = None
+    cause: str | None = None  # why a tick was skipped
+
+
+class CircuitOpenedNotice(msgspec.Struct, frozen=True, kw_only=True):
+    """Core NATS notification on ``<prefix>.feed.notification.job_circuit_opened``."""
+
+    job_type: str
+    tick_id: str
+    consecutive_failures: int
+    last_error: str
+    opened_at: datetime
+
+
+_encoder = msgspec.json.Encoder()
+
+_TERMINAL = (JobExecutionCompleted, JobExecutionFailed, JobExecutionSkipped)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        nc: NatsClient | None = None,
+        subjects: Subjects | None = None,
+        worker: str | None = None,
+        threshold: int = DEFAULT_THRESHOLD,
+        takeover_after: timedelta = timedelta(seconds=120),
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        """``clock`` only timestamps measurements (started_at, durations); decisions use the tick."""
+        if threshold < 1:
+            raise ValueError("threshold must be >= 1")
+        self.store = store
+        self.nc = nc
+        self.subjects = subjects
+        self.worker = worker or default_worker_name()
+        self.threshold = threshold
+        self.takeover_after = takeover_after
+        self.clock = clock
+
+    # ------------------------------------------------------------------------------------- loading
+
+    async def _load_run(self, tick_id: str) -> tuple[list[Any], list[RecordedEvent]]:
+        recorded = [e async for e in self.store.read_stream(jobrun_stream(tick_id))]
+        return [registry.decode(e) for e in recorded], recorded
+
+    async def health(self, job_type: JobType | str) -> tuple[JobHealth, int, RecordedEvent | None]:
+        """The job's breaker state from its last health event, the stream version, and that event."""
+        stream = job_stream(parse_job_type(str(job_type)).value)
+        version = await self.store.stream_version(stream)
+        if version < 0:
+            return breaker.INITIAL, version, None
+        last: RecordedEvent | None = None
+        async for e in self.store.read_stream(stream, from_version=version):
+            last = e
+        if last is None:  # pragma: no cover - the version was just read
+            return breaker.INITIAL, version, None
+        event = registry.decode(last)
+        if not isinstance(event, HEALTH_EVENTS):
+            raise TypeError(f"unexpected event {last.type} in {stream}")
+        return breaker.health_after(event), last.version, last
+
+    # ---------------------------------------------------------------------------------------- run
+
+    async def run(self, tick: Tick, job: JobFunc) -> RunOutcome:
+        """Run ``job`` for ``tick`` at most once to completion; record everything in the log."""
+        stream = jobrun_stream(tick.tick_id)
+        for _ in range(10):
+            events, recorded = await self._load_run(tick.tick_id)
+            version = recorded[-1].version if recorded else NO_STREAM
+            if events and isinstance(events[-1], _TERMINAL):
+                await self._repair_health(events[-1], recorded[-1])
+                return RunOutcome(RunStatus.DUPLICATE, tick.tick_id, getattr(events[-1], "attempt", 0))
+            attempt = 1 + sum(isinstance(e, JobExecutionStarted) for e in events)
+            if events and isinstance(events[-1], JobExecutionStarted):
+                if self.clock() - events[-1].started_at < self.takeover_after:
+                    return RunOutcome(RunStatus.IN_PROGRESS, tick.tick_id, attempt - 1)
+                log.warning("taking over %s: attempt %d never finished", tick.tick_id, attempt - 1)
+            health, _, _ = await self.health(tick.job_type)
+            cause = breaker.skip_cause(health)
+            try:
+                if cause is not None:
+                    skipped = JobExecutionSkipped(
+                        job_type=tick.job_type.value, tick_id=tick.tick_id, scheduled_for=tick.scheduled_at,
+                        reason=tick.reason.value, cause=cause, skipped_at=self.clock(),
+                    )
+                    await self.store.append(stream, [new_event(skipped, tick.tick_id, str(attempt))], version)
+                    await self._feed(JobFeed(
+                        job_type=tick.job_type.value, tick_id=tick.tick_id, status="skipped",
+                        attempt=attempt, cause=cause.value,
+                    ))
+                    return RunOutcome(RunStatus.SKIPPED, tick.tick_id, attempt)
+                started = JobExecutionStarted(
+                    job_type=tick.job_type.value, tick_id=tick.tick_id, scheduled_for=tick.scheduled_at,
+                    reason=tick.reason.value, attempt=attempt, started_at=self.clock(), worker=self.worker,
+                )
+                result = await self.store.append(stream, [new_event(started, tick.tick_id, str(attempt))], version)
+            except WrongExpectedVersion:
+                continue  # another worker moved this tick on: look again
+            if not result.written:
+                continue  # our own start, stored before a crash: look again (now it is "open")
+            return await self._execute(tick, job, started, result.next_expected_version)
+        raise RuntimeError(f"{tick.tick_id}: could not settle the run after repeated concurrent changes")
+
+    async def _execute(self, tick: Tick, job: JobFunc, started: JobExecutionStarted, version: int) -> RunOutcome:
+        stream = jobrun_stream(tick.tick_id)
+        attempt = started.attempt
+        t0 = time.perf_counter()
+        error: str | None = None
+        counters: dict[str, int] = {}
+        try:
+            returned = await job(JobContext(tick=tick, attempt=attempt))
+            counters = {str(k): int(v) for k, v in (returned or {}).items()}
+        except Exception as exc:  # noqa: BLE001 - any error of the job is a failed run, recorded
+            error = safe_error(exc)
+            log.warning("job %s failed (attempt %d): %s", tick.tick_id, attempt, error)
+        duration_ms = round((time.perf_counter() - t0) * 1000.0, 3)
+        ended_at = self.clock()
+        terminal: JobExecutionCompleted | JobExecutionFailed
+        if error is None:
+            terminal = JobExecutionCompleted(
+                job_type=tick.job_type.value, tick_id=tick.tick_id, scheduled_for=tick.scheduled_at,
+                attempt=attempt, started_at=started.started_at, completed_at=ended_at,
+                duration_ms=duration_ms, counters=counters,
+            )
+        else:
+            terminal = JobExecutionFailed(
+                job_type=tick.job_type.value, tick_id=tick.tick_id, scheduled_for=tick.scheduled_at,
+                attempt=attempt, started_at=started.started_at, failed_at=ended_at,
+                duration_ms=duration_ms, error=error,
+            )
+        try:
+            await self.store.append(stream, [new_event(terminal, tick.tick_id, str(attempt))], version)
+        except WrongExpectedVersion:
+            log.warning("%s attempt %d was taken over by another worker; its result is dropped", tick.tick_id, attempt)
+            return RunOutcome(RunStatus.SUPERSEDED, tick.tick_id, attempt)
+        await self._record_health(terminal)
+        status = RunStatus.COMPLETED if error is None else RunStatus.FAILED
+        await self._feed(JobFeed(
+            job_type=tick.job_type.value, tick_id=tick.tick_id, status=status.value, attempt=attempt,
+            duration_ms=duration_ms, counters=counters, error=error,
+        ))
+        return RunOutcome(status, tick.tick_id, attempt, counters, error, duration_ms)
+
+    # ------------------------------------------------------------------------------------- health
+
+    def _health_events(
+        self, health: JobHealth, terminal: JobExecutionCompleted | JobExecutionFailed
+    ) -> list[HealthEvent]:
+        if isinstance(terminal, JobExecutionCompleted):
+            return breaker.on_success(
+                health, job_type=terminal.job_type, tick_id=terminal.tick_id, attempt=terminal.attempt
+            )
+        return breaker.on_failure(
+            health, job_type=terminal.job_type, tick_id=terminal.tick_id, attempt=terminal.attempt,
+            error=terminal.error, at=terminal.failed_at, threshold=self.threshold,
+        )
+
+    async def _record_health(self, terminal: JobExecutionCompleted | JobExecutionFailed) -> None:
+        stream = job_stream(terminal.job_type)
+        for _ in range(20):
+            health, version, _ = await self.health(terminal.job_type)
+            events = self._health_events(health, terminal)
+            if not events:
+                return
+            batch = [new_event(e, terminal.tick_id, str(terminal.attempt)) for e in events]
+            try:
+                await self.store.append(stream, batch, version)
+            except WrongExpectedVersion:
+                continue
+            except DuplicateEventId:
+                return  # recorded before (a repeat after a crash): nothing to add
+            for event in events:
+                if isinstance(event, JobCircuitOpened):
+                    await self._circuit_opened(event)
+            return
+        raise RuntimeError(f"{stream}: could not record the run outcome after repeated concurrent changes")
+
+    async def _repair_health(self, terminal: Any, recorded: RecordedEvent) -> None:
+        """A redelivered tick whose run ended: make sure its outcome reached the health stream (a worker
+        may have died between the two appends). Only when nothing was recorded there since the run ended,
+        so a late repair never reorders the failure streak; repeats are no-ops (same event ids)."""
+        if not isinstance(terminal, JobExecutionCompleted | JobExecutionFailed):
+            return
+        _, _, last = await self.health(terminal.job_type)
+        if last is not None and last.recorded_at >= recorded.recorded_at:
+            return
+        await self._record_health(terminal)
+
+    async def _circuit_opened(self, event: JobCircuitOpened) -> None:
+        log.error(
+            "circuit breaker opened for %s after %d consecutive failures (last: %s); "
+            "re-enable with `openbell jobs enable %s`",
+            event.job_type, event.consecutive_failures, event.last_error, event.job_type,
+        )
+        if self.nc is not None and self.subjects is not None:
+            notice = CircuitOpenedNotice(
+                job_type=event.job_type, tick_id=event.tick_id, consecutive_failures=event.consecutive_failures,
+                last_error=event.last_error, opened_at=event.opened_at,
+            )
+            await self.nc.publish(self.subjects.feed("notification", "job_circuit_opened"), _encoder.encode(notice))
+
+    async def _feed(self, message: JobFeed) -> None:
+        if self.nc is not None and self.subjects is not None:
+            await self.nc.publish(self.subjects.feed("job", message.job_type), _encoder.encode(message))
+
+    # ------------------------------------------------------------------------------------ operator
+
+    async def _operator(self, job_type: JobType | str, decide: Callable[[JobHealth, int], list[HealthEvent]]) -> bool:
+        job = parse_job_type(str(job_type))
+        stream = job_stream(job.value)
+        for _ in range(20):
+            health, version, _ = await self.health(job)
+            events = decide(health, version)
+            if not events:
+                return False
+            batch = [new_event(e, job.value, str(version)) for e in events]
+            try:
+                result = await self.store.append(stream, batch, version)
+            except WrongExpectedVersion:
+                continue
+            return result.written
+        raise RuntimeError(f"{stream}: could not apply the operator action after repeated concurrent changes")
+
+    async def enable(self, job_type: JobType | str, *, by: str = "operator", reason: str = "") -> bool:
+        """Append ``JobEnabled`` (closes an open breaker, resets the streak); False if already healthy."""
+        at = self.clock()
+        return await self._operator(
+            job_type, lambda h, _v: breaker.on_enable(h, job_type=str(job_type), at=at, by=by, reason=reason)
+        )
+
+    async def disable(self, job_type: JobType | str, *, by: str = "operator", reason: str = "") -> bool:
+        """Append ``JobDisabled``: ticks are then acknowledged and recorded as skipped; False if already."""
+        at = self.clock()
+        return await self._operator(
+            job_type, lambda h, _v: breaker.on_disable(h, job_type=str(job_type), at=at, by=by, reason=reason)
+        )

@@ -1,0 +1,122 @@
+"""The contract between the clock and every tick consumer: job types and the tick payload.
+
+It lives in the shared kernel so consumers do not depend on the clock service; the clock re-exports it
+(:mod:`services.clock.schedule`, :mod:`services.clock.ticks`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import msgspec
+
+
+class JobType(StrEnum):
+    STRATEGY_EXECUTION = "strategy_execution"
+    ORDER_STATUS_CHECK = "order_status_check"
+    POSITION_SYNC = "position_sync"
+    PRICE_UPDATE = "price_update"
+    PORTFOLIO_SNAPSHOT = "portfolio_snapshot"
+    ALERT_PRICE_CHECK = "alert_price_check"
+
+
+class UnknownJobType(ValueError):
+    """A job type that is not one of the six."""
+
+    def __init__(self, value: str) -> None:
+        valid = ", ".join(j.value for j in JobType)
+        super().__init__(f"unknown job type {value!r} (one of: {valid})")
+        self.value = value
+
+
+def parse_job_type(value: str) -> JobType:
+    try:
+        return JobType(value)
+    except ValueError:
+        raise UnknownJobType(value) from None
+
+
+class TickReason(StrEnum):
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+    CATCH_UP = "catch_up"
+
+
+def format_utc(instant: datetime) -> str:
+    """UTC ISO-8601 with seconds precision and a Z: ``2026-03-09T13:30:00Z``."""
+    if instant.tzinfo is None:
+        raise ValueError("naive datetime: pass a tz-aware instant")
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tick_id(job_type: JobType | str, scheduled_at: datetime) -> str:
+    """``<job_type>@<scheduled UTC time, seconds precision, Z>``: the Nats-Msg-Id of the tick."""
+    return f"{JobType(job_type).value}@{format_utc(scheduled_at)}"
+
+
+def parse_tick_id(value: str) -> tuple[JobType, datetime]:
+    job, sep, when = value.partition("@")
+    if not sep or not when.endswith("Z"):
+        raise ValueError(f"malformed tick id {value!r}")
+    try:
+        instant = datetime.strptime(when, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        raise ValueError(f"malformed tick id {value!r}") from None
+    return parse_job_type(job), instant
+
+
+class Tick(msgspec.Struct, frozen=True, kw_only=True):
+    """A clock tick: run ``job_type`` for the slot ``scheduled_at`` (the time every decision uses)."""
+
+    job_type: JobType
+    tick_id: str
+    scheduled_at: datetime
+    emitted_at: datetime
+    reason: TickReason
+
+    @classmethod
+    def for_slot(
+        cls, job_type: JobType, scheduled_at: datetime, *, emitted_at: datetime, reason: TickReason
+    ) -> Tick:
+        scheduled = scheduled_at.astimezone(UTC).replace(microsecond=0)
+        return cls(
+            job_type=job_type,
+            tick_id=tick_id(job_type, scheduled),
+            scheduled_at=scheduled,
+            emitted_at=emitted_at.astimezone(UTC),
+            reason=reason,
+        )
+
+
+class InvalidTick(ValueError):
+    """A tick payload that can never be handled (bad JSON, unknown job type, missing fields...)."""
+
+
+_tick_decoder = msgspec.json.Decoder(Tick)
+_encoder = msgspec.json.Encoder()
+
+
+def encode_tick(tick: Tick) -> bytes:
+    return _encoder.encode(tick)
+
+
+def decode_tick(data: bytes, *, subject_job_type: str | None = None) -> Tick:
+    """Decode and validate a tick; raises :class:`InvalidTick` with the reason."""
+    try:
+        tick = _tick_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise InvalidTick(f"invalid tick: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidTick(f"malformed tick JSON: {exc}") from None
+    if tick.scheduled_at.tzinfo is None or tick.emitted_at.tzinfo is None:
+        raise InvalidTick("invalid tick: naive timestamp")
+    try:
+        id_job, id_time = parse_tick_id(tick.tick_id)
+    except ValueError as exc:
+        raise InvalidTick(f"invalid tick: {exc}") from None
+    if id_job is not tick.job_type or id_time != tick.scheduled_at.replace(microsecond=0):
+        raise InvalidTick(f"invalid tick: tick id {tick.tick_id!r} does not match job_type/scheduled_at")
+    if subject_job_type is not None and subject_job_type != tick.job_type.value:
+        raise InvalidTick(f"invalid tick: job_type {tick.job_type} published on the {subject_job_type} subject")
+    return tick
