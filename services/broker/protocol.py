@@ -1,0 +1,81 @@
+"""The one async interface the trading loop talks to; implemented by AlpacaBroker and SimBroker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import date, datetime
+from typing import Literal, Protocol, runtime_checkable
+
+from services.broker.models import (
+    Account,
+    Bar,
+    CalendarDay,
+    Clock,
+    Order,
+    OrderRequest,
+    Position,
+    Quote,
+    TradeUpdate,
+)
+
+OrderQueryStatus = Literal["open", "closed", "all"]
+# Alpaca's bar timeframes that both brokers understand.
+Timeframe = Literal["1Min", "5Min", "15Min", "1Hour", "1Day"]
+
+# Alpaca returns at most this many orders per GET /v2/orders.
+ORDERS_PAGE_LIMIT = 500
+
+
+@runtime_checkable
+class Broker(Protocol):
+    async def submit_order(self, request: OrderRequest) -> Order:
+        """Submit once, with our client order id. Raises OrderRejected (definite), DuplicateClientOrderId
+        (an order with this id existed before this call; ``existing`` attached), AmbiguousSubmit (outcome
+        unknown even after lookup: record UNKNOWN, never resubmit with a new id), RateLimited."""
+        ...
+
+    async def get_order(self, order_id: str) -> Order:
+        """Raises NotFound (which is not a cancel)."""
+        ...
+
+    async def get_order_by_client_id(self, client_order_id: str) -> Order | None: ...
+
+    async def list_orders(
+        self,
+        status: OrderQueryStatus = "open",
+        after: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[Order]:
+        """Every matching order (newest first), fetched in pages of 500, never one call per order.
+
+        ``after``/``until`` are exclusive bounds on submitted_at. A caller that knows the oldest order it
+        cares about may pass ``after`` just below it: paging then stops without a final empty page."""
+        ...
+
+    async def cancel_order(self, order_id: str) -> None:
+        """Request a cancel. Raises NotFound or OrderNotCancelable. Read the order to see the outcome."""
+        ...
+
+    async def list_positions(self) -> list[Position]: ...
+
+    async def get_account(self) -> Account: ...
+
+    async def get_clock(self) -> Clock: ...
+
+    async def get_calendar(self, start: date, end: date) -> list[CalendarDay]: ...
+
+    async def latest_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
+        """Batched: many symbols per request. Unknown symbols are absent from the result."""
+        ...
+
+    async def latest_bars(self, symbols: Sequence[str]) -> dict[str, Bar]: ...
+
+    async def get_bars(
+        self, symbols: Sequence[str], start: datetime, end: datetime, timeframe: Timeframe = "1Min"
+    ) -> dict[str, list[Bar]]: ...
+
+    def trade_updates(self) -> AsyncIterator[TradeUpdate]:
+        """The fill stream. Events sent while disconnected are lost: polling remains the backfill."""
+        ...
+
+    async def aclose(self) -> None: ...

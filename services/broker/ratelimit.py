@@ -1,0 +1,150 @@
+"""One request budget for the whole process, driven by Alpaca's ``X-Ratelimit-*`` response headers.
+
+Alpaca allows 200 requests per minute per account. Every caller takes a token before a request, at its
+priority: order submission > order status > position sync > quotes. Lower priorities keep a reserve free
+for higher ones (they wait when the budget runs low) and, among waiters, the highest priority goes first.
+After a 429 everyone waits until the reset time the server gave.
+
+The state is guarded by a threading lock, not asyncio primitives: the response hook that feeds it runs in
+the worker threads where alpaca-py's blocking calls execute, and callers may live on any event loop.
+Rate limits are about real time, so this reads the wall clock (injectable for tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+DEFAULT_LIMIT_PER_MINUTE = 200
+WINDOW_SECONDS = 60.0
+
+
+class Priority(enum.IntEnum):
+    """Lower value = more important."""
+
+    ORDER_SUBMIT = 0
+    ORDER_STATUS = 1
+    POSITION_SYNC = 2
+    QUOTES = 3
+
+
+# Fraction of the budget each priority must leave untouched for the ones above it.
+RESERVE_FRACTION: dict[Priority, float] = {
+    Priority.ORDER_SUBMIT: 0.0,
+    Priority.ORDER_STATUS: 0.05,
+    Priority.POSITION_SYNC: 0.10,
+    Priority.QUOTES: 0.20,
+}
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        limit_per_minute: int = DEFAULT_LIMIT_PER_MINUTE,
+        clock: Callable[[], float] = time.time,
+        poll_seconds: float = 0.01,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._poll = poll_seconds
+        self.limit = limit_per_minute
+        self.remaining = limit_per_minute
+        self.reset_at = clock() + WINDOW_SECONDS  # epoch seconds
+        self.blocked_until = 0.0  # epoch seconds; set by a 429
+        self._waiting: list[tuple[int, int]] = []
+        self._tickets = itertools.count()
+        self.granted: dict[Priority, int] = dict.fromkeys(Priority, 0)
+
+    def _refill(self, now: float) -> None:
+        if now >= self.reset_at:
+            self.remaining = self.limit
+            self.reset_at = now + WINDOW_SECONDS
+
+    def _reserve(self, priority: Priority) -> int:
+        return int(self.limit * RESERVE_FRACTION[priority])
+
+    def try_acquire(self, priority: Priority, ticket: tuple[int, int] | None = None) -> float:
+        """Take a token now and return 0, or return how long to wait before asking again."""
+        with self._lock:
+            now = self._clock()
+            self._refill(now)
+            if now < self.blocked_until:
+                return self.blocked_until - now
+            if ticket is not None and self._waiting and self._waiting[0] != ticket:
+                return self._poll  # someone more important (or earlier) is first in line
+            if self.remaining > self._reserve(priority):
+                self.remaining -= 1
+                self.granted[priority] += 1
+                if ticket is not None:
+                    heapq.heappop(self._waiting)
+                return 0.0
+            return max(self.reset_at - now, self._poll)
+
+    async def acquire(self, priority: Priority) -> None:
+        ticket = (int(priority), next(self._tickets))
+        with self._lock:
+            heapq.heappush(self._waiting, ticket)
+        try:
+            while True:
+                wait = self.try_acquire(priority, ticket)
+                if wait == 0.0:
+                    return
+                # Poll in short steps: a higher-priority waiter or a header update may change the picture.
+                await asyncio.sleep(min(wait, 0.25))
+        except BaseException:
+            with self._lock:
+                if ticket in self._waiting:
+                    self._waiting.remove(ticket)
+                    heapq.heapify(self._waiting)
+            raise
+
+    def update_from_headers(self, headers: Mapping[str, str], status: int) -> None:
+        """Feed one response's headers (called from the requests response hook)."""
+        limit = _int(headers.get("X-Ratelimit-Limit"))
+        remaining = _int(headers.get("X-Ratelimit-Remaining"))
+        reset = _int(headers.get("X-Ratelimit-Reset"))
+        with self._lock:
+            now = self._clock()
+            if limit is not None and limit > 0:
+                self.limit = limit
+            if reset is not None and reset > now:
+                self.reset_at = float(reset)
+            if remaining is not None:
+                self.remaining = remaining
+            if status == 429:
+                self.remaining = 0
+                # Without a usable reset header, back off one second rather than hammering.
+                self.blocked_until = float(reset) if reset is not None and reset > now else now + 1.0
+
+    def reset_time(self) -> datetime:
+        with self._lock:
+            moment = max(self.blocked_until, self.reset_at)
+        return datetime.fromtimestamp(moment, UTC)
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+_shared: RateLimiter | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_rate_limiter(limit_per_minute: int = DEFAULT_LIMIT_PER_MINUTE) -> RateLimiter:
+    """The process-wide budget (Alpaca counts requests per account, not per client object)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = RateLimiter(limit_per_minute)
+        return _shared

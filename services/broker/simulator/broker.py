@@ -1,0 +1,512 @@
+"""SimBroker: the paper broker of the simulator, persisted in PostgreSQL (tables sim_*).
+
+Time is simulated: ``now`` is injected (a ManualClock driven by the virtual clock, or the wall clock for a
+live demo). Orders progress lazily: every call first settles all open orders up to ``now`` (fills, expiry),
+inside one transaction that holds the sim_account row lock, so several processes can share one simulated
+account. A restart does not reset the broker: the state lives in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from services.broker.errors import (
+    AmbiguousSubmit,
+    BrokerUnavailable,
+    DuplicateClientOrderId,
+    NotFound,
+    OrderNotCancelable,
+    RateLimited,
+)
+from services.broker.models import (
+    Account,
+    Bar,
+    CalendarDay,
+    Clock,
+    Order,
+    OrderRequest,
+    OrderSide,
+    OrderStatus,
+    OrderType,
+    Position,
+    Quote,
+    TimeInForce,
+    TradeUpdate,
+    utc,
+)
+from services.broker.protocol import OrderQueryStatus, Timeframe
+from services.broker.simulator import engine
+from services.broker.simulator.calendar import market_clock, trading_days
+from services.broker.simulator.market import DEFAULT_SYMBOLS, MarketSimulator, hash_unit
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sim_account (
+    id smallint PRIMARY KEY CHECK (id = 1),
+    account_id text NOT NULL,
+    seed bigint NOT NULL,
+    cash numeric NOT NULL,
+    created_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sim_orders (
+    id text PRIMARY KEY,
+    client_order_id text NOT NULL UNIQUE,
+    symbol text NOT NULL,
+    side text NOT NULL,
+    type text NOT NULL,
+    time_in_force text NOT NULL,
+    qty numeric NOT NULL,
+    limit_price numeric,
+    status text NOT NULL,
+    filled_qty numeric NOT NULL,
+    filled_avg_price numeric,
+    submitted_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    filled_at timestamptz,
+    canceled_at timestamptz,
+    expired_at timestamptz,
+    failed_at timestamptz,
+    checked_until timestamptz NOT NULL,
+    is_open boolean NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sim_orders_open_idx ON sim_orders (submitted_at DESC) WHERE is_open;
+CREATE INDEX IF NOT EXISTS sim_orders_submitted_idx ON sim_orders (submitted_at DESC);
+CREATE TABLE IF NOT EXISTS sim_positions (
+    symbol text PRIMARY KEY,
+    qty numeric NOT NULL,
+    avg_entry_price numeric NOT NULL
+);
+"""
+# Any constant: serialises concurrent schema creation from several processes.
+_SCHEMA_LOCK_KEY = 0x0B5E11_0001
+
+OPERATIONS = (
+    "submit_order", "get_order", "get_order_by_client_id", "list_orders", "cancel_order", "list_positions",
+    "get_account", "get_clock", "get_calendar", "latest_quotes", "latest_bars", "get_bars",
+)  # fmt: skip
+
+
+class ManualClock:
+    """Simulated time that only moves when told to (the virtual clock drives it)."""
+
+    def __init__(self, start: datetime) -> None:
+        self._now = utc(start)
+
+    def __call__(self) -> datetime:
+        return self._now
+
+    def set(self, moment: datetime) -> None:
+        moment = utc(moment)
+        if moment < self._now:
+            raise ValueError("simulated time never goes backwards")
+        self._now = moment
+
+    def advance(self, delta: timedelta) -> datetime:
+        self.set(self._now + delta)
+        return self._now
+
+
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class SimFaults:
+    """Injected faults per operation name (see OPERATIONS; "*" matches all). Decisions are drawn from a
+    hash of (seed, operation, call number), so a run with the same seed fails the same calls."""
+
+    error_rate: Mapping[str, float] = field(default_factory=dict)  # BrokerUnavailable before acting
+    rate_limit_rate: Mapping[str, float] = field(default_factory=dict)  # RateLimited (429) before acting
+    latency_seconds: Mapping[str, float] = field(default_factory=dict)  # real delay before acting
+    hang: frozenset[str] = frozenset()  # sleep hang_seconds, then BrokerUnavailable (a timeout)
+    hang_seconds: float = 30.0
+    # The order is accepted but the answer is lost and the lookup fails too: AmbiguousSubmit.
+    lost_submit_response_rate: float = 0.0
+    rate_limit_reset_seconds: float = 1.0
+
+    def value(self, table: Mapping[str, float], operation: str) -> float:
+        return table.get(operation, table.get("*", 0.0))
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    seed: int = 1
+    starting_cash: Decimal = Decimal("100000")
+    symbols: tuple[str, ...] | None = DEFAULT_SYMBOLS
+    fill_policy: engine.FillPolicy = field(default_factory=engine.FillPolicy)
+    faults: SimFaults = field(default_factory=SimFaults)
+
+
+class SimBroker:
+    """Implements services.broker.protocol.Broker against the simulated market."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        config: SimConfig,
+        now: Callable[[], datetime] = wall_clock,
+        *,
+        owns_pool: bool = False,
+    ) -> None:
+        self._pool = pool
+        self.config = config
+        self.market = MarketSimulator(config.seed, config.symbols)
+        self._now = now
+        self._owns_pool = owns_pool
+        self._calls: dict[str, int] = dict.fromkeys(OPERATIONS, 0)
+        self._subscribers: set[asyncio.Queue[TradeUpdate]] = set()
+
+    @classmethod
+    async def connect(
+        cls, dsn: str, config: SimConfig | None = None, now: Callable[[], datetime] = wall_clock
+    ) -> SimBroker:
+        """Open a pool, create the sim tables if missing, and open the account on first use."""
+        config = config or SimConfig()
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+                await conn.execute(SCHEMA)
+                await conn.execute(
+                    "INSERT INTO sim_account (id, account_id, seed, cash, created_at) VALUES (1, $1, $2, $3, $4)"
+                    " ON CONFLICT (id) DO NOTHING",
+                    engine.order_id_for(config.seed, "account"),
+                    config.seed,
+                    config.starting_cash,
+                    utc(now()),
+                )
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, config, now, owns_pool=True)
+
+    async def aclose(self) -> None:
+        if self._owns_pool:
+            await self._pool.close()
+
+    @property
+    def now(self) -> datetime:
+        return utc(self._now())
+
+    def calls(self, operation: str) -> int:
+        return self._calls[operation]
+
+    async def advance_to(self, moment: datetime) -> None:
+        """Move a ManualClock to ``moment`` and settle every open order up to it (emitting trade updates)."""
+        if not isinstance(self._now, ManualClock):
+            raise TypeError("advance_to needs a SimBroker built with a ManualClock")
+        self._now.set(moment)
+        async with self._pool.acquire() as conn:
+            await self._settle(conn)
+
+    # -- faults ----------------------------------------------------------------------------------------
+    async def _enter(self, operation: str) -> None:
+        count = self._calls[operation] = self._calls[operation] + 1
+        faults = self.config.faults
+        seed = self.config.seed
+        if delay := faults.value(faults.latency_seconds, operation):
+            await asyncio.sleep(delay)
+        if operation in faults.hang or "*" in faults.hang:
+            await asyncio.sleep(faults.hang_seconds)
+            raise BrokerUnavailable(f"simulated hang in {operation}: timed out")
+        if hash_unit(seed, "fault-429", operation, count) < faults.value(faults.rate_limit_rate, operation):
+            reset = datetime.now(UTC) + timedelta(seconds=faults.rate_limit_reset_seconds)
+            raise RateLimited(f"simulated 429 in {operation}", reset_at=reset, code=42910000)
+        if hash_unit(seed, "fault-error", operation, count) < faults.value(faults.error_rate, operation):
+            raise BrokerUnavailable(f"simulated server error in {operation}", status=500)
+
+    # -- settling ------------------------------------------------------------------------------------
+    async def _settle(self, conn: asyncpg.Connection) -> None:
+        now = self.now
+        updates: list[TradeUpdate] = []
+        async with conn.transaction():
+            await conn.fetchrow("SELECT cash FROM sim_account WHERE id = 1 FOR UPDATE")
+            rows = await conn.fetch("SELECT * FROM sim_orders WHERE is_open ORDER BY submitted_at, id")
+            for row in rows:
+                order = _order_from_row(row)
+                step = engine.progress(order, self.market, self.config.fill_policy, row["checked_until"], now)
+                if not step.events and step.checked_until == row["checked_until"]:
+                    continue
+                for event in step.events:
+                    position_qty = None
+                    if event.qty is not None and event.price is not None:
+                        position_qty = await self._apply_fill(conn, event.order, event.qty, event.price)
+                    updates.append(
+                        TradeUpdate(
+                            event=event.event,
+                            order=event.order,
+                            timestamp=event.timestamp,
+                            qty=event.qty,
+                            price=event.price,
+                            position_qty=position_qty,
+                        )
+                    )
+                await _save_order(conn, step.order, step.checked_until)
+        for update in updates:
+            for queue in self._subscribers:
+                queue.put_nowait(update)
+
+    async def _apply_fill(self, conn: asyncpg.Connection, order: Order, qty: Decimal, price: Decimal) -> Decimal:
+        row = await conn.fetchrow("SELECT qty, avg_entry_price FROM sim_positions WHERE symbol = $1", order.symbol)
+        held, average = (row["qty"], row["avg_entry_price"]) if row else (Decimal(0), Decimal(0))
+        new_qty, new_average, cash_delta = engine.apply_fill(held, average, order.side, qty, price)
+        if new_qty == 0:
+            await conn.execute("DELETE FROM sim_positions WHERE symbol = $1", order.symbol)
+        else:
+            await conn.execute(
+                "INSERT INTO sim_positions (symbol, qty, avg_entry_price) VALUES ($1, $2, $3)"
+                " ON CONFLICT (symbol) DO UPDATE SET qty = EXCLUDED.qty, avg_entry_price = EXCLUDED.avg_entry_price",
+                order.symbol,
+                new_qty,
+                new_average,
+            )
+        await conn.execute("UPDATE sim_account SET cash = cash + $1 WHERE id = 1", cash_delta)
+        return new_qty
+
+    # -- orders --------------------------------------------------------------------------------------
+    async def submit_order(self, request: OrderRequest) -> Order:
+        await self._enter("submit_order")
+        now = self.now
+        async with self._pool.acquire() as conn:
+            await self._settle(conn)
+            async with conn.transaction():
+                account = await conn.fetchrow("SELECT cash FROM sim_account WHERE id = 1 FOR UPDATE")
+                existing = await conn.fetchrow(
+                    "SELECT * FROM sim_orders WHERE client_order_id = $1", request.client_order_id
+                )
+                if existing is not None:
+                    raise DuplicateClientOrderId(
+                        "client_order_id must be unique",
+                        client_order_id=request.client_order_id,
+                        existing=_order_from_row(existing),
+                        code=40010001,
+                    )
+                open_orders = [_order_from_row(r) for r in await conn.fetch("SELECT * FROM sim_orders WHERE is_open")]
+                row = await conn.fetchrow("SELECT qty FROM sim_positions WHERE symbol = $1", request.symbol)
+                engine.check_submit(
+                    request,
+                    market=self.market,
+                    cash=account["cash"],
+                    position_qty=row["qty"] if row else Decimal(0),
+                    open_orders=open_orders,
+                    now=now,
+                )
+                order = engine.new_order(request, engine.order_id_for(self.config.seed, request.client_order_id), now)
+                await _save_order(conn, order, now)
+        count = self._calls["submit_order"]
+        if hash_unit(self.config.seed, "fault-lost", count) < self.config.faults.lost_submit_response_rate:
+            raise AmbiguousSubmit("simulated lost submit response", client_order_id=request.client_order_id, status=504)
+        return order
+
+    async def get_order(self, order_id: str) -> Order:
+        await self._enter("get_order")
+        async with self._pool.acquire() as conn:
+            await self._settle(conn)
+            row = await conn.fetchrow("SELECT * FROM sim_orders WHERE id = $1", order_id)
+        if row is None:
+            raise NotFound("order not found", status=404, code=40410000)
+        return _order_from_row(row)
+
+    async def get_order_by_client_id(self, client_order_id: str) -> Order | None:
+        await self._enter("get_order_by_client_id")
+        async with self._pool.acquire() as conn:
+            await self._settle(conn)
+            row = await conn.fetchrow("SELECT * FROM sim_orders WHERE client_order_id = $1", client_order_id)
+        return _order_from_row(row) if row is not None else None
+
+    async def list_orders(
+        self, status: OrderQueryStatus = "open", after: datetime | None = None, until: datetime | None = None
+    ) -> list[Order]:
+        await self._enter("list_orders")
+        where = {"open": "is_open", "closed": "NOT is_open", "all": "TRUE"}[status]
+        async with self._pool.acquire() as conn:
+            await self._settle(conn)
+            rows = await conn.fetch(
+                f"SELECT * FROM sim_orders WHERE {where}"  # where: one of three literals
+                " AND ($1::timestamptz IS NULL OR submitted_at > $1)"
+                " AND ($2::timestamptz IS NULL OR submitted_at < $2)"
+                " ORDER BY submitted_at DESC, id DESC",
+                utc(after) if after else None,
+                utc(until) if until else None,
+            )
+        return [_order_from_row(row) for row in rows]
+
+    async def cancel_order(self, order_id: str) -> None:
+        await self._enter("cancel_order")
+        async with self._pool.acquire() as conn:
+            await self._settle(conn)
+            async with conn.transaction():
+                await conn.fetchrow("SELECT cash FROM sim_account WHERE id = 1 FOR UPDATE")
+                row = await conn.fetchrow("SELECT * FROM sim_orders WHERE id = $1", order_id)
+                if row is None:
+                    raise NotFound("order not found", status=404, code=40410000)
+                result = engine.cancel(_order_from_row(row), self.now)
+                if result is None:
+                    raise OrderNotCancelable(
+                        f"order is not cancelable (status {row['status']})", status=422, code=42210000
+                    )
+                order, event = result
+                await _save_order(conn, order, self.now)
+        update = TradeUpdate(event=event.event, order=order, timestamp=event.timestamp)
+        for queue in self._subscribers:
+            queue.put_nowait(update)
+
+    # -- account -------------------------------------------------------------------------------------
+    async def list_positions(self) -> list[Position]:
+        await self._enter("list_positions")
+        async with self._pool.acquire() as conn:
+            await self._settle(conn)
+            rows = await conn.fetch("SELECT * FROM sim_positions ORDER BY symbol")
+        return [self._position(row) for row in rows]
+
+    def _position(self, row: asyncpg.Record) -> Position:
+        price = self.market.price(row["symbol"], self.now)
+        qty: Decimal = row["qty"]
+        average: Decimal = row["avg_entry_price"]
+        return Position(
+            symbol=row["symbol"],
+            qty=qty,
+            avg_entry_price=average,
+            cost_basis=qty * average,
+            market_value=qty * price,
+            current_price=price,
+            unrealized_pl=(price - average) * qty,
+        )
+
+    async def get_account(self) -> Account:
+        await self._enter("get_account")
+        async with self._pool.acquire() as conn:
+            await self._settle(conn)
+            account = await conn.fetchrow("SELECT * FROM sim_account WHERE id = 1")
+            positions = [self._position(row) for row in await conn.fetch("SELECT * FROM sim_positions")]
+            open_orders = [_order_from_row(r) for r in await conn.fetch("SELECT * FROM sim_orders WHERE is_open")]
+        cash: Decimal = account["cash"]
+        equity = cash + sum((p.market_value or Decimal(0) for p in positions), Decimal(0))
+        return Account(
+            id=account["account_id"],
+            status="ACTIVE",
+            currency="USD",
+            cash=cash,
+            buying_power=cash - engine.reserved_buying_power(open_orders, self.market, self.now),
+            equity=equity,
+            portfolio_value=equity,
+            trading_blocked=False,
+        )
+
+    async def get_clock(self) -> Clock:
+        await self._enter("get_clock")
+        return market_clock(self.now)
+
+    async def get_calendar(self, start: date, end: date) -> list[CalendarDay]:
+        await self._enter("get_calendar")
+        return trading_days(start, end)
+
+    # -- market data ---------------------------------------------------------------------------------
+    async def latest_quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
+        await self._enter("latest_quotes")
+        now = self.now
+        return {s: self.market.quote(s, now) for s in dict.fromkeys(symbols) if self.market.knows(s)}
+
+    async def latest_bars(self, symbols: Sequence[str]) -> dict[str, Bar]:
+        await self._enter("latest_bars")
+        now = self.now
+        return {s: self.market.latest_bar(s, now) for s in dict.fromkeys(symbols) if self.market.knows(s)}
+
+    async def get_bars(
+        self, symbols: Sequence[str], start: datetime, end: datetime, timeframe: Timeframe = "1Min"
+    ) -> dict[str, list[Bar]]:
+        await self._enter("get_bars")
+        # Never return a bar that has not closed yet in simulated time.
+        end = min(utc(end), self.now)
+        out: dict[str, list[Bar]] = {}
+        for symbol in dict.fromkeys(symbols):
+            if self.market.knows(symbol):
+                bars = [b for b in self.market.bars(symbol, start, end, timeframe) if _bar_closed(b, timeframe, end)]
+                if bars:
+                    out[symbol] = bars
+        return out
+
+    # -- stream --------------------------------------------------------------------------------------
+    async def trade_updates(self) -> AsyncIterator[TradeUpdate]:
+        """Updates produced by this SimBroker instance (settled by any call or by advance_to)."""
+        queue: asyncio.Queue[TradeUpdate] = asyncio.Queue()
+        self._subscribers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)
+
+
+def _bar_closed(bar: Bar, timeframe: Timeframe, now: datetime) -> bool:
+    if timeframe == "1Day":
+        return bar.timestamp + timedelta(hours=16) <= now  # stamped at New York midnight; close ~16:00
+    minutes = {"1Min": 1, "5Min": 5, "15Min": 15, "1Hour": 60}[timeframe]
+    return bar.timestamp + timedelta(minutes=minutes) <= now
+
+
+def _order_from_row(row: asyncpg.Record | Mapping[str, Any]) -> Order:
+    return Order(
+        id=row["id"],
+        client_order_id=row["client_order_id"],
+        symbol=row["symbol"],
+        side=OrderSide(row["side"]),
+        type=OrderType(row["type"]),
+        qty=row["qty"],
+        limit_price=row["limit_price"],
+        time_in_force=TimeInForce(row["time_in_force"]),
+        status=OrderStatus(row["status"]),
+        filled_qty=row["filled_qty"],
+        filled_avg_price=row["filled_avg_price"],
+        submitted_at=row["submitted_at"],
+        updated_at=row["updated_at"],
+        filled_at=row["filled_at"],
+        canceled_at=row["canceled_at"],
+        expired_at=row["expired_at"],
+        failed_at=row["failed_at"],
+    )
+
+
+async def _save_order(conn: asyncpg.Connection, order: Order, checked_until: datetime) -> None:
+    fields = msgspec.structs.asdict(order)
+    await conn.execute(
+        """
+        INSERT INTO sim_orders (id, client_order_id, symbol, side, type, time_in_force, qty, limit_price, status,
+            filled_qty, filled_avg_price, submitted_at, updated_at, filled_at, canceled_at, expired_at, failed_at,
+            checked_until, is_open)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+        ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, filled_qty = EXCLUDED.filled_qty,
+            filled_avg_price = EXCLUDED.filled_avg_price, updated_at = EXCLUDED.updated_at,
+            filled_at = EXCLUDED.filled_at, canceled_at = EXCLUDED.canceled_at, expired_at = EXCLUDED.expired_at,
+            failed_at = EXCLUDED.failed_at, checked_until = EXCLUDED.checked_until, is_open = EXCLUDED.is_open
+        """,
+        fields["id"],
+        fields["client_order_id"],
+        fields["symbol"],
+        str(order.side),
+        str(order.type),
+        str(order.time_in_force),
+        order.qty,
+        order.limit_price,
+        str(order.status),
+        order.filled_qty,
+        order.filled_avg_price,
+        order.submitted_at,
+        order.updated_at,
+        order.filled_at,
+        order.canceled_at,
+        order.expired_at,
+        order.failed_at,
+        checked_until,
+        order.is_open,
+    )

@@ -1,0 +1,219 @@
+"""A deterministic market: prices are a pure function of (seed, symbol, minute).
+
+Each symbol's log-price follows a Brownian motion with drift (GBM) on a one-minute grid. The Brownian
+path is built top-down as a dyadic Brownian bridge over 2**26 minutes from 2000-01-01 (about 127 years):
+the value at any minute needs only the ~26 midpoints above it, and every midpoint's normal draw comes
+from a hash of (seed, symbol, interval). So the price at a time does not depend on which other prices
+were asked for before, or in which order: the same seed and times give the same prices in every run.
+Nothing here reads the wall clock.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from statistics import NormalDist
+from zoneinfo import ZoneInfo
+
+from services.broker.models import Bar, Quote, utc
+
+NEW_YORK = ZoneInfo("America/New_York")
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+LEVELS = 26
+HORIZON_MINUTES = 2**LEVELS
+# Prices are anchored here, so around today each symbol trades near its initial price.
+REFERENCE = datetime(2025, 1, 1, tzinfo=UTC)
+MINUTES_PER_YEAR = 365.25 * 24 * 60
+CENT = Decimal("0.01")
+
+DEFAULT_SYMBOLS: tuple[str, ...] = (
+    "AAPL", "MSFT", "GOOGL", "AMZN", "NVDA", "META", "TSLA", "BRK.B", "JPM", "V",
+    "JNJ", "WMT", "PG", "XOM", "UNH", "HD", "MA", "KO", "PEP", "COST",
+    "DIS", "NFLX", "INTC", "AMD", "CSCO", "ORCL", "CRM", "ADBE", "NKE", "MCD",
+    "BA", "IBM", "GS", "CAT", "T", "VZ", "SPY", "QQQ", "IWM", "DIA",
+)  # fmt: skip
+
+TIMEFRAME_MINUTES: dict[str, int] = {"1Min": 1, "5Min": 5, "15Min": 15, "1Hour": 60, "1Day": 1440}
+_SYMBOL_RE = re.compile(r"^[A-Z][A-Z.]{0,9}$")
+_NORMAL = NormalDist()
+
+
+def hash_unit(*parts: object) -> float:
+    """A uniform number in (0, 1) from a hash of ``parts``."""
+    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") + 0.5) / 2**64
+
+
+def _normal(*parts: object) -> float:
+    return _NORMAL.inv_cdf(hash_unit(*parts))
+
+
+def minute_index(moment: datetime) -> int:
+    """Whole minutes since EPOCH (floor); the price is constant within a minute."""
+    seconds = (utc(moment) - EPOCH).total_seconds()
+    index = math.floor(seconds / 60)
+    if not 0 <= index < HORIZON_MINUTES:
+        raise ValueError(f"{moment.isoformat()} is outside the simulated range")
+    return index
+
+
+def minute_start(index: int) -> datetime:
+    return EPOCH + timedelta(minutes=index)
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolParams:
+    reference_price: float  # mid price at REFERENCE
+    drift: float  # annual
+    volatility: float  # annual
+    spread_bps: float  # full bid/ask spread in basis points
+
+
+class MarketSimulator:
+    def __init__(self, seed: int, symbols: Iterable[str] | None = DEFAULT_SYMBOLS) -> None:
+        self.seed = seed
+        # None means: any well-formed ticker exists.
+        self._symbols = frozenset(symbols) if symbols is not None else None
+        self._reference_minute = minute_index(REFERENCE)
+
+    def knows(self, symbol: str) -> bool:
+        if self._symbols is not None:
+            return symbol in self._symbols
+        return bool(_SYMBOL_RE.match(symbol))
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one simulator per process; the cache is the point
+    def params(self, symbol: str) -> SymbolParams:
+        price = math.exp(math.log(20) + hash_unit(self.seed, symbol, "price") * (math.log(500) - math.log(20)))
+        return SymbolParams(
+            reference_price=price,
+            drift=-0.05 + 0.20 * hash_unit(self.seed, symbol, "drift"),
+            volatility=0.15 + 0.45 * hash_unit(self.seed, symbol, "vol"),
+            spread_bps=1.0 + 9.0 * hash_unit(self.seed, symbol, "spread"),
+        )
+
+    # -- the Brownian path ---------------------------------------------------------------------------
+    def _root(self, symbol: str) -> float:
+        return math.sqrt(HORIZON_MINUTES) * _normal(self.seed, symbol, 0, HORIZON_MINUTES)
+
+    def _midpoint(self, symbol: str, a: int, b: int, wa: float, wb: float) -> float:
+        # Brownian bridge: W((a+b)/2) given W(a), W(b) is normal with mean (wa+wb)/2, variance (b-a)/4.
+        return (wa + wb) / 2 + math.sqrt((b - a) / 4) * _normal(self.seed, symbol, a, b)
+
+    def _brownian_range(self, symbol: str, lo: int, hi: int) -> list[float]:
+        """W(n) for lo <= n <= hi, expanding only the bridge intervals that intersect [lo, hi]."""
+        out: list[float] = [0.0] * (hi - lo + 1)
+
+        def fill(a: int, b: int, wa: float, wb: float) -> None:
+            if lo <= a <= hi:
+                out[a - lo] = wa
+            if lo <= b <= hi:
+                out[b - lo] = wb
+            if b - a <= 1 or b < lo or a > hi:
+                return
+            m = (a + b) // 2
+            wm = self._midpoint(symbol, a, b, wa, wb)
+            fill(a, m, wa, wm)
+            fill(m, b, wm, wb)
+
+        fill(0, HORIZON_MINUTES, 0.0, self._root(symbol))
+        return out
+
+    @functools.lru_cache(maxsize=65536)  # noqa: B019
+    def _mid_at(self, symbol: str, minute: int) -> float:
+        return self._mids(symbol, minute, minute)[0]
+
+    def _mids(self, symbol: str, lo: int, hi: int) -> list[float]:
+        p = self.params(symbol)
+        sigma = p.volatility / math.sqrt(MINUTES_PER_YEAR)
+        mu = (p.drift - p.volatility**2 / 2) / MINUTES_PER_YEAR
+        ref = self._reference_minute
+        w_ref = self._w_ref(symbol)
+        path = self._brownian_range(symbol, lo, hi)
+        return [p.reference_price * math.exp(mu * (lo + i - ref) + sigma * (w - w_ref)) for i, w in enumerate(path)]
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019
+    def _w_ref(self, symbol: str) -> float:
+        return self._brownian_range(symbol, self._reference_minute, self._reference_minute)[0]
+
+    # -- public prices ---------------------------------------------------------------------------------
+    def price(self, symbol: str, moment: datetime) -> Decimal:
+        """Mid price (to the cent) during the minute containing ``moment``."""
+        return _cents(self._mid_at(symbol, minute_index(moment)))
+
+    def quote(self, symbol: str, moment: datetime) -> Quote:
+        minute = minute_index(moment)
+        mid = self._mid_at(symbol, minute)
+        half_spread = max(CENT, _cents(mid * self.params(symbol).spread_bps / 2 / 10_000))
+        mid_cents = _cents(mid)
+        return Quote(
+            symbol=symbol,
+            bid_price=max(CENT, mid_cents - half_spread),
+            ask_price=mid_cents + half_spread,
+            bid_size=Decimal(1 + int(10 * hash_unit(self.seed, symbol, minute, "bs"))),
+            ask_size=Decimal(1 + int(10 * hash_unit(self.seed, symbol, minute, "as"))),
+            timestamp=minute_start(minute),
+        )
+
+    def bar(self, symbol: str, start: datetime, timeframe: str = "1Min") -> Bar:
+        """The bar starting at ``start`` (aligned down to the timeframe). A 1Day bar spans the regular
+        session 09:30-16:00 New York of that date and is stamped at New York midnight, like Alpaca's."""
+        if timeframe == "1Day":
+            day = utc(start).astimezone(NEW_YORK).date()
+            stamp = datetime.combine(day, time(0), NEW_YORK).astimezone(UTC)
+            first = minute_index(datetime.combine(day, time(9, 30), NEW_YORK))
+            last = first + 389
+        else:
+            width = TIMEFRAME_MINUTES[timeframe]
+            first = minute_index(start) // width * width
+            last = first + width - 1
+            stamp = minute_start(first)
+        mids = self._mids(symbol, first, last)
+        volumes = [100 * (1 + int(50 * hash_unit(self.seed, symbol, first + i, "v"))) for i in range(len(mids))]
+        total = sum(volumes)
+        vwap = sum(m * v for m, v in zip(mids, volumes, strict=True)) / total
+        return Bar(
+            symbol=symbol,
+            timestamp=stamp,
+            open=_cents(mids[0]),
+            high=_cents(max(mids)),
+            low=_cents(min(mids)),
+            close=_cents(mids[-1]),
+            volume=Decimal(total),
+            trade_count=len(mids) * 3,
+            vwap=_cents(vwap),
+        )
+
+    def bars(self, symbol: str, start: datetime, end: datetime, timeframe: str = "1Min") -> list[Bar]:
+        """Bars whose start lies in [start, end). Daily bars on weekdays only."""
+        out: list[Bar] = []
+        if timeframe == "1Day":
+            day = utc(start).astimezone(NEW_YORK).date()
+            last_day = utc(end).astimezone(NEW_YORK).date()
+            while day <= last_day:
+                if day.weekday() < 5:
+                    candidate = self.bar(symbol, datetime.combine(day, time(12), NEW_YORK), "1Day")
+                    if utc(start) <= candidate.timestamp < utc(end):
+                        out.append(candidate)
+                day += timedelta(days=1)
+            return out
+        width = TIMEFRAME_MINUTES[timeframe]
+        first = -(-minute_index(start) // width) * width  # first aligned bar start >= start
+        stop = minute_index(end)
+        for bar_start in range(first, stop, width):
+            if minute_start(bar_start) < utc(end):
+                out.append(self.bar(symbol, minute_start(bar_start), timeframe))
+        return out
+
+    def latest_bar(self, symbol: str, moment: datetime) -> Bar:
+        """The last complete one-minute bar before ``moment``."""
+        return self.bar(symbol, minute_start(minute_index(moment) - 1), "1Min")
+
+
+def _cents(value: float | Decimal) -> Decimal:
+    return Decimal(repr(value) if isinstance(value, float) else value).quantize(CENT, ROUND_HALF_EVEN)
