@@ -1,0 +1,189 @@
+"""The durable consumer wiring on a real nats-server: malformed ticks are dead-lettered and the consumer
+keeps running; transient errors are retried then dead-lettered; workers share one durable consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+from faststream.nats import NatsBroker
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from eventstore import EventStore
+from services.core.jobs.consumer import (
+    H_REASON,
+    H_SUBJECT,
+    Delivery,
+    Reject,
+    subscribe_durable,
+    subscribe_ticks,
+)
+from services.core.jobs.runner import JobContext, JobRunner
+from services.core.jobs.types import JobType, Tick, TickReason, encode_tick
+from services.core.subjects import Subjects
+
+T0 = datetime(2026, 7, 2, 13, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+async def subjects(nc: NatsClient, subject_prefix: str) -> Subjects:
+    s = Subjects(subject_prefix)
+    await s.ensure_streams(nc.jetstream())
+    return s
+
+
+@pytest.fixture
+async def brokers(nats_url: str) -> AsyncIterator[list[NatsBroker]]:
+    made: list[NatsBroker] = []
+    yield made
+    for b in made:
+        await b.stop()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def dlq_messages(js: JetStreamContext, subjects: Subjects, service: str) -> list[tuple[bytes, dict[str, str]]]:
+    info = await js.stream_info(subjects.dlq_stream)
+    result = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(subjects.dlq_stream, seq)
+        if msg.subject == subjects.dlq(service):
+            result.append((msg.data or b"", dict(msg.headers or {})))
+    return result
+
+
+def tick(n: int, job: JobType = JobType.PRICE_UPDATE) -> Tick:
+    at = T0 + timedelta(minutes=5 * n)
+    return Tick.for_slot(job, at, emitted_at=at, reason=TickReason.SCHEDULED)
+
+
+async def test_malformed_ticks_go_to_dlq_and_consumer_keeps_running(
+    pg_dsn: str, nats_url: str, nc: NatsClient, subjects: Subjects, brokers: list[NatsBroker]
+) -> None:
+    store = await EventStore.connect(pg_dsn)
+    ran: list[str] = []
+
+    async def job(ctx: JobContext) -> dict[str, int]:
+        ran.append(ctx.tick.tick_id)
+        return {"symbols_updated": 1}
+
+    broker = NatsBroker(nats_url)
+    brokers.append(broker)
+    subscribe_ticks(broker, subjects=subjects, service="positions", job_type=JobType.PRICE_UPDATE,
+                    runner=JobRunner(store), job=job)
+    await broker.start()
+    js = nc.jetstream()
+    subject = subjects.tick("price_update")
+    good = tick(0)
+    await js.publish(subject, encode_tick(good))
+    bad_payloads = {
+        b"{not json": "malformed tick JSON",
+        msgspec.json.encode({**msgspec.to_builtins(tick(1)), "job_type": "nope"}): "invalid tick",
+        msgspec.json.encode({"job_type": "price_update", "tick_id": tick(2).tick_id}): "missing required field",
+        # a strategy tick published on the price_update subject
+        encode_tick(tick(3, JobType.STRATEGY_EXECUTION)): "published on the price_update subject",
+        # tick id that does not match its scheduled time
+        msgspec.json.encode({**msgspec.to_builtins(tick(4)), "tick_id": tick(5).tick_id}): "does not match",
+    }
+    for payload in bad_payloads:
+        await js.publish(subject, payload)
+    later = tick(6)
+    await js.publish(subject, encode_tick(later))
+    await wait_for(lambda: len(ran) == 2)
+    assert ran == [good.tick_id, later.tick_id]
+    dead: list[tuple[bytes, dict[str, str]]] = []
+
+    async def collect() -> bool:
+        dead[:] = await dlq_messages(js, subjects, "positions")
+        return len(dead) == len(bad_payloads)
+
+    deadline = time.monotonic() + 10
+    while not await collect():
+        assert time.monotonic() < deadline, f"only {len(dead)} dead letters"
+        await asyncio.sleep(0.05)
+    assert [d[0] for d in dead] == list(bad_payloads)
+    for (_payload, headers), expected in zip(dead, bad_payloads.values(), strict=True):
+        assert expected in headers[H_REASON], headers[H_REASON]
+        assert headers[H_SUBJECT] == subject
+    # every message is settled: nothing pending, nothing waiting for an ack
+    info = await js.consumer_info(subjects.ticks_stream, "positions_price_update")
+    assert info.num_pending == 0 and info.num_ack_pending == 0
+    await store.close()
+
+
+async def test_transient_errors_are_retried_then_dead_lettered(
+    nats_url: str, nc: NatsClient, subjects: Subjects, brokers: list[NatsBroker]
+) -> None:
+    attempts: dict[bytes, list[int]] = {}
+
+    async def flaky(delivery: Delivery) -> None:
+        attempts.setdefault(delivery.data, []).append(delivery.num_delivered)
+        if delivery.data == b"always" or (delivery.data == b"twice" and delivery.num_delivered <= 2):
+            raise ConnectionError("database unavailable")
+        if delivery.data == b"poison":
+            raise Reject("cannot parse")
+
+    broker = NatsBroker(nats_url)
+    brokers.append(broker)
+    subject = subjects.event("price", "PriceUpdated")
+    subscribe_durable(broker, subjects=subjects, service="alerts", subject=subject, stream=subjects.events_stream,
+                      handler=flaky, max_deliver=3, backoff=(0.05, 0.1))
+    await broker.start()
+    js = nc.jetstream()
+    for payload in (b"twice", b"always", b"poison", b"fine"):
+        await js.publish(subject, payload)
+    await wait_for(lambda: len(attempts.get(b"always", [])) == 3 and len(attempts.get(b"twice", [])) == 3)
+    await asyncio.sleep(0.3)
+    assert attempts[b"twice"] == [1, 2, 3]  # succeeded on the third delivery
+    assert attempts[b"always"] == [1, 2, 3]  # gave up after max_deliver
+    assert attempts[b"poison"] == [1] and attempts[b"fine"] == [1]
+    dead = await dlq_messages(js, subjects, "alerts")
+    reasons = {payload: headers[H_REASON] for payload, headers in dead}
+    assert set(reasons) == {b"always", b"poison"}
+    assert reasons[b"always"].startswith("gave up after 3 deliveries: ConnectionError")
+    assert reasons[b"poison"] == "cannot parse"
+
+
+async def test_workers_share_one_durable_consumer(
+    pg_dsn: str, nats_url: str, nc: NatsClient, subjects: Subjects, brokers: list[NatsBroker]
+) -> None:
+    store = await EventStore.connect(pg_dsn)
+    ran: dict[str, list[str]] = {"w1": [], "w2": []}
+
+    def job_for(worker: str) -> Callable[[JobContext], object]:
+        async def job(ctx: JobContext) -> dict[str, int]:
+            ran[worker].append(ctx.tick.tick_id)
+            await asyncio.sleep(0.01)
+            return {}
+
+        return job
+
+    for worker in ("w1", "w2"):
+        broker = NatsBroker(nats_url)
+        brokers.append(broker)
+        subscribe_ticks(broker, subjects=subjects, service="orders", job_type=JobType.ORDER_STATUS_CHECK,
+                        runner=JobRunner(store, worker=worker), job=job_for(worker))  # type: ignore[arg-type]
+        await broker.start()
+    js = nc.jetstream()
+    ticks = [Tick.for_slot(JobType.ORDER_STATUS_CHECK, T0 + timedelta(minutes=i), emitted_at=T0,
+                           reason=TickReason.SCHEDULED) for i in range(30)]
+    for t in ticks:
+        await js.publish(subjects.tick("order_status_check"), encode_tick(t), headers={"Nats-Msg-Id": t.tick_id})
+    await wait_for(lambda: len(ran["w1"]) + len(ran["w2"]) == 30)
+    await asyncio.sleep(0.2)
+    all_runs = ran["w1"] + ran["w2"]
+    assert sorted(all_runs) == sorted(t.tick_id for t in ticks), "each tick ran exactly once"
+    consumers = [c.name for c in await js.consumers_info(subjects.ticks_stream)]
+    assert consumers == ["orders_order_status_check"]
+    await store.close()
