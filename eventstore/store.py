@@ -110,6 +110,20 @@ ORDER BY n.ord
 RETURNING stream_version, global_position
 """
 
+# The same for the common single-event append: a simpler plan, measurably faster under concurrency.
+_APPEND_ONE = """
+INSERT INTO events (stream_id, stream_version, event_id, event_type, data, metadata)
+SELECT $1, current.version + 1, $3, $4, $5::jsonb, $6::jsonb
+FROM (SELECT coalesce(max(stream_version), -1) AS version FROM events WHERE stream_id = $1) AS current
+WHERE CASE $2::bigint
+    WHEN -2 THEN true
+    WHEN -1 THEN current.version = -1
+    WHEN -4 THEN current.version >= 0
+    ELSE current.version = $2::bigint
+END
+RETURNING stream_version, global_position
+"""
+
 _COLUMNS = "global_position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at"
 
 _READ_ALL = f"""
@@ -135,6 +149,12 @@ def _recorded(row: asyncpg.Record) -> RecordedEvent:
     return RecordedEvent(row[0], row[1], row[2], row[3], row[4], row[5], _json_decoder.decode(row[6]), row[7])
 
 
+async def _no_session_reset(con: asyncpg.Connection) -> None:
+    """The pool's default reset (RESET ALL, UNLISTEN, unlock advisory locks...) is one more round trip on
+    every release, a third of a single append's time. The store leaves no session state behind (open
+    transactions are still rolled back by asyncpg before this hook), so skip it."""
+
+
 class EventStore:
     def __init__(self, pool: asyncpg.Pool, *, on_append: Callable[[AppendResult], None] | None = None) -> None:
         self.pool = pool
@@ -151,7 +171,7 @@ class EventStore:
         max_size: int = 10,
         on_append: Callable[[AppendResult], None] | None = None,
     ) -> EventStore:
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_no_session_reset)
         assert pool is not None
         try:
             async with pool.acquire() as con:
@@ -181,18 +201,27 @@ class EventStore:
         ids = [event.event_id for event in events]
         if len(set(ids)) != len(ids):
             raise DuplicateEventId(f"stream {stream_id!r}: the same event id appears twice in one append")
-        args = (
-            stream_id,
-            expected_version,
-            ids,
-            [event.type for event in events],
-            [encode(event.data).decode() for event in events],
-            [encode(dict(event.metadata)).decode() for event in events],
-        )
+        if len(events) == 1:
+            only = events[0]
+            sql = _APPEND_ONE
+            args: tuple[Any, ...] = (
+                stream_id, expected_version, only.event_id, only.type,
+                encode(only.data).decode(), encode(dict(only.metadata)).decode(),
+            )
+        else:
+            sql = _APPEND
+            args = (
+                stream_id,
+                expected_version,
+                ids,
+                [event.type for event in events],
+                [encode(event.data).decode() for event in events],
+                [encode(dict(event.metadata)).decode() for event in events],
+            )
         async with self.pool.acquire() as con:
             while True:
                 try:
-                    rows = await con.fetch(_APPEND, *args)
+                    rows = await con.fetch(sql, *args)
                 except asyncpg.UniqueViolationError as exc:
                     repeat = await self._already_stored(con, stream_id, ids)
                     if repeat is not None:

@@ -214,7 +214,14 @@ class EmbeddedPostgres:
     def pgdata(self) -> Path:
         return self.data_dir / "pgdata"
 
-    def dsn(self, database: str = "postgres") -> str:
+    @property
+    def socket_dir(self) -> Path | None:
+        """The unix socket's directory (faster than TCP loopback), unless the path is too long for one."""
+        return self.pgdata if len(str(self.pgdata)) + len("/.s.PGSQL.65535") < 100 else None
+
+    def dsn(self, database: str = "postgres", *, tcp: bool = False) -> str:
+        if self.socket_dir is not None and not tcp:
+            return f"postgresql://{PG_SUPERUSER}@/{database}?host={self.socket_dir}&port={self.port}"
         return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
     def _running_port(self) -> int | None:
@@ -262,7 +269,7 @@ class EmbeddedPostgres:
             conf.write(
                 "\n# openbell embedded defaults\n"
                 "listen_addresses = '127.0.0.1'\n"
-                "unix_socket_directories = ''\n"
+                f"unix_socket_directories = '{self.socket_dir or ''}'\n"
                 "max_connections = 300\n"
                 "shared_buffers = 256MB\n"
                 "log_min_messages = warning\n"
@@ -286,10 +293,10 @@ class EmbeddedPostgres:
     def _remove_stale_pidfile(self) -> None:
         # A crashed postmaster can linger as a zombie where nothing reaps orphans (containers); the
         # server would take it for a live postmaster and refuse to start.
-        pidfile = self.pgdata / "postmaster.pid"
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if not pid_alive(int(pidfile.read_text().splitlines()[0])):
-                pidfile.unlink()
+        for lockfile in [self.pgdata / "postmaster.pid", *self.pgdata.glob(".s.PGSQL.*.lock")]:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if not pid_alive(int(lockfile.read_text().splitlines()[0])):
+                    lockfile.unlink()
 
     def stop(self, mode: str = "fast") -> None:
         if not self.started_here:
