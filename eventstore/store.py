@@ -127,7 +127,7 @@ RETURNING stream_version, global_position
 _COLUMNS = "global_position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at"
 
 _READ_ALL = f"""
-SELECT {_COLUMNS}, tx_id::text::bigint AS tx
+SELECT {_COLUMNS}
 FROM events
 WHERE (tx_id, global_position) > ($1::text::xid8, $2::bigint)
   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -146,7 +146,12 @@ _json_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 def _recorded(row: asyncpg.Record) -> RecordedEvent:
-    return RecordedEvent(row[0], row[1], row[2], row[3], row[4], row[5], _json_decoder.decode(row[6]), row[7])
+    metadata = row[6]
+    return RecordedEvent(
+        row[0], row[1], row[2], row[3], row[4], row[5],
+        {} if metadata == "{}" else _json_decoder.decode(metadata),  # most events carry none: skip the decoder
+        row[7],
+    )
 
 
 async def _no_session_reset(con: asyncpg.Connection) -> None:
@@ -331,7 +336,8 @@ class EventStore:
                     remaining -= len(rows)
                 if len(rows) < size:
                     return
-                tx, position = rows[-1][8], rows[-1][0]
+                position = rows[-1][0]
+                tx = await self._tx_of(con, position)
 
     async def subscribe_all(
         self, from_position: int = 0, *, poll_interval: float = 0.1, batch_size: int = 1000
