@@ -212,5 +212,6 @@ def to_decimal(value: object) -> Decimal:
     if isinstance(value, Decimal):
         return value
     if isinstance(value, float):
-        return Decimal(repr(value))
+        # JSON numbers arrive as floats: an integral one is a whole count (3, not 3.0).
+        return Decimal(int(value)) if value.is_integer() else Decimal(repr(value))
     return Decimal(str(value))

@@ -46,7 +46,7 @@ from services.broker.models import (
 from services.broker.protocol import OrderQueryStatus, Timeframe
 from services.broker.simulator import engine
 from services.broker.simulator.calendar import market_clock, trading_days
-from services.broker.simulator.market import DEFAULT_SYMBOLS, MarketSimulator, hash_unit
+from services.broker.simulator.market import DEFAULT_SYMBOLS, MarketSimulator, bar_is_closed, hash_unit
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +431,7 @@ class SimBroker:
         out: dict[str, list[Bar]] = {}
         for symbol in dict.fromkeys(symbols):
             if self.market.knows(symbol):
-                bars = [b for b in self.market.bars(symbol, start, end, timeframe) if _bar_closed(b, timeframe, end)]
+                bars = [b for b in self.market.bars(symbol, start, end, timeframe) if bar_is_closed(b, timeframe, end)]
                 if bars:
                     out[symbol] = bars
         return out
@@ -446,13 +446,6 @@ class SimBroker:
                 yield await queue.get()
         finally:
             self._subscribers.discard(queue)
-
-
-def _bar_closed(bar: Bar, timeframe: Timeframe, now: datetime) -> bool:
-    if timeframe == "1Day":
-        return bar.timestamp + timedelta(hours=16) <= now  # stamped at New York midnight; close ~16:00
-    minutes = {"1Min": 1, "5Min": 5, "15Min": 15, "1Hour": 60}[timeframe]
-    return bar.timestamp + timedelta(minutes=minutes) <= now
 
 
 def _order_from_row(row: asyncpg.Record | Mapping[str, Any]) -> Order:

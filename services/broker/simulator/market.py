@@ -22,6 +22,7 @@ from statistics import NormalDist
 from zoneinfo import ZoneInfo
 
 from services.broker.models import Bar, Quote, utc
+from services.broker.simulator.calendar import trading_days
 
 NEW_YORK = ZoneInfo("America/New_York")
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -190,17 +191,15 @@ class MarketSimulator:
         )
 
     def bars(self, symbol: str, start: datetime, end: datetime, timeframe: str = "1Min") -> list[Bar]:
-        """Bars whose start lies in [start, end). Daily bars on weekdays only."""
+        """Bars whose start lies in [start, end). Daily bars on trading days only."""
         out: list[Bar] = []
         if timeframe == "1Day":
-            day = utc(start).astimezone(NEW_YORK).date()
+            first_day = utc(start).astimezone(NEW_YORK).date()
             last_day = utc(end).astimezone(NEW_YORK).date()
-            while day <= last_day:
-                if day.weekday() < 5:
-                    candidate = self.bar(symbol, datetime.combine(day, time(12), NEW_YORK), "1Day")
-                    if utc(start) <= candidate.timestamp < utc(end):
-                        out.append(candidate)
-                day += timedelta(days=1)
+            for session in trading_days(first_day, last_day):
+                candidate = self.bar(symbol, datetime.combine(session.date, time(12), NEW_YORK), "1Day")
+                if utc(start) <= candidate.timestamp < utc(end):
+                    out.append(candidate)
             return out
         width = TIMEFRAME_MINUTES[timeframe]
         first = -(-minute_index(start) // width) * width  # first aligned bar start >= start
@@ -213,6 +212,12 @@ class MarketSimulator:
     def latest_bar(self, symbol: str, moment: datetime) -> Bar:
         """The last complete one-minute bar before ``moment``."""
         return self.bar(symbol, minute_start(minute_index(moment) - 1), "1Min")
+
+
+def bar_is_closed(bar: Bar, timeframe: str, now: datetime) -> bool:
+    """Whether ``bar`` is complete at ``now`` (a daily bar, stamped at New York midnight, closes ~16:00)."""
+    width = timedelta(hours=16) if timeframe == "1Day" else timedelta(minutes=TIMEFRAME_MINUTES[timeframe])
+    return bar.timestamp + width <= utc(now)
 
 
 def _cents(value: float | Decimal) -> Decimal:
