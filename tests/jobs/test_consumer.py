@@ -78,7 +78,7 @@ async def test_malformed_ticks_go_to_dlq_and_consumer_keeps_running(
         ran.append(ctx.tick.tick_id)
         return {"symbols_updated": 1}
 
-    broker = NatsBroker(nats_url)
+    broker = NatsBroker(nats_url, logger=None)
     brokers.append(broker)
     subscribe_ticks(broker, subjects=subjects, service="positions", job_type=JobType.PRICE_UPDATE,
                     runner=JobRunner(store), job=job)
@@ -134,7 +134,7 @@ async def test_transient_errors_are_retried_then_dead_lettered(
         if delivery.data == b"poison":
             raise Reject("cannot parse")
 
-    broker = NatsBroker(nats_url)
+    broker = NatsBroker(nats_url, logger=None)
     brokers.append(broker)
     subject = subjects.event("price", "PriceUpdated")
     subscribe_durable(broker, subjects=subjects, service="alerts", subject=subject, stream=subjects.events_stream,
@@ -170,7 +170,7 @@ async def test_workers_share_one_durable_consumer(
         return job
 
     for worker in ("w1", "w2"):
-        broker = NatsBroker(nats_url)
+        broker = NatsBroker(nats_url, logger=None)
         brokers.append(broker)
         subscribe_ticks(broker, subjects=subjects, service="orders", job_type=JobType.ORDER_STATUS_CHECK,
                         runner=JobRunner(store, worker=worker), job=job_for(worker))  # type: ignore[arg-type]
