@@ -18,12 +18,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from nats.js import JetStreamContext
 
 from eventstore import ANY, EventStore, NewEvent
-from services.clock import schedule
+from services.clock import calendar, schedule
+from services.clock.calendar_check import CalendarSource, check_calendar
 from services.clock.events import ClockBaselineSet, TickEmitted, TickSkipped, clock_stream
 from services.clock.schedule import DEFAULT_MAX_LATENESS, JobType, Plan, TickReason
 from services.clock.ticks import last_published_tick, publish_tick
@@ -67,6 +68,7 @@ class ClockService:
         now: Callable[[], datetime] = utc_now,
         sleep_until: Callable[[datetime, asyncio.Event], Awaitable[None]] | None = None,
         max_sleep: timedelta = timedelta(seconds=30),
+        calendar_source: CalendarSource | None = None,
     ) -> None:
         """``now`` is the clock's only time source (tests pass a simulated one); ``sleep_until`` waits
         until an instant or until stop is set."""
@@ -79,6 +81,9 @@ class ClockService:
         self._sleep_until = sleep_until or self._wait_until
         self.max_sleep = max_sleep
         self.last_handled: dict[JobType, datetime | None] = {}
+        # When the broker is Alpaca: its /v2/calendar, compared once per exchange day.
+        self.calendar_source = calendar_source
+        self._checked_day: date | None = None
 
     async def _wait_until(self, when: datetime, stop: asyncio.Event) -> None:
         await wait_until(when, stop, self.now)
@@ -108,6 +113,7 @@ class ClockService:
     async def run_pass(self, now: datetime) -> PassResult:
         """Fire what is due at ``now`` for every job, record fired and skipped slots."""
         result = PassResult()
+        await self._check_calendar(now)
         for job in self.jobs:
             if job not in self.last_handled:
                 self.last_handled[job] = await self._last_handled(job)
@@ -118,6 +124,19 @@ class ClockService:
                 continue
             await self._execute(job, plan, now, result)
         return result
+
+    async def _check_calendar(self, now: datetime) -> None:
+        day = calendar.exchange_date(now)
+        if self.calendar_source is None or day == self._checked_day:
+            return
+        try:
+            mismatch = await check_calendar(self.store, self.calendar_source, day)
+        except Exception:  # the broker being down must not stop the clock; retried next pass
+            log.exception("calendar cross-check for %s failed", day)
+            return
+        self._checked_day = day
+        if mismatch is not None:
+            log.error("calendar mismatch on %s: %s", day, mismatch.detail)
 
     async def _set_baseline(self, job: JobType, now: datetime) -> None:
         baseline = now - self.max_lateness
