@@ -9,7 +9,9 @@ construction::
 
 A buy moves money from cash into the basis; a sale releases the sold shares' share of the basis
 against the proceeds, and the difference is realized P&L. Fees are paid from cash and charged to
-realized P&L at once.
+realized P&L at once. The only divisions (a partial close releasing part of the basis, a fill split
+across zero) are rounded to ``AMOUNT_QUANTUM``, so every later addition is exact and the identity
+above holds to the last digit.
 
 A fill is a fact (the broker has traded): it is always applied, even one that turns a long into a
 short. Refusing short orders is the job of the pre-trade risk checks, not of the books.
@@ -25,6 +27,8 @@ import msgspec
 from services.orders.types import Side
 
 ZERO = Decimal(0)
+# Far below a cent, and few enough digits that sums of amounts stay exact in a 28-digit context.
+AMOUNT_QUANTUM = Decimal("1e-10")
 
 
 class Position(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,11 +108,11 @@ def apply_fill(position: Position, fill: Fill) -> FillResult:
         if closing_qty == fill.qty:
             closing_value = signed_value
         else:
-            closing_value = signed_value * closing_qty / fill.qty
+            closing_value = (signed_value * closing_qty / fill.qty).quantize(AMOUNT_QUANTUM)
         if closing_qty == abs(position.qty):
             released_basis = basis  # exactly: going flat leaves no rounding crumbs behind
         else:
-            released_basis = basis * closing_qty / abs(position.qty)
+            released_basis = (basis * closing_qty / abs(position.qty)).quantize(AMOUNT_QUANTUM)
         # Long sold: proceeds (-closing_value) minus the basis released. Short covered: the basis
         # released (negative) is the money received, the closing value the money paid.
         realized += -(closing_value + released_basis)
