@@ -1,0 +1,36 @@
+"""Hosting of the clock service (``openbell serve clock``): the real-time clock loop as a background task.
+
+In a virtual (simulated-time) host the real-time clock does not run: the virtual clock
+(:class:`services.clock.virtual.VirtualClock`) drives the ticks instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+from typing import TYPE_CHECKING
+
+from services.clock.calendar_check import BrokerCalendarDay, CalendarSource
+from services.clock.service import ClockService
+
+if TYPE_CHECKING:
+    from services.core.host import ServiceContext
+
+
+class _BrokerCalendar:
+    """The trading broker's calendar, created on first use (only when the broker is Alpaca)."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+
+    async def get_calendar(self, start: date, end: date) -> Sequence[BrokerCalendarDay]:
+        broker = await self.ctx.broker()
+        return await broker.get_calendar(start, end)
+
+
+async def setup(ctx: ServiceContext) -> None:
+    if ctx.virtual:
+        return
+    source: CalendarSource | None = _BrokerCalendar(ctx) if ctx.settings.broker == "alpaca" else None
+    clock = ClockService(ctx.rt.store, ctx.rt.js, ctx.rt.subjects, calendar_source=source)
+    ctx.background(clock.run(ctx.stop), name="clock")
