@@ -12,7 +12,7 @@ from services.strategy.strategies import Bar
 T0 = datetime(2025, 3, 3, 14, 30, tzinfo=UTC)
 
 
-def D(value: str | int) -> Decimal:  # noqa: N802 - reads like a literal
+def D(value: str | int) -> Decimal:
     return Decimal(str(value))
 
 

@@ -99,7 +99,9 @@ def test_cancel_after_a_partial_fill_books_the_fill_then_the_cancel() -> None:
 
 
 def test_broker_rejection_is_definite() -> None:
-    events = apply_broker_order(order_state("10"), view(BrokerStatus.REJECTED, "0", None, reason="insufficient buying power"))
+    events = apply_broker_order(
+        order_state("10"), view(BrokerStatus.REJECTED, "0", None, reason="insufficient buying power")
+    )
     assert len(events) == 1
     rejected = events[0].data
     assert isinstance(rejected, OrderRejected)
@@ -137,7 +139,9 @@ def test_unknown_statuses_never_close_an_order() -> None:
 
 def test_illegal_transitions_are_refused() -> None:
     filled = order_state("10", status=OrderStatus.FILLED)
-    unknown = OrderSubmitUnknown(portfolio_id="growth", client_order_id=COID, symbol="AAPL", side=Side.BUY, reason="x", at=T0)
+    unknown = OrderSubmitUnknown(
+        portfolio_id="growth", client_order_id=COID, symbol="AAPL", side=Side.BUY, reason="x", at=T0
+    )
     with pytest.raises(IllegalTransition):
         evolve(filled, unknown)
 
@@ -202,7 +206,9 @@ def fill_histories(draw: st.DrawFn) -> tuple[Decimal, list[BrokerOrderView]]:
         done = cumulative == qty
         # Brokers report a rounded average; the fills must still add up to exactly what it says.
         average = (notional / cumulative).quantize(Decimal("0.000001"))
-        snapshots.append(view(BrokerStatus.FILLED if done else BrokerStatus.OPEN, str(cumulative), str(average), minute))
+        snapshots.append(
+            view(BrokerStatus.FILLED if done else BrokerStatus.OPEN, str(cumulative), str(average), minute)
+        )
         if not done and draw(st.integers(0, 9)) == 0:
             snapshots.append(view(BrokerStatus.CANCELED, str(cumulative), str(average), minute + 1))
             break

@@ -22,6 +22,7 @@ from services.strategy.events import PortfolioHalted
 from tests.logic.helpers import T0, D
 
 KNOWN = frozenset({"AAPL", "MSFT", "NVDA"})
+FIX_ALL = ReconcilePolicy()
 
 
 def broker(symbol: str, qty: str, price: str = "100") -> BrokerPosition:
@@ -36,7 +37,9 @@ def kinds(found: list[Discrepancy]) -> dict[str, DiscrepancyKind]:
     return {d.symbol: d.kind for d in found}
 
 
-def find(brokers: list[BrokerPosition], holdings: list[Holding], in_flight: frozenset[str] = frozenset()) -> list[Discrepancy]:
+def find(
+    brokers: list[BrokerPosition], holdings: list[Holding], in_flight: frozenset[str] = frozenset()
+) -> list[Discrepancy]:
     return find_discrepancies(brokers, holdings, known_symbols=KNOWN, in_flight_symbols=in_flight)
 
 
@@ -46,7 +49,13 @@ def test_positions_that_agree_in_sum_are_not_discrepancies() -> None:
 
 def test_each_kind_is_classified() -> None:
     found = find(
-        [broker("AAPL", "10"), broker("MSFT", "7"), broker("NVDA", "3"), broker("ZZZZ", "1"), broker("TSLA", "2", "250")],
+        [
+            broker("AAPL", "10"),
+            broker("MSFT", "7"),
+            broker("NVDA", "3"),
+            broker("ZZZZ", "1"),
+            broker("TSLA", "2", "250"),
+        ],
         [holding("a", "AAPL", "12"), holding("a", "GOOG", "4"), holding("a", "TSLA", "2", "200")],
     )
     assert kinds(found) == {
@@ -65,14 +74,16 @@ def test_a_symbol_with_an_order_in_flight_is_not_a_discrepancy() -> None:
 
 def test_price_is_not_compared_when_several_portfolios_hold_the_symbol() -> None:
     # The broker's single average over a shared account cannot match each portfolio's own.
-    assert find([broker("AAPL", "10", "130")], [holding("a", "AAPL", "5", "100"), holding("b", "AAPL", "5", "110")]) == []
+    assert (
+        find([broker("AAPL", "10", "130")], [holding("a", "AAPL", "5", "100"), holding("b", "AAPL", "5", "110")]) == []
+    )
 
 
 def test_small_price_differences_are_tolerated() -> None:
     assert find([broker("AAPL", "10", "100.05")], [holding("a", "AAPL", "10", "100")]) == []
 
 
-def plan(found: list[Discrepancy], holdings: list[Holding], policy: ReconcilePolicy = ReconcilePolicy(), **kwargs: object):  # type: ignore[no-untyped-def]
+def plan(found: list[Discrepancy], holdings: list[Holding], policy: ReconcilePolicy = FIX_ALL, **kwargs: object):  # type: ignore[no-untyped-def]
     arguments: dict[str, object] = {
         "open_discrepancies": {},
         "quarantined_symbols": frozenset(),
@@ -85,7 +96,9 @@ def plan(found: list[Discrepancy], holdings: list[Holding], policy: ReconcilePol
 
 
 def reconciled(outcome) -> dict[tuple[str, str], PositionReconciled]:  # type: ignore[no-untyped-def]
-    return {(e.data.portfolio_id, e.data.symbol): e.data for e in outcome.events if isinstance(e.data, PositionReconciled)}
+    return {
+        (e.data.portfolio_id, e.data.symbol): e.data for e in outcome.events if isinstance(e.data, PositionReconciled)
+    }
 
 
 def test_fix_assigns_a_quantity_difference_to_the_single_owner_keeping_its_average() -> None:
@@ -134,11 +147,15 @@ def test_quarantine_policy_quarantines_the_symbol_and_reports_once() -> None:
     assert first.quarantined_symbols == ("AAPL",)
 
     # The next sync finds the same difference: it is open already, nothing new is said.
-    again = plan(found, holdings, policy, open_discrepancies={"AAPL": found[0]}, quarantined_symbols=frozenset({"AAPL"}))
+    again = plan(
+        found, holdings, policy, open_discrepancies={"AAPL": found[0]}, quarantined_symbols=frozenset({"AAPL"})
+    )
     assert again.events == ()
 
     # Once the books agree again, the discrepancy is resolved and the quarantine lifted.
-    resolved = plan([], holdings, policy, open_discrepancies={"AAPL": found[0]}, quarantined_symbols=frozenset({"AAPL"}))
+    resolved = plan(
+        [], holdings, policy, open_discrepancies={"AAPL": found[0]}, quarantined_symbols=frozenset({"AAPL"})
+    )
     assert [type(e.data) for e in resolved.events] == [PositionDiscrepancyResolved, SymbolQuarantineLifted]
 
 

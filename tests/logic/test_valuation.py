@@ -37,7 +37,11 @@ def test_mid_falls_back_to_last_and_last_to_mid() -> None:
 
 
 def test_missing_stale_and_priceless_quotes_are_reported_never_zero() -> None:
-    quotes = {"A": quote("A", "9", "11", None), "B": quote("B", "9", "11", None, age_minutes=30), "C": quote("C", None, None, None)}
+    quotes = {
+        "A": quote("A", "9", "11", None),
+        "B": quote("B", "9", "11", None, age_minutes=30),
+        "C": quote("C", None, None, None),
+    }
     check = check_quotes(["A", "B", "C", "D"], quotes, as_of=T0, max_age=timedelta(minutes=15))
     assert check.prices == {"A": D(10)}
     assert check.problems == {"B": QuoteProblem.STALE, "C": QuoteProblem.NO_PRICE, "D": QuoteProblem.MISSING}

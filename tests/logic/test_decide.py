@@ -1,0 +1,186 @@
+from datetime import timedelta
+from decimal import Decimal
+
+from services.orders.ids import client_order_id
+from services.orders.types import OrderType, Side
+from services.positions.accounting import Position
+from services.strategy import risk
+from services.strategy.config import StrategySpec, parse_strategy_spec
+from services.strategy.decide import (
+    NO_PRICE,
+    ONE_ORDER_PER_SYMBOL,
+    ZERO_QUANTITY,
+    MarketData,
+    PortfolioDecisions,
+    PortfolioState,
+    Tick,
+    TradingControls,
+    decide_portfolio,
+    limit_price_for,
+)
+from services.strategy.events import OrderRejectedByRisk, OrderRequested, PortfolioHalted, SignalGenerated
+from services.strategy.risk import RiskLimits
+from services.strategy.strategies import Action
+from tests.logic.helpers import T0, D, bars_from_closes
+
+ALWAYS = "tests.logic.sample_strategies:always"
+TICK = Tick(tick_id="strategy_execution@2025-03-03T15:00:00Z", scheduled_at=T0 + timedelta(minutes=30))
+PRICES = {"AAPL": D(100), "MSFT": D(200), "NVDA": D(50)}
+
+
+def always(name: str, universe: list[str], action: str = "buy", **changes: object) -> StrategySpec:
+    return parse_strategy_spec(
+        {
+            "name": name,
+            "kind": ALWAYS,
+            "universe": universe,
+            "parameters": {"action": action},
+            "sizing": {"method": "fixed_quantity", "quantity": "10"},
+            **changes,
+        }
+    )
+
+
+def state(*strategies: StrategySpec, **changes: object) -> PortfolioState:
+    values: dict[str, object] = {
+        "portfolio_id": "growth",
+        "cash": D(100_000),
+        "positions": {},
+        "risk_limits": RiskLimits(),
+        "strategies": strategies,
+    }
+    values.update(changes)
+    return PortfolioState(**values)  # type: ignore[arg-type]
+
+
+def decide(portfolio: PortfolioState, prices: dict[str, Decimal] = PRICES, **controls: object) -> PortfolioDecisions:
+    return decide_portfolio(portfolio, MarketData(bars={}, prices=prices), TICK, TradingControls(**controls))  # type: ignore[arg-type]
+
+
+def of_type(result: PortfolioDecisions, event_type: type) -> list:  # type: ignore[type-arg]
+    return [e.data for e in result.events if isinstance(e.data, event_type)]
+
+
+def test_a_crossover_on_real_bars_requests_a_sized_order() -> None:
+    closes = [100] * 6 + [101]
+    strategy = parse_strategy_spec(
+        {
+            "kind": "ma_crossover",
+            "universe": ["AAPL"],
+            "parameters": {"fast_window": 2, "slow_window": 5},
+            "sizing": {"method": "fixed_notional", "notional": "1000"},
+        }
+    )
+    market = MarketData(bars={"AAPL": bars_from_closes(closes)}, prices={"AAPL": D(101)})
+    result = decide_portfolio(state(strategy), market, TICK)
+    (requested,) = of_type(result, OrderRequested)
+    assert requested.client_order_id == client_order_id("growth", TICK.tick_id, "AAPL", Side.BUY)
+    assert (requested.side, requested.qty, requested.order_type, requested.limit_price) == (
+        Side.BUY,
+        D(9),
+        OrderType.MARKET,
+        None,
+    )
+    assert requested.at == TICK.scheduled_at
+    assert "crossed above" in requested.reason
+    assert (result.signals_generated, result.trades_requested, result.orders_refused) == (1, 1, 0)
+    assert [type(e.data) for e in result.events] == [SignalGenerated, OrderRequested]
+
+
+def test_hold_signals_make_no_events() -> None:
+    result = decide(state(always("quiet", ["AAPL", "MSFT"], action="hold")))
+    assert result.events == ()
+    assert [d.signal.action for d in result.decisions] == [Action.HOLD, Action.HOLD]
+    assert result.signals_generated == 0
+
+
+def test_deciding_the_same_tick_again_gives_the_same_event_ids() -> None:
+    portfolio = state(always("buyer", ["AAPL", "MSFT"]))
+    first = [e.event_id for e in decide(portfolio).events]
+    assert first == [e.event_id for e in decide(portfolio).events]
+    assert len(set(first)) == len(first)
+
+
+def test_a_refused_order_is_an_event_naming_the_rule() -> None:
+    result = decide(state(always("buyer", ["AAPL"])), global_halt=True)
+    (refused,) = of_type(result, OrderRejectedByRisk)
+    assert refused.rule == risk.GLOBAL_HALT
+    assert refused.client_order_id == client_order_id("growth", TICK.tick_id, "AAPL", Side.BUY)
+    assert result.orders == ()
+    assert result.decisions[0].refusal is not None and result.decisions[0].refusal.rule == risk.GLOBAL_HALT
+
+
+def test_quarantined_symbols_are_refused_and_others_trade() -> None:
+    result = decide(state(always("buyer", ["AAPL", "MSFT"])), quarantined_symbols=frozenset({"AAPL"}))
+    assert [r.rule for r in of_type(result, OrderRejectedByRisk)] == [risk.SYMBOL_QUARANTINED]
+    assert [o.symbol for o in result.orders] == ["MSFT"]
+
+
+def test_the_daily_loss_limit_halts_the_portfolio_and_refuses_its_orders() -> None:
+    portfolio = state(always("buyer", ["AAPL"]), cash=D(90_000), day_start_equity=D(100_000))
+    result = decide(portfolio)
+    assert result.halted_by_daily_loss
+    (halt,) = of_type(result, PortfolioHalted)
+    assert (halt.portfolio_id, halt.rule) == ("growth", risk.DAILY_LOSS_LIMIT)
+    assert [r.rule for r in of_type(result, OrderRejectedByRisk)] == [risk.PORTFOLIO_HALTED]
+
+
+def test_an_already_halted_portfolio_is_not_halted_again() -> None:
+    result = decide(state(always("buyer", ["AAPL"]), cash=D(90_000), day_start_equity=D(100_000), halted=True))
+    assert of_type(result, PortfolioHalted) == []
+    assert [r.rule for r in of_type(result, OrderRejectedByRisk)] == [risk.PORTFOLIO_HALTED]
+
+
+def test_one_order_per_symbol_per_tick_whatever_the_strategies_say() -> None:
+    held = {"AAPL": Position(symbol="AAPL", qty=D(5), cost_basis=D(500))}
+    result = decide(state(always("a_buyer", ["AAPL"]), always("b_seller", ["AAPL"], action="sell"), positions=held))
+    assert [o.side for o in result.orders] == [Side.BUY]  # strategies are evaluated by name
+    assert [r.rule for r in of_type(result, OrderRejectedByRisk)] == [ONE_ORDER_PER_SYMBOL]
+
+
+def test_orders_of_one_tick_see_each_other() -> None:
+    strategy = always("buyer", ["AAPL", "MSFT", "NVDA"])
+    # Each buy costs 10 x price; 1 500 of cash pays for AAPL (1 000) but not MSFT (2 000) after it.
+    result = decide(state(strategy, cash=D(1_500), risk_limits=RiskLimits(max_position_weight=None)))
+    assert [o.symbol for o in result.orders] == ["AAPL", "NVDA"]
+    assert [r.rule for r in of_type(result, OrderRejectedByRisk)] == [risk.INSUFFICIENT_CASH]
+
+    capped = decide(state(strategy, risk_limits=RiskLimits(max_orders_per_tick=2)))
+    assert [o.symbol for o in capped.orders] == ["AAPL", "MSFT"]
+    assert [r.rule for r in of_type(capped, OrderRejectedByRisk)] == [risk.MAX_ORDERS_PER_TICK]
+
+
+def test_no_price_and_zero_quantity_are_refusals_not_orders() -> None:
+    result = decide(state(always("buyer", ["AAPL", "TSLA"]), positions={}), prices={"AAPL": D(100)})
+    assert [r.rule for r in of_type(result, OrderRejectedByRisk)] == [NO_PRICE]
+    sell_flat = decide(state(always("seller", ["AAPL"], action="sell")))
+    assert [r.rule for r in of_type(sell_flat, OrderRejectedByRisk)] == [ZERO_QUANTITY]
+
+
+def test_a_failing_strategy_is_counted_and_holds_without_stopping_the_others() -> None:
+    broken = parse_strategy_spec(
+        {"name": "broken", "kind": "tests.logic.sample_strategies:broken", "universe": ["AAPL"]}
+    )
+    result = decide(state(broken, always("buyer", ["MSFT"])))
+    assert result.strategy_errors == 1
+    assert "RuntimeError: no data for AAPL" in result.decisions[0].signal.reason
+    assert [o.symbol for o in result.orders] == ["MSFT"]
+
+
+def test_disabled_strategies_are_not_evaluated() -> None:
+    result = decide(state(always("buyer", ["AAPL"], enabled=False)))
+    assert result.decisions == ()
+
+
+def test_limit_orders_get_a_marketable_limit_in_price_increments() -> None:
+    result = decide(state(always("buyer", ["AAPL"], order_type="limit", limit_offset="0.002")))
+    (requested,) = of_type(result, OrderRequested)
+    assert (requested.order_type, requested.limit_price) == (OrderType.LIMIT, D("100.20"))
+    assert limit_price_for(Side.SELL, D("0.5"), D("0.01")) == D("0.4950")
+
+
+def test_an_unpriced_holding_blocks_buys_that_need_the_equity() -> None:
+    holdings = {"TSLA": Position(symbol="TSLA", qty=D(1), cost_basis=D(200))}
+    result = decide(state(always("buyer", ["AAPL"]), positions=holdings))
+    assert result.equity is None
+    assert [r.rule for r in of_type(result, OrderRejectedByRisk)] == [risk.EQUITY_UNKNOWN]

@@ -1,0 +1,68 @@
+from collections.abc import Iterator
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from services.strategy import plugins
+from services.strategy.plugins import BUILTIN_STRATEGIES, UnknownStrategy, known_kinds, resolve_strategy
+from services.strategy.strategies import InvalidParameters, moving_average_crossover
+from tests.logic import sample_strategies
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry() -> Iterator[None]:
+    plugins.resolve_strategy.cache_clear()
+    plugins._entry_point_targets.cache_clear()
+    yield
+    plugins.resolve_strategy.cache_clear()
+    plugins._entry_point_targets.cache_clear()
+
+
+def test_builtins_resolve_with_their_parameter_models() -> None:
+    definition = resolve_strategy("ma_crossover")
+    assert definition.function is moving_average_crossover
+    assert definition.validate_parameters({}) == {"fast_window": 10, "slow_window": 30}
+    assert set(BUILTIN_STRATEGIES) <= set(known_kinds())
+
+
+def test_unknown_kind_lists_the_known_ones() -> None:
+    with pytest.raises(UnknownStrategy) as error:
+        resolve_strategy("moving_average")
+    message = str(error.value)
+    assert "unknown strategy kind 'moving_average'" in message
+    assert "ma_crossover, momentum, rsi_mean_reversion" in message
+
+
+def test_module_function_path_loads_a_user_strategy_and_its_parameter_model() -> None:
+    definition = resolve_strategy("tests.logic.sample_strategies:always")
+    assert definition.function is sample_strategies.always
+    assert definition.params_model is sample_strategies.AlwaysParams
+    with pytest.raises(InvalidParameters, match="strength"):
+        definition.validate_parameters({"strength": 0})
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("tests.logic.no_such_module:f", "cannot import module"),
+        ("tests.logic.sample_strategies:missing", "has no 'missing'"),
+        ("tests.logic.sample_strategies:NOT_A_FUNCTION", "is not a function"),
+    ],
+)
+def test_bad_paths_are_clear_errors(path: str, message: str) -> None:
+    with pytest.raises(UnknownStrategy, match=message):
+        resolve_strategy(path)
+
+
+def test_entry_points_of_installed_packages_are_strategy_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
+    installed = [EntryPoint("always_buy", "tests.logic.sample_strategies:always", plugins.ENTRY_POINT_GROUP)]
+
+    def fake_entry_points(*, group: str, name: str | None = None) -> list[EntryPoint]:
+        assert group == "openbell.strategies"
+        return [ep for ep in installed if name is None or ep.name == name]
+
+    monkeypatch.setattr(plugins, "entry_points", fake_entry_points)
+    assert "always_buy" in known_kinds()
+    definition = resolve_strategy("always_buy")
+    assert definition.kind == "always_buy"
+    assert definition.function is sample_strategies.always
