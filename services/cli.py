@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from eventstore import EventStoreError, PositionNotFound, RecordedEvent
-from services.core.runtime import Runtime, connect_runtime
+from services.core.runtime import connect_runtime
 from services.core.settings import SettingsError, load_settings
 
 app = typer.Typer(
@@ -205,30 +205,19 @@ def replay(
 
 
 @app.command()
-def relay() -> None:
-    """Run the relay (event store -> JetStream) until interrupted; standby if another one is active."""
+def serve(
+    names: Annotated[list[str] | None, typer.Argument(help="Services to run (default: all).")] = None,
+) -> None:
+    """Run openbell services in this process until interrupted (relay, projections, clock, strategy,
+    orders, positions, alerts, or all). More copies of a service share its work."""
+    from services.core.host import resolve_services, serve_forever
 
-    async def run() -> None:
-        async with connect_runtime(name="openbell-relay") as rt:
-            await run_relay(rt, asyncio.Event())
-
-    run_async(run)
-
-
-async def run_relay(rt: Runtime, stop: asyncio.Event) -> None:
-    from eventstore.relay import Relay
-
-    relay_ = Relay(rt.store, rt.nc, rt.subjects)
-    # Appends made by other processes announce themselves on core NATS: wake at once.
-    sub = await rt.nc.subscribe(rt.appended_subject, cb=lambda _msg: _wake(relay_))
     try:
-        await relay_.run(stop)
-    finally:
-        await sub.unsubscribe()
-
-
-async def _wake(relay_: object) -> None:
-    relay_.wake()  # type: ignore[attr-defined]
+        chosen = resolve_services(names or [])
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"serving: {', '.join(chosen)} (Ctrl-C to stop)")
+    run_async(lambda: serve_forever(chosen))
 
 
 # ---------------------------------------------------------------------------------------------- main

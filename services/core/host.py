@@ -1,0 +1,167 @@
+"""The service host: runs one or more openbell services in one process.
+
+Every service is a module with ``async def setup(ctx: ServiceContext) -> None`` that registers its
+FastStream subscribers on ``ctx.bus`` and its background loops with ``ctx.background``. The host then
+starts the bus and runs until stopped. ``openbell serve <names>`` and ``openbell demo`` both use it; the
+compose stack runs one service per container, and more copies of a service share its durable consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from faststream.nats import NatsBroker
+
+from eventstore.projections import ProjectionRunner
+from services.broker.protocol import Broker
+from services.broker.simulator.broker import ManualClock
+from services.core.jobs.runner import JobRunner
+from services.core.projections import known_projections
+from services.core.runtime import Runtime, connect_runtime
+from services.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# name -> module with ``setup(ctx)``. Order matters only for readability of logs.
+SERVICES: dict[str, str] = {
+    "relay": "services.core.relay_service",
+    "projections": "services.core.projection_service",
+    "clock": "services.clock.service_host",
+    "strategy": "services.strategy.service",
+    "orders": "services.orders.service",
+    "positions": "services.positions.service",
+    "alerts": "services.alerts.service",
+}
+
+
+class TickTime(ManualClock):
+    """Simulated broker time: the latest tick time this process has seen; it never goes backwards (ticks
+    of different jobs may be handled out of order)."""
+
+    def set(self, moment: datetime) -> None:
+        if moment > self():
+            super().set(moment)
+
+
+@dataclass
+class ServiceContext:
+    rt: Runtime
+    bus: NatsBroker
+    jobs: JobRunner
+    projections: ProjectionRunner
+    stop: asyncio.Event
+    broker_factory: Callable[[ServiceContext], Awaitable[Broker]] | None = None
+    tick_time: TickTime = field(default_factory=lambda: TickTime(datetime(2000, 1, 1, tzinfo=UTC)))
+    virtual: bool = False
+    _broker: Broker | None = None
+    _broker_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        return self.rt.settings
+
+    async def broker(self) -> Broker:
+        """The trading broker (simulator or Alpaca), created on first use and shared by the services."""
+        async with self._broker_lock:
+            if self._broker is None:
+                if self.broker_factory is not None:
+                    self._broker = await self.broker_factory(self)
+                else:
+                    from services.broker import create_broker
+
+                    self._broker = await create_broker(dsn=self.rt.servers.database_url, now=self.tick_time)
+            return self._broker
+
+    async def at(self, moment: datetime) -> Broker:
+        """The broker, with simulated time moved to ``moment`` (a tick's time) when it is the simulator."""
+        broker = await self.broker()
+        self.tick_time.set(moment)
+        advance = getattr(broker, "advance_to", None)
+        if advance is not None and isinstance(getattr(broker, "_now", None), ManualClock):
+            await advance(self.tick_time())
+        return broker
+
+    def background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(_log_crash)
+        self._tasks.append(task)
+
+    async def catch_up(self) -> None:
+        """Bring this process's read models up to date before reading them for a decision."""
+        await self.projections.run_once()
+
+
+def _log_crash(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s stopped: %r", task.get_name(), task.exception())
+
+
+def resolve_services(names: Sequence[str]) -> list[str]:
+    if not names or list(names) == ["all"]:
+        return list(SERVICES)
+    unknown = [n for n in names if n not in SERVICES]
+    if unknown:
+        raise ValueError(f"unknown service {unknown[0]!r} (known: {', '.join(SERVICES)}, all)")
+    return list(dict.fromkeys(names))
+
+
+@contextlib.asynccontextmanager
+async def hosted(
+    names: Sequence[str],
+    settings: Settings | None = None,
+    *,
+    runtime: Runtime | None = None,
+    broker_factory: Callable[[ServiceContext], Awaitable[Broker]] | None = None,
+    virtual: bool = False,
+    worker: str | None = None,
+) -> AsyncIterator[ServiceContext]:
+    """Start the named services in this process; they run until the context exits."""
+    services = resolve_services(names)
+    async with contextlib.AsyncExitStack() as stack:
+        if runtime is None:
+            runtime = await stack.enter_async_context(connect_runtime(settings, name=f"openbell-{'+'.join(services)}"))
+        bus = NatsBroker(runtime.servers.nats_url, max_reconnect_attempts=-1, logger=None)
+        ctx = ServiceContext(
+            rt=runtime,
+            bus=bus,
+            jobs=JobRunner(runtime.store, nc=runtime.nc, subjects=runtime.subjects, worker=worker),
+            projections=ProjectionRunner(runtime.store, known_projections()),
+            stop=asyncio.Event(),
+            broker_factory=broker_factory,
+            virtual=virtual,
+        )
+        await ctx.projections.setup()
+        for name in services:
+            module = importlib.import_module(SERVICES[name])
+            await module.setup(ctx)
+        await bus.start()
+        log.info("services running: %s", ", ".join(services))
+        try:
+            yield ctx
+        finally:
+            ctx.stop.set()
+            for task in ctx._tasks:
+                task.cancel()
+            # Crashes were already logged by _log_crash; cancellation is how they end here.
+            await asyncio.gather(*ctx._tasks, return_exceptions=True)
+            await bus.stop()
+            if ctx._broker is not None:
+                await ctx._broker.aclose()
+
+
+async def serve_forever(names: Sequence[str], settings: Settings | None = None) -> None:
+    import signal
+
+    async with hosted(names, settings) as ctx:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, ctx.stop.set)
+        await ctx.stop.wait()
