@@ -25,6 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
+import msgspec
 from aiohttp import WSMsgType, web
 
 from services.broker.errors import OrderRejected
@@ -32,6 +33,7 @@ from services.broker.models import (
     Order,
     OrderRequest,
     OrderSide,
+    OrderStatus,
     OrderType,
     TimeInForce,
     TradeUpdateEvent,
@@ -261,10 +263,23 @@ class FakeAlpaca:
                     limit_price=Decimal("0.01"),
                     time_in_force=TimeInForce.GTC,
                 )
-                ids.append(self._add_order(request, base + timedelta(microseconds=i)).order.id)
+                entry = self._add_order(request, base + timedelta(microseconds=i))
+                # Resting since before "now": acknowledged, and no fill attempts left to replay.
+                entry.order = msgspec.structs.replace(entry.order, status=OrderStatus.NEW)
+                entry.checked_until = max(entry.checked_until, utc(self._now()))
+                ids.append(entry.order.id)
             return ids
 
         return self._on_loop(seed())
+
+    def clear_orders(self) -> None:
+        """Forget every order (positions and cash stay)."""
+
+        async def clear() -> None:
+            self._state.orders.clear()
+            self._state.by_client_id.clear()
+
+        self._on_loop(clear())
 
     def order_count(self) -> int:
         return len(self._state.orders)
@@ -300,7 +315,8 @@ class FakeAlpaca:
             response = await self._apply_fault(fault, request, handler, limit_headers)
             if response is None:
                 return web.Response(status=204)  # never reached by the client: the connection is gone
-        response.headers.update(limit_headers)
+        for name, value in limit_headers.items():
+            response.headers.setdefault(name, value)  # a scripted 429 keeps its own reset time
         return response
 
     def _take_fault(self, request: web.Request) -> Fault | None:
@@ -327,6 +343,8 @@ class FakeAlpaca:
         self, fault: Fault, request: web.Request, handler: Handler, headers: dict[str, str]
     ) -> web.StreamResponse | None:
         if fault.kind == "stall":
+            # Read the body first: a client that gives up closes the socket, and the request still lands.
+            await request.read()
             await asyncio.sleep(fault.seconds)
             return await handler(request)
         if fault.after_handling:
