@@ -355,6 +355,24 @@ class EventStore:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._appended.wait(), poll_interval)
 
+    async def existing_streams(self, stream_ids: Sequence[str]) -> set[str]:
+        """Which of these streams have at least one event (one query, however many ids)."""
+        async with self.pool.acquire() as con:
+            rows = await con.fetch(
+                "SELECT stream_id FROM events WHERE stream_id = ANY($1::text[]) AND stream_version = 0",
+                list(stream_ids),
+            )
+        return {row[0] for row in rows}
+
+    async def read_events_of(self, stream_ids: Sequence[str]) -> list[RecordedEvent]:
+        """Every event of these streams, stream by stream in version order (one query)."""
+        async with self.pool.acquire() as con:
+            rows = await con.fetch(
+                f"SELECT {_COLUMNS} FROM events WHERE stream_id = ANY($1::text[]) ORDER BY stream_id, stream_version",
+                list(stream_ids),
+            )
+        return [_recorded(row) for row in rows]
+
     async def head_position(self) -> int:
         """The highest global position stored (0 when empty); for progress reports, not for tailing."""
         async with self.pool.acquire() as con:

@@ -11,6 +11,7 @@ from eventstore.projections import Projection
 
 PROJECTION_FACTORIES: tuple[str, ...] = (
     "services.core.jobs.projection:JobsProjection",
+    "services.strategy.projection:StrategyProjection",
     "services.orders.projection:TradesProjection",
     "services.positions.projection:PortfolioProjection",
     "services.alerts.projection:AlertsProjection",

@@ -35,6 +35,10 @@ class Subjects:
     def cmd(self, name: str) -> str:
         return f"{self.prefix}.cmd.{name}"
 
+    def work(self, queue: str) -> str:
+        """JetStream work queues a service fans its jobs out on (shared by its workers)."""
+        return f"{self.prefix}.work.{_token(queue, 'work queue')}"
+
     def dlq(self, service: str) -> str:
         return f"{self.prefix}.dlq.{_token(service, 'service')}"
 
@@ -47,6 +51,10 @@ class Subjects:
         return f"{self.prefix.upper().replace('-', '_')}_EVENTS"
 
     @property
+    def work_stream(self) -> str:
+        return f"{self.prefix.upper().replace('-', '_')}_WORK"
+
+    @property
     def dlq_stream(self) -> str:
         return f"{self.prefix.upper().replace('-', '_')}_DLQ"
 
@@ -55,11 +63,15 @@ class Subjects:
         configs = [
             StreamConfig(name=self.ticks_stream, subjects=[f"{self.prefix}.tick.>"]),
             StreamConfig(name=self.events_stream, subjects=[f"{self.prefix}.event.>"]),
+            # Fan-out of a job's work items (e.g. one per portfolio), deduplicated by Nats-Msg-Id.
+            StreamConfig(name=self.work_stream, subjects=[f"{self.prefix}.work.>"]),
             # Dead letters are kept (on disk) for inspection and replay.
             StreamConfig(name=self.dlq_stream, subjects=[f"{self.prefix}.dlq.>"]),
         ]
         for config in configs:
-            config.retention = RetentionPolicy.LIMITS
+            # Work items are gone once acknowledged; ticks, events and dead letters stay for audit.
+            work = config.name == self.work_stream
+            config.retention = RetentionPolicy.WORK_QUEUE if work else RetentionPolicy.LIMITS
             config.storage = StorageType.FILE
             config.discard = DiscardPolicy.OLD
             config.duplicate_window = dedupe_window

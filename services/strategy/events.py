@@ -72,6 +72,9 @@ class StrategyAttached(_Timed, frozen=True, kw_only=True):
     parameters: dict[str, Any]
     sizing: dict[str, Any]
     enabled: bool = True
+    # How orders are placed: market, or a marketable limit ``limit_offset`` away from the reference.
+    order_type: OrderType = OrderType.MARKET
+    limit_offset: Decimal = Decimal("0.002")
 
 
 @domain_event
@@ -84,6 +87,23 @@ class StrategyReconfigured(_Timed, frozen=True, kw_only=True):
     universe: tuple[str, ...]
     parameters: dict[str, Any]
     sizing: dict[str, Any]
+    order_type: OrderType = OrderType.MARKET
+    limit_offset: Decimal = Decimal("0.002")
+
+
+@domain_event
+class PortfolioEvaluated(_Timed, frozen=True, kw_only=True):
+    """The strategy_execution of one portfolio at one tick is done (the last event of its evaluation
+    stream, which is created once: a portfolio is evaluated once per tick)."""
+
+    portfolio_id: str
+    tick_id: str
+    strategies_evaluated: int
+    signals_generated: int
+    trades_requested: int
+    orders_refused: int
+    strategy_errors: int
+    halted: bool
 
 
 @domain_event

@@ -1,0 +1,135 @@
+"""A portfolio as the strategy service sees it: the fold of its stream ``portfolio-<portfolio_id>``.
+
+The stream holds the portfolio's configuration (opened, strategies attached / reconfigured / enabled /
+disabled, risk limits, halts) and its books (fills applied, reconciliations). Folding it gives one
+consistent view, and its version is the expected version of the next append: commands, the strategy
+service and the positions service all write to it without overwriting each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from eventstore import EventStore
+from services.core.events import registry
+from services.positions.accounting import Book
+from services.positions.events import FillApplied, PositionReconciled
+from services.positions.ledger import evolve_book
+from services.strategy.config import StrategySpec
+from services.strategy.events import (
+    PortfolioHalted,
+    PortfolioOpened,
+    PortfolioResumed,
+    PortfolioRiskLimitsChanged,
+    StrategyAttached,
+    StrategyDisabled,
+    StrategyEnabled,
+    StrategyReconfigured,
+    TradingHalted,
+    TradingResumed,
+)
+from services.strategy.risk import RiskLimits
+
+GLOBAL_TRADING_STREAM = "trading-global"
+
+
+def portfolio_stream(portfolio_id: str) -> str:
+    return f"portfolio-{portfolio_id}"
+
+
+def evaluation_stream(portfolio_id: str, tick_id: str) -> str:
+    """One per portfolio and tick: created once, so a portfolio is evaluated once per tick."""
+    return f"evaluation-{portfolio_id}@{tick_id}"
+
+
+def order_stream(client_order_id: str) -> str:
+    return f"order-{client_order_id}"
+
+
+@dataclass(frozen=True)
+class PortfolioView:
+    portfolio_id: str
+    version: int  # of the portfolio stream: the expected version of the next append
+    starting_cash: Decimal
+    trading_mode: str
+    risk_limits: RiskLimits
+    book: Book
+    strategies: dict[str, StrategySpec] = field(default_factory=dict)
+    halted: bool = False
+    halt_reason: str | None = None
+
+    @property
+    def enabled_strategies(self) -> tuple[StrategySpec, ...]:
+        return tuple(s for s in self.strategies.values() if s.enabled)
+
+
+def _spec(event: StrategyAttached | StrategyReconfigured, enabled: bool) -> StrategySpec:
+    return StrategySpec.model_validate(
+        {
+            "name": event.strategy,
+            "kind": event.kind,
+            "universe": list(event.universe),
+            "parameters": event.parameters,
+            "sizing": event.sizing,
+            "enabled": enabled,
+            "order_type": event.order_type,
+            "limit_offset": event.limit_offset,
+        }
+    )
+
+
+def fold_portfolio(events: list[tuple[int, Any]]) -> PortfolioView | None:
+    """The view after ``(version, event)`` pairs of one portfolio stream; None before PortfolioOpened."""
+    view: PortfolioView | None = None
+    for version, event in events:
+        if isinstance(event, PortfolioOpened):
+            view = PortfolioView(
+                portfolio_id=event.portfolio_id,
+                version=version,
+                starting_cash=event.starting_cash,
+                trading_mode=event.trading_mode,
+                risk_limits=RiskLimits.model_validate(event.risk_limits),
+                book=evolve_book(None, event),
+            )
+            continue
+        if view is None:
+            continue
+        match event:
+            case FillApplied() | PositionReconciled():
+                view = replace(view, book=evolve_book(view.book, event))
+            case StrategyAttached():
+                view = replace(view, strategies={**view.strategies, event.strategy: _spec(event, event.enabled)})
+            case StrategyReconfigured():
+                previous = view.strategies.get(event.strategy)
+                enabled = previous.enabled if previous is not None else True
+                view = replace(view, strategies={**view.strategies, event.strategy: _spec(event, enabled)})
+            case StrategyEnabled() | StrategyDisabled():
+                spec = view.strategies.get(event.strategy)
+                if spec is not None:
+                    updated = spec.model_copy(update={"enabled": isinstance(event, StrategyEnabled)})
+                    view = replace(view, strategies={**view.strategies, event.strategy: updated})
+            case PortfolioRiskLimitsChanged():
+                view = replace(view, risk_limits=RiskLimits.model_validate(event.risk_limits))
+            case PortfolioHalted():
+                view = replace(view, halted=True, halt_reason=event.reason)
+            case PortfolioResumed():
+                view = replace(view, halted=False, halt_reason=None)
+        view = replace(view, version=version)
+    return view
+
+
+async def load_portfolio(store: EventStore, portfolio_id: str) -> PortfolioView | None:
+    events = [(e.version, registry.decode(e)) async for e in store.read_stream(portfolio_stream(portfolio_id))]
+    return fold_portfolio(events)
+
+
+async def global_halt(store: EventStore) -> tuple[bool, int]:
+    """Whether trading is halted for everyone, and the version of the global trading stream."""
+    halted, version = False, -1
+    async for recorded in store.read_stream(GLOBAL_TRADING_STREAM):
+        event = registry.decode(recorded)
+        halted = isinstance(event, TradingHalted) and not isinstance(event, TradingResumed)
+        version = recorded.version
+    return halted, version

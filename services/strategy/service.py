@@ -1,0 +1,334 @@
+"""The strategy service: portfolio commands and the strategy_execution job.
+
+strategy_execution fans out per portfolio so that several workers share a tick:
+
+1. The tick's job (one worker, through the job ledger) lists the portfolios with enabled strategies and
+   publishes one work item per portfolio on ``<prefix>.work.strategy_execution`` (``Nats-Msg-Id`` =
+   tick id + portfolio, so a redelivered tick publishes nothing new).
+2. Any worker of the service takes a work item, folds the portfolio, fetches the tick's market data (once
+   per tick and process), calls the pure ``decide_portfolio`` and appends: each OrderRequested to its
+   ``order-<client_order_id>`` stream, a halt to the portfolio stream, and the signals, refusals and a
+   closing ``PortfolioEvaluated`` to ``evaluation-<portfolio>@<tick>`` with NO_STREAM: a portfolio is
+   evaluated once per tick, whatever the redeliveries or the number of workers.
+3. The tick's job waits until every portfolio has its PortfolioEvaluated, then records the counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from datetime import datetime, timedelta
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+import msgspec
+from faststream.nats import NatsMessage
+
+from eventstore import NO_STREAM, NewEvent, WrongExpectedVersion
+from services.core.events import new_event, registry
+from services.core.host import ServiceContext
+from services.core.jobs.consumer import Delivery, Reject, subscribe_durable, subscribe_ticks
+from services.core.jobs.runner import JobContext
+from services.core.jobs.types import JobType
+from services.orders.broker_views import bar_view
+from services.strategy import commands
+from services.strategy.config import ConfigError, parse_portfolio_spec
+from services.strategy.decide import MarketData, PortfolioState, TradingControls, decide_portfolio
+from services.strategy.decide import Tick as DecisionTick
+from services.strategy.events import OrderRequested, PortfolioEvaluated, PortfolioHalted
+from services.strategy.portfolio import (
+    PortfolioView,
+    evaluation_stream,
+    global_halt,
+    load_portfolio,
+    order_stream,
+    portfolio_stream,
+)
+from services.strategy.strategies import Bar
+
+log = logging.getLogger(__name__)
+
+SERVICE = "strategy"
+WORK_QUEUE = "strategy_execution"
+BAR_TIMEFRAME = "15Min"
+BAR_LOOKBACK = timedelta(days=4)
+EVALUATION_TIMEOUT = 120.0  # seconds the tick's job waits for every portfolio's evaluation
+
+
+class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
+    tick_id: str
+    scheduled_at: datetime
+    portfolio_id: str
+
+
+_work_decoder = msgspec.json.Decoder(WorkItem)
+
+
+# ---------------------------------------------------------------------------------------- read models
+
+
+async def portfolios_to_evaluate(ctx: ServiceContext) -> list[str]:
+    """Portfolios with at least one enabled strategy, from the log (a portfolio's first event is
+    PortfolioOpened; its strategies are folded per portfolio by the worker)."""
+    await ctx.catch_up()
+    async with ctx.rt.store.pool.acquire() as con:
+        rows = await con.fetch("SELECT DISTINCT portfolio_id FROM portfolio_strategies WHERE enabled ORDER BY 1")
+    return [row[0] for row in rows]
+
+
+async def quarantined_symbols(ctx: ServiceContext) -> frozenset[str]:
+    async with ctx.rt.store.pool.acquire() as con:
+        if not await con.fetchval("SELECT to_regclass('quarantined_symbols') IS NOT NULL"):
+            return frozenset()
+        return frozenset(row[0] for row in await con.fetch("SELECT symbol FROM quarantined_symbols"))
+
+
+async def day_start_equity(ctx: ServiceContext, view: PortfolioView, at: datetime) -> Decimal:
+    """The equity the daily loss limit compares with: the last snapshot before this trading day, or the
+    starting cash when there is none yet."""
+    async with ctx.rt.store.pool.acquire() as con:
+        if await con.fetchval("SELECT to_regclass('portfolio_snapshots') IS NOT NULL"):
+            value = await con.fetchval(
+                "SELECT total_value FROM portfolio_snapshots WHERE portfolio_id = $1 AND trading_day < $2"
+                " ORDER BY trading_day DESC LIMIT 1",
+                view.portfolio_id,
+                at.date(),
+            )
+            if value is not None:
+                return Decimal(value)
+    return view.starting_cash
+
+
+# -------------------------------------------------------------------------------------- market data
+
+
+class MarketDataCache:
+    """Bars of a tick are the same for every portfolio: fetch them once per tick and process."""
+
+    def __init__(self, size: int = 4) -> None:
+        self._entries: OrderedDict[str, dict[str, tuple[Bar, ...]]] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.size = size
+
+    async def bars(
+        self, ctx: ServiceContext, tick_id: str, at: datetime, symbols: set[str]
+    ) -> dict[str, tuple[Bar, ...]]:
+        lock = self._locks.setdefault(tick_id, asyncio.Lock())
+        async with lock:
+            cached = self._entries.setdefault(tick_id, {})
+            missing = sorted(symbols - cached.keys())
+            if missing:
+                broker = await ctx.at(at)
+                fetched = await broker.get_bars(missing, at - BAR_LOOKBACK, at, BAR_TIMEFRAME)
+                for symbol in missing:
+                    cached[symbol] = tuple(bar_view(b) for b in fetched.get(symbol, []))
+            while len(self._entries) > self.size:
+                old, _ = self._entries.popitem(last=False)
+                self._locks.pop(old, None)
+        return {s: cached[s] for s in symbols}
+
+
+# --------------------------------------------------------------------------------------- evaluation
+
+
+def _route(
+    pid: str, tick_id: str, events: list[NewEvent]
+) -> tuple[list[tuple[str, NewEvent]], list[NewEvent], list[NewEvent]]:
+    """Split a decision's events: orders to their own streams, halts to the portfolio, the rest to the
+    evaluation stream."""
+    orders: list[tuple[str, NewEvent]] = []
+    portfolio: list[NewEvent] = []
+    evaluation: list[NewEvent] = []
+    for event in events:
+        if isinstance(event.data, OrderRequested):
+            orders.append((order_stream(event.data.client_order_id), event))
+        elif isinstance(event.data, PortfolioHalted):
+            portfolio.append(event)
+        else:
+            evaluation.append(event)
+    return orders, portfolio, evaluation
+
+
+async def evaluate_portfolio(ctx: ServiceContext, cache: MarketDataCache, item: WorkItem) -> PortfolioEvaluated | None:
+    store = ctx.rt.store
+    stream = evaluation_stream(item.portfolio_id, item.tick_id)
+    if await store.stream_version(stream) >= 0:
+        return None  # evaluated already (a redelivery, or another worker)
+    view = await load_portfolio(store, item.portfolio_id)
+    if view is None:
+        raise Reject(f"unknown portfolio {item.portfolio_id!r}")
+    strategies = view.enabled_strategies
+    symbols = {s for strategy in strategies for s in strategy.universe} | {
+        s for s, p in view.book.positions.items() if not p.is_flat
+    }
+    bars = await cache.bars(ctx, item.tick_id, item.scheduled_at, symbols)
+    prices = {s: b[-1].close for s, b in bars.items() if b}
+    halted, _ = await global_halt(store)
+    state = PortfolioState(
+        portfolio_id=view.portfolio_id,
+        cash=view.book.cash,
+        positions=view.book.positions,
+        risk_limits=view.risk_limits,
+        strategies=strategies,
+        halted=view.halted,
+        day_start_equity=await day_start_equity(ctx, view, item.scheduled_at),
+    )
+    decisions = decide_portfolio(
+        state,
+        MarketData(bars=bars, prices=prices),
+        DecisionTick(tick_id=item.tick_id, scheduled_at=item.scheduled_at),
+        TradingControls(global_halt=halted, quarantined_symbols=await quarantined_symbols(ctx)),
+    )
+    orders, portfolio_events, evaluation_events = _route(item.portfolio_id, item.tick_id, list(decisions.events))
+    # Orders first: their ids derive from (portfolio, tick, symbol, side), so a crash before the closing
+    # event and a re-evaluation cannot request a second order for the same symbol and side.
+    for order_stream_id, event in orders:
+        await store.append(order_stream_id, [event])
+    if portfolio_events:
+        await store.append(portfolio_stream(item.portfolio_id), portfolio_events)
+    evaluated = PortfolioEvaluated(
+        portfolio_id=item.portfolio_id,
+        tick_id=item.tick_id,
+        strategies_evaluated=len(strategies),
+        signals_generated=decisions.signals_generated,
+        trades_requested=decisions.trades_requested,
+        orders_refused=decisions.orders_refused,
+        strategy_errors=decisions.strategy_errors,
+        halted=view.halted or decisions.halted_by_daily_loss,
+        at=item.scheduled_at,
+    )
+    try:
+        await store.append(
+            stream, [*evaluation_events, new_event(evaluated, item.portfolio_id, item.tick_id)], NO_STREAM
+        )
+    except WrongExpectedVersion:
+        return None  # another worker finished the same evaluation first
+    return evaluated
+
+
+async def strategy_execution(ctx: ServiceContext, job: JobContext) -> dict[str, int]:
+    tick = job.tick
+    portfolios = await portfolios_to_evaluate(ctx)
+    subject = ctx.rt.subjects.work(WORK_QUEUE)
+    acks = []
+    for pid in portfolios:
+        item = WorkItem(tick_id=tick.tick_id, scheduled_at=tick.scheduled_at, portfolio_id=pid)
+        acks.append(
+            await ctx.rt.js.publish_async(
+                subject, msgspec.json.encode(item), headers={"Nats-Msg-Id": f"{tick.tick_id}|{pid}"}
+            )
+        )
+    await asyncio.gather(*acks)
+    streams = [evaluation_stream(pid, tick.tick_id) for pid in portfolios]
+    deadline = time.monotonic() + EVALUATION_TIMEOUT
+    delay = 0.002
+    while True:
+        done = await ctx.rt.store.existing_streams(streams)
+        if len(done) == len(streams):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(streams) - len(done)} of {len(streams)} portfolios not evaluated in time")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    totals = {
+        "portfolios_processed": 0,
+        "signals_generated": 0,
+        "trades_requested": 0,
+        "orders_refused": 0,
+        "strategy_errors": 0,
+    }
+    for recorded in await ctx.rt.store.read_events_of(streams):
+        if recorded.type == "PortfolioEvaluated":
+            evaluated: PortfolioEvaluated = registry.decode(recorded)
+            totals["portfolios_processed"] += 1
+            totals["signals_generated"] += evaluated.signals_generated
+            totals["trades_requested"] += evaluated.trades_requested
+            totals["orders_refused"] += evaluated.orders_refused
+            totals["strategy_errors"] += evaluated.strategy_errors
+    return totals
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+async def handle_command(ctx: ServiceContext, name: str, body: bytes) -> dict[str, Any]:
+    """One ``<prefix>.cmd.portfolio.<name>`` request: JSON in, JSON out ({"ok": ..} or {"error": ..})."""
+    from datetime import UTC
+
+    at = datetime.now(UTC)  # operator commands happen now; trading decisions use tick times
+    try:
+        data = msgspec.json.decode(body) if body else {}
+        if not isinstance(data, dict):
+            raise ConfigError("the request body must be a JSON object")
+        store = ctx.rt.store
+        match name:
+            case "open":
+                result = await commands.open_portfolio(store, parse_portfolio_spec(data), at)
+            case "apply":
+                result = await commands.apply_portfolio(store, parse_portfolio_spec(data), at)
+            case "attach":
+                result = await commands.attach_strategy(store, _text(data, "portfolio"), data.get("strategy") or {}, at)
+            case "enable" | "disable":
+                result = await commands.set_strategy_enabled(
+                    store, _text(data, "portfolio"), _text(data, "strategy"), name == "enable", at
+                )
+            case "halt" | "resume":
+                result = await commands.set_portfolio_halted(
+                    store, _text(data, "portfolio"), name == "halt", str(data.get("reason", "")), at
+                )
+            case _:
+                raise ConfigError(f"unknown command {name!r} (open, apply, attach, enable, disable, halt, resume)")
+    except (ConfigError, commands.CommandRefused, msgspec.DecodeError) as exc:
+        return {"error": str(exc)}
+    return {"ok": True, "portfolio": result.portfolio_id, "changes": list(result.changes)}
+
+
+def _text(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: required (a name)")
+    return value
+
+
+# --------------------------------------------------------------------------------------------- setup
+
+
+async def setup(ctx: ServiceContext) -> None:
+    subjects = ctx.rt.subjects
+    cache = MarketDataCache()
+
+    subscribe_ticks(
+        ctx.bus,
+        subjects=subjects,
+        service=SERVICE,
+        job_type=JobType.STRATEGY_EXECUTION,
+        runner=ctx.jobs,
+        job=partial(strategy_execution, ctx),
+        ack_wait=60.0,
+    )
+
+    async def on_work(delivery: Delivery) -> None:
+        try:
+            item = _work_decoder.decode(delivery.data)
+        except msgspec.DecodeError as exc:
+            raise Reject(f"malformed work item: {exc}") from None
+        await evaluate_portfolio(ctx, cache, item)
+
+    subscribe_durable(
+        ctx.bus,
+        subjects=subjects,
+        service=SERVICE,
+        subject=subjects.work(WORK_QUEUE),
+        stream=subjects.work_stream,
+        handler=on_work,
+        durable=f"{SERVICE}_{WORK_QUEUE}",
+        batch_size=8,
+        ack_wait=60.0,
+    )
+
+    @ctx.bus.subscriber(subjects.cmd("portfolio.*"), queue=SERVICE)
+    async def on_command(body: bytes, message: NatsMessage) -> dict[str, Any]:
+        return await handle_command(ctx, message.raw_message.subject.rsplit(".", 1)[-1], body)
