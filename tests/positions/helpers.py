@@ -13,8 +13,10 @@ from typing import TypeVar
 from eventstore import NO_STREAM, AppendResult, EventStore
 from services.broker.protocol import Broker
 from services.broker.simulator.broker import SimBroker, SimConfig
+from services.clock.ticks import publish_tick
 from services.core.events import new_event
 from services.core.host import ServiceContext
+from services.core.jobs.types import JobType, Tick, TickReason, encode_tick
 from services.core.settings import Settings, load_settings
 from services.orders.events import OrderFilled, OrderPartiallyFilled
 from services.orders.lifecycle import canonical_decimal
@@ -73,3 +75,40 @@ async def wait_for(check: Callable[[], Awaitable[T]], timeout: float = 15.0, int
         await asyncio.sleep(interval)
         value = await check()
     return value
+
+
+# ------------------------------------------------------------------------------------------- ticks
+
+JOB_END_TYPES = ("JobExecutionCompleted", "JobExecutionFailed", "JobExecutionSkipped")
+
+
+async def job_end(store: EventStore, tick_id: str) -> dict | None:
+    """The recorded end of a tick's run: {"type", **data}, or None while it has none."""
+    import msgspec
+
+    end = None
+    async for e in store.read_stream(f"jobrun-{tick_id}"):
+        if e.type in JOB_END_TYPES:
+            end = {"type": e.type, **msgspec.json.decode(e.data)}
+    return end
+
+
+async def run_tick(ctx: ServiceContext, job_type: JobType, at: datetime, *,
+                   reason: TickReason = TickReason.SCHEDULED, timeout: float = 30.0) -> dict:
+    """Publish a tick as the clock does and wait for its recorded end."""
+    tick = Tick.for_slot(job_type, at, emitted_at=at, reason=reason)
+    await publish_tick(ctx.rt.js, ctx.rt.subjects, tick)
+    return await wait_for(lambda: job_end(ctx.rt.store, tick.tick_id), timeout=timeout)
+
+
+async def redeliver_tick(ctx: ServiceContext, job_type: JobType, at: datetime, service: str) -> None:
+    """Publish the same tick again WITHOUT its Nats-Msg-Id (JetStream keeps it: a true duplicate) and
+    wait until the service's consumer has handled it."""
+    tick = Tick.for_slot(job_type, at, emitted_at=at, reason=TickReason.SCHEDULED)
+    await ctx.rt.js.publish(ctx.rt.subjects.tick(job_type.value), encode_tick(tick))
+
+    async def drained() -> bool:
+        info = await ctx.rt.js.consumer_info(ctx.rt.subjects.ticks_stream, f"{service}_{job_type.value}")
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await wait_for(drained)
