@@ -99,23 +99,26 @@ class AlertCommands:
     async def create(self, payload: dict[str, Any]) -> dict[str, Any]:
         payload = dict(payload)
         alert_id = validate_alert_id(payload.pop("alert_id", None) or f"a{uuid.uuid4().hex[:12]}")
-        spec = parse_alert_spec(payload)
-        if spec.condition.value == "percent_change" and spec.reference_price is None:
-            price = await self.price_lookup(spec.symbol) if self.price_lookup is not None else None
+        if payload.get("condition") == "percent_change" and payload.get("reference_price") is None:
+            probe = parse_alert_spec({**payload, "reference_price": "1"})  # everything else is valid
+            price = await self.price_lookup(probe.symbol) if self.price_lookup is not None else None
             if price is None:
                 raise CommandFailed(
-                    f"invalid alert: no price known for {spec.symbol}; give reference_price for a percent_change alert"
+                    f"invalid alert: no price known for {probe.symbol}; give reference_price for a percent_change alert"
                 )
-            spec = spec.model_copy(update={"reference_price": price})
+            payload["reference_price"] = str(price)
+        spec = parse_alert_spec(payload)
         if spec.portfolio_id is not None and await self.store.stream_version(f"portfolio-{spec.portfolio_id}") < 0:
             raise CommandFailed(f"invalid alert: unknown portfolio {spec.portfolio_id!r}")
         created = alert_created(alert_id, spec, self.clock())
         try:
-            await self.store.append(alert_stream(alert_id), [created], NO_STREAM)
+            written = (await self.store.append(alert_stream(alert_id), [created], NO_STREAM)).written
         except WrongExpectedVersion:
+            written = False
+        if not written:  # the id exists: the same alert again is fine, another definition is not
             existing, _ = await load_alert(self.store, alert_id)
             if existing is None or _spec_dict(existing.spec) != _spec_dict(spec):
-                raise CommandFailed(f"alert {alert_id!r} exists already with another definition") from None
+                raise CommandFailed(f"alert {alert_id!r} exists already with another definition")
         return {"alert": {"alert_id": alert_id, **_spec_dict(spec)}}
 
     async def list(self, payload: dict[str, Any]) -> dict[str, Any]:
