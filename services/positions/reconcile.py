@@ -12,7 +12,9 @@ Kinds of discrepancy:
 - ``quantity``: both hold it, in different quantities;
 - ``price``: same quantity, different average cost beyond a tolerance. Only checked when exactly one
   portfolio holds the symbol: the broker's single average over a shared account depends on which
-  portfolio sold what, so it cannot be compared with several portfolios' own averages.
+  portfolio sold what, so it cannot be compared with several portfolios' own averages. For the same
+  reason the caller may restrict it further (``price_comparable``) to symbols no other portfolio has
+  traded either: another portfolio's round trip leaves the broker's average changed and our holder's not.
 
 Each kind has a policy: ``fix`` (set our books to the broker's, as PositionReconciled for the owning
 portfolio, or for the "unassigned" bucket when several or none own the symbol), ``quarantine`` (no new
@@ -123,6 +125,7 @@ def find_discrepancies(
     known_symbols: frozenset[str],
     in_flight_symbols: frozenset[str],
     price_tolerance: Decimal = Decimal("0.001"),
+    price_comparable: frozenset[str] | None = None,
 ) -> list[Discrepancy]:
     """Every difference between the broker and the sum of our portfolios, sorted by symbol."""
     broker = {p.symbol: p for p in broker_positions if p.qty != 0}
@@ -139,7 +142,9 @@ def find_discrepancies(
         ours_qty = sum((h.qty for h in ours), ZERO)
         ours_basis = sum((h.cost_basis for h in ours), ZERO)
         at_broker = broker.get(symbol)
-        kind = _classify(symbol, ours, ours_qty, ours_basis, at_broker, known_symbols, price_tolerance)
+        check_price = price_comparable is None or symbol in price_comparable
+        kind = _classify(symbol, ours, ours_qty, ours_basis, at_broker, known_symbols,
+                         price_tolerance if check_price else None)
         if kind is None:
             continue
         found.append(
@@ -163,7 +168,7 @@ def _classify(
     ours_basis: Decimal,
     at_broker: BrokerPosition | None,
     known_symbols: frozenset[str],
-    price_tolerance: Decimal,
+    price_tolerance: Decimal | None,
 ) -> DiscrepancyKind | None:
     if at_broker is None:
         return DiscrepancyKind.CLOSED_AT_BROKER if ours_qty != 0 else None
@@ -171,7 +176,7 @@ def _classify(
         return DiscrepancyKind.MISSING if symbol in known_symbols else DiscrepancyKind.UNKNOWN_AT_BROKER
     if ours_qty != at_broker.qty:
         return DiscrepancyKind.QUANTITY
-    if len(ours) == 1 and at_broker.avg_entry_price > 0:
+    if price_tolerance is not None and len(ours) == 1 and at_broker.avg_entry_price > 0:
         ours_avg = ours_basis / ours_qty
         if abs(ours_avg - at_broker.avg_entry_price) > price_tolerance * at_broker.avg_entry_price:
             return DiscrepancyKind.PRICE

@@ -282,6 +282,10 @@ class PositionsService:
                     "SELECT DISTINCT symbol FROM trades WHERE status::text = ANY($1::text[])", list(IN_FLIGHT_STATUSES)
                 )
                 in_flight |= {r["symbol"] for r in rows}
+            # The broker's average cost over the shared account is only comparable with ours for symbols
+            # a single portfolio has ever held (another's round trip moves the broker's average, not ours).
+            single_owner = {r["symbol"] for r in await con.fetch(
+                "SELECT symbol FROM positions GROUP BY symbol HAVING count(*) = 1")}
             open_symbols = {r["symbol"] for r in await con.fetch(
                 "SELECT DISTINCT symbol FROM position_discrepancies WHERE status = 'open'")}
             portfolios = int(await con.fetchval("SELECT count(*) FROM portfolios"))
@@ -293,7 +297,7 @@ class PositionsService:
         in_flight |= {o.symbol for o in await broker.list_orders(status="open")}
         found = find_discrepancies(
             at_broker, holdings, known_symbols=frozenset(known), in_flight_symbols=frozenset(in_flight),
-            price_tolerance=self.policy.price_tolerance,
+            price_tolerance=self.policy.price_tolerance, price_comparable=frozenset(single_owner),
         )
         compared = ({p.symbol for p in at_broker if p.qty != 0} | {h.symbol for h in holdings}) - in_flight
         by_symbol = {d.symbol: d for d in found}
