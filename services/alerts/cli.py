@@ -60,7 +60,9 @@ def _run(name: str, payload: dict[str, Any]) -> dict[str, Any]:
 def create_command(
     symbol: Annotated[str, typer.Argument(help="Ticker, e.g. AAPL.")],
     condition: Annotated[str, typer.Argument(help="above | below | percent_change")],
-    threshold: Annotated[str, typer.Argument(help="A price (above/below) or a percent, e.g. -5 (percent_change).")],
+    threshold: Annotated[str, typer.Argument(
+        help="A price (above/below) or a percent (percent_change); a negative one after --: "
+             "`create AAPL percent_change -- -5`.")],
     reference: Annotated[str | None, typer.Option("--reference", help="Reference price of a percent_change "
                                                   "alert (default: the latest observed price).")] = None,
     portfolio: Annotated[str | None, typer.Option("--portfolio", "-p", help="Whose notification it is.")] = None,
