@@ -13,7 +13,8 @@
   policy reconciled it at once), ``open`` (quarantined or halted, still seen) or ``resolved``.
 - ``quarantined_symbols``: symbols no strategy may order (the strategy service reads this table).
 - ``unbooked_fills``: order fills in the log not yet booked as FillApplied (position_sync treats their
-  symbols as in flight: the broker has the fill, our books not yet).
+  symbols as in flight: the broker has the fill, our books not yet; the fills consumer books a
+  portfolio's fills in log order by waiting for the earlier ones).
 - ``watched_symbols``: the symbols of every strategy universe (price_update and position_sync read it).
 """
 
@@ -132,8 +133,11 @@ CREATE TABLE IF NOT EXISTS unbooked_fills (
     portfolio_id text NOT NULL,
     symbol text NOT NULL,
     filled_at timestamptz NOT NULL,
+    position bigint NOT NULL,
     PRIMARY KEY (client_order_id, cumulative_qty, fill_qty)
 );
+ALTER TABLE unbooked_fills ADD COLUMN IF NOT EXISTS position bigint NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS unbooked_fills_portfolio ON unbooked_fills (portfolio_id, position);
 CREATE TABLE IF NOT EXISTS watched_symbols (
     portfolio_id text NOT NULL,
     strategy text NOT NULL,
@@ -248,10 +252,10 @@ class PortfolioProjection(Projection):
             case OrderPartiallyFilled() | OrderFilled():
                 await con.execute(
                     """INSERT INTO unbooked_fills (client_order_id, cumulative_qty, fill_qty, portfolio_id, symbol,
-                                                   filled_at)
-                       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+                                                   filled_at, position)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING""",
                     event.client_order_id, event.cumulative_qty, event.fill_qty, event.portfolio_id, event.symbol,
-                    event.filled_at,
+                    event.filled_at, recorded.global_position,
                 )
             case FillApplied():
                 await con.execute(

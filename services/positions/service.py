@@ -22,7 +22,9 @@ lifts the quarantine. A ``fix`` is reported once and applied at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -86,6 +88,7 @@ SYNC_EVENT_TYPES = frozenset(
     {"PositionDiscrepancyDetected", "PositionDiscrepancyResolved", "SymbolQuarantined", "SymbolQuarantineLifted"}
 )
 MAX_ATTEMPTS = 50
+FILL_ORDER_WAIT = 10.0  # seconds a fill waits for its portfolio's earlier fills to be booked
 
 
 class QuotesUnavailable(RuntimeError):
@@ -168,6 +171,7 @@ class PositionsService:
         except (EventCodecError, ValueError) as exc:
             raise Reject(f"invalid {envelope.type}: {exc}") from None
         assert isinstance(fill, OrderPartiallyFilled | OrderFilled)
+        await self._wait_for_earlier_fills(fill.portfolio_id, envelope.global_position)
         booked: list[FillApplied] = []
 
         def decide(book: Book, _version: int) -> list[NewEvent]:
@@ -179,6 +183,29 @@ class PositionsService:
         # Published when booked, and again on a redelivery (the first attempt may have died before it).
         if result is not None and (result.written or delivery.num_delivered > 1):
             await self.publish("fill", fill.portfolio_id, feed_payload("fill", booked[0], booked=result.written))
+
+    async def _wait_for_earlier_fills(self, portfolio_id: str, position: int) -> None:
+        """Book a portfolio's fills in log order, whichever worker or durable (partial / filled) got
+        them: wait while an earlier fill of the portfolio is unbooked. Quantities and cash do not depend
+        on the order; the split of P&L between realized and cost basis does (a sale against which buys).
+        After FILL_ORDER_WAIT the fill is booked anyway (an earlier one may be in a long retry backoff)."""
+        deadline = time.monotonic() + FILL_ORDER_WAIT
+        runner = self.ctx.projections
+        while True:
+            if await runner.position(PortfolioProjection.name) < position:
+                await runner.run_once(PortfolioProjection.name)
+            async with self.store.pool.acquire() as con:
+                earlier = await con.fetchval(
+                    "SELECT count(*) FROM unbooked_fills WHERE portfolio_id = $1 AND position < $2",
+                    portfolio_id, position,
+                )
+            if not earlier:
+                return
+            if time.monotonic() > deadline:
+                log.warning("fills of %s: %d earlier fill(s) still unbooked after %.0fs; booking #%d now",
+                            portfolio_id, earlier, FILL_ORDER_WAIT, position)
+                return
+            await asyncio.sleep(0.05)
 
     # --------------------------------------------------------------------------------- price_update
 

@@ -63,6 +63,13 @@ async def test_fills_booked_once_with_two_workers_and_redeliveries(
             return n == len(fills)
 
         await wait_for(all_booked)
+        # Booked in log order per portfolio, whichever worker or durable got each fill first.
+        for pid in ("p1", "p2"):
+            source = [(f.client_order_id, f.cumulative_qty, f.fill_qty) for f in fills if f.portfolio_id == pid]
+            applied = [msgspec.json.decode(e.data) async for e in store.read_stream(f"portfolio-{pid}")
+                       if e.type == "FillApplied"]
+            assert [(a["client_order_id"], Decimal(a["cumulative_qty"]), Decimal(a["fill_qty"]))
+                    for a in applied] == source
         await one.catch_up()
         book1, _ = await load_book(store, "p1")
         book2, _ = await load_book(store, "p2")
