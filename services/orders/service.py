@@ -54,9 +54,6 @@ from services.strategy.portfolio import order_stream
 log = logging.getLogger(__name__)
 
 SERVICE = "orders"
-# The seed's "pending/submitted orders from the last 24 hours": closed orders older than this are not
-# listed again (an open order is always listed, whatever its age).
-RECENT = timedelta(hours=24)
 OPEN_STATUSES = ("requested", "submitted", "unknown", "partially_filled")
 
 
@@ -193,8 +190,8 @@ async def order_status_check(ctx: ServiceContext, job: JobContext) -> dict[str, 
     pending = [coid for coid, _ in tracked]
     broker = await ctx.at(now)
     # One listing, paged by the broker layer (500 orders per call), never one call per order. Its floor
-    # is our oldest open order (an order is submitted after it is requested), or the last 24 hours.
-    floor = min(tracked[0][1], now - RECENT) - timedelta(seconds=1)
+    # is our oldest open order: an order reaches the broker after it is requested.
+    floor = tracked[0][1] - timedelta(seconds=1)
     listed = await broker.list_orders(status="all", after=floor)
     by_client_id = {order.client_order_id: order for order in listed}
     streams = [order_stream(coid) for coid in pending]

@@ -174,6 +174,12 @@ class MarketSimulator:
             first = minute_index(start) // width * width
             last = first + width - 1
             stamp = minute_start(first)
+        return self._bar(symbol, first, last, stamp)
+
+    # A bar is a pure function of (seed, symbol, minutes): strategies ask for overlapping windows at every
+    # tick, so each bar is computed once.
+    @functools.lru_cache(maxsize=262_144)  # noqa: B019
+    def _bar(self, symbol: str, first: int, last: int, stamp: datetime) -> Bar:
         mids = self._mids(symbol, first, last)
         volumes = [100 * (1 + int(50 * hash_unit(self.seed, symbol, first + i, "v"))) for i in range(len(mids))]
         total = sum(volumes)
