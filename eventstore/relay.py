@@ -122,8 +122,13 @@ class Relay:
                                     "SELECT pg_advisory_unlock(hashtext($1))", _lock_key(self.subjects.prefix)
                                 )
                 delay = 0.1
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                    asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError) as exc:
+            except (
+                OSError,
+                asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError,
+                asyncpg.CannotConnectNowError,
+                asyncpg.AdminShutdownError,
+            ) as exc:
                 log.warning("relay: database unavailable (%s); retrying in %.1fs", exc, delay)
                 await self._sleep(stop, delay)
                 delay = min(delay * 2, 2.0)
@@ -137,14 +142,15 @@ class Relay:
             "INSERT INTO eventstore_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
             self.checkpoint_name,
         )
-        position = int(
-            await lock_con.fetchval("SELECT position FROM eventstore_checkpoints WHERE name = $1", self.checkpoint_name)
+        row = await lock_con.fetchrow(
+            "SELECT position, tx FROM eventstore_checkpoints WHERE name = $1", self.checkpoint_name
         )
+        position, tx = int(row[0]), int(row[1])
         idle = self.idle_poll
         nats_delay = 0.1
         while not stop.is_set():
             self._wakeup.clear()
-            batch = await self.store.read_batch(position, self.batch_size, con=lock_con)
+            batch = await self.store.read_batch(position, self.batch_size, con=lock_con, after_tx=tx)
             if batch:
                 try:
                     await self._publish(batch)
@@ -155,10 +161,12 @@ class Relay:
                     continue
                 nats_delay = 0.1
                 position = batch[-1].global_position
+                tx = await self.store.tx_of(position, con=lock_con)
                 await lock_con.execute(
-                    "UPDATE eventstore_checkpoints SET position = $2, updated_at = now() WHERE name = $1",
+                    "UPDATE eventstore_checkpoints SET position = $2, tx = $3, updated_at = now() WHERE name = $1",
                     self.checkpoint_name,
                     position,
+                    tx,
                 )
                 self.published += len(batch)
                 idle = self.idle_poll
@@ -175,8 +183,6 @@ class Relay:
         for event in batch:
             subject = self.subjects.event(category_of(event.stream_id), event.type)
             futures.append(
-                await self.js.publish_async(
-                    subject, envelope_of(event), headers={"Nats-Msg-Id": str(event.event_id)}
-                )
+                await self.js.publish_async(subject, envelope_of(event), headers={"Nats-Msg-Id": str(event.event_id)})
             )
         await asyncio.wait_for(asyncio.gather(*futures), self.ack_timeout)

@@ -52,6 +52,13 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at  timestamptz NOT NULL DEFAULT now()
     );
     """,
+    # 2: a checkpoint also records the transaction id of its event, so a reader resumes without a lookup,
+    # and "is there anything new for these readers?" is one query.
+    """
+    ALTER TABLE eventstore_checkpoints ADD COLUMN tx bigint NOT NULL DEFAULT 0;
+    UPDATE eventstore_checkpoints c SET tx = e.tx_id::text::bigint
+        FROM events e WHERE e.global_position = c.position;
+    """,
 )
 
 

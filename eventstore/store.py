@@ -148,7 +148,12 @@ _json_decoder = msgspec.json.Decoder(dict[str, Any])
 def _recorded(row: asyncpg.Record) -> RecordedEvent:
     metadata = row[6]
     return RecordedEvent(
-        row[0], row[1], row[2], row[3], row[4], row[5],
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
         {} if metadata == "{}" else _json_decoder.decode(metadata),  # most events carry none: skip the decoder
         row[7],
     )
@@ -194,9 +199,7 @@ class EventStore:
 
     # ------------------------------------------------------------------------------------------ append
 
-    async def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int = ANY
-    ) -> AppendResult:
+    async def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: int = ANY) -> AppendResult:
         if not stream_id:
             raise ValueError("stream_id must not be empty")
         if not events:
@@ -210,8 +213,12 @@ class EventStore:
             only = events[0]
             sql = _APPEND_ONE
             args: tuple[Any, ...] = (
-                stream_id, expected_version, only.event_id, only.type,
-                encode(only.data).decode(), encode(dict(only.metadata)).decode(),
+                stream_id,
+                expected_version,
+                only.event_id,
+                only.type,
+                encode(only.data).decode(),
+                encode(dict(only.metadata)).decode(),
             )
         else:
             sql = _APPEND
@@ -260,9 +267,7 @@ class EventStore:
         return -1 if version is None else int(version)
 
     @staticmethod
-    async def _already_stored(
-        con: asyncpg.Connection, stream_id: str, ids: list[uuid.UUID]
-    ) -> AppendResult | None:
+    async def _already_stored(con: asyncpg.Connection, stream_id: str, ids: list[uuid.UUID]) -> AppendResult | None:
         """The result of the original append when every id is stored in this stream (idempotent repeat)."""
         rows = await con.fetch(
             "SELECT stream_id, stream_version, global_position FROM events WHERE event_id = ANY($1::uuid[])",
@@ -306,16 +311,44 @@ class EventStore:
         return int(tx)
 
     async def read_batch(
-        self, after_position: int = 0, limit: int = 1000, *, con: asyncpg.Connection | None = None
+        self,
+        after_position: int = 0,
+        limit: int = 1000,
+        *,
+        con: asyncpg.Connection | None = None,
+        after_tx: int | None = None,
     ) -> list[RecordedEvent]:
         """Up to ``limit`` events after the event at ``after_position`` (0: from the start), in commit-safe
-        global order; empty when nothing more is committed below the oldest running transaction."""
+        global order; empty when nothing more is committed below the oldest running transaction.
+        ``after_tx``: that event's transaction id when the caller knows it (saves a lookup)."""
         if con is None:
             async with self.pool.acquire() as own:
-                return await self.read_batch(after_position, limit, con=own)
-        tx = await self._tx_of(con, after_position)
+                return await self.read_batch(after_position, limit, con=own, after_tx=after_tx)
+        tx = await self._tx_of(con, after_position) if after_tx is None else after_tx
         rows = await con.fetch(_READ_ALL, str(tx), after_position, limit)
         return [_recorded(row) for row in rows]
+
+    async def tx_of(self, position: int, *, con: asyncpg.Connection | None = None) -> int:
+        """The transaction id of the event at ``position`` (0 for position 0), for checkpoints."""
+        if con is None:
+            async with self.pool.acquire() as own:
+                return await self._tx_of(own, position)
+        return await self._tx_of(con, position)
+
+    async def checkpoints_behind(self, names: Sequence[str]) -> list[str]:
+        """Which of these checkpoints have committed events after them (one query for all)."""
+        async with self.pool.acquire() as con:
+            rows = await con.fetch(
+                """
+                SELECT c.name FROM eventstore_checkpoints c
+                WHERE c.name = ANY($1::text[]) AND EXISTS (
+                    SELECT 1 FROM events e
+                    WHERE (e.tx_id, e.global_position) > (c.tx::text::xid8, c.position)
+                      AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot()))
+                """,
+                list(names),
+            )
+        return [row[0] for row in rows]
 
     async def read_all(
         self, from_position: int = 0, *, limit: int | None = None, batch_size: int = 5000

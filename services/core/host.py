@@ -94,9 +94,9 @@ class ServiceContext:
         task.add_done_callback(_log_crash)
         self._tasks.append(task)
 
-    async def catch_up(self) -> None:
-        """Bring this process's read models up to date before reading them for a decision."""
-        await self.projections.run_once()
+    async def catch_up(self, *names: str) -> None:
+        """Bring these read models (all when none are named) up to date before deciding from them."""
+        await self.projections.run_once(*names)
 
 
 def _log_crash(task: asyncio.Task[Any]) -> None:

@@ -165,7 +165,7 @@ async def reconcile_order(
 
 async def open_orders(ctx: ServiceContext) -> list[tuple[str, datetime]]:
     """Our orders not yet final, oldest first: (client order id, requested at)."""
-    await ctx.catch_up()
+    await ctx.catch_up("trades")
     async with ctx.rt.store.pool.acquire() as con:
         rows = await con.fetch(
             "SELECT client_order_id, requested_at FROM trades WHERE status = ANY($1::text[]) ORDER BY requested_at",

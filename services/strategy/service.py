@@ -74,7 +74,7 @@ _work_decoder = msgspec.json.Decoder(WorkItem)
 async def portfolios_to_evaluate(ctx: ServiceContext) -> list[str]:
     """Portfolios with at least one enabled strategy, from the log (a portfolio's first event is
     PortfolioOpened; its strategies are folded per portfolio by the worker)."""
-    await ctx.catch_up()
+    await ctx.catch_up("strategy")
     async with ctx.rt.store.pool.acquire() as con:
         rows = await con.fetch("SELECT DISTINCT portfolio_id FROM portfolio_strategies WHERE enabled ORDER BY 1")
     return [row[0] for row in rows]
