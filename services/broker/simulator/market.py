@@ -79,6 +79,7 @@ class SymbolParams:
 class MarketSimulator:
     def __init__(self, seed: int, symbols: Iterable[str] | None = DEFAULT_SYMBOLS) -> None:
         self.seed = seed
+        self._bar_cache: dict[tuple[str, int, int], Bar] = {}
         # None means: any well-formed ticker exists.
         self._symbols = frozenset(symbols) if symbols is not None else None
         self._reference_minute = minute_index(REFERENCE)
@@ -176,11 +177,20 @@ class MarketSimulator:
             stamp = minute_start(first)
         return self._bar(symbol, first, last, stamp)
 
-    # A bar is a pure function of (seed, symbol, minutes): strategies ask for overlapping windows at every
-    # tick, so each bar is computed once.
-    @functools.lru_cache(maxsize=262_144)  # noqa: B019
-    def _bar(self, symbol: str, first: int, last: int, stamp: datetime) -> Bar:
-        mids = self._mids(symbol, first, last)
+    def _bar(self, symbol: str, first: int, last: int, stamp: datetime, mids: list[float] | None = None) -> Bar:
+        # A bar is a pure function of (seed, symbol, minutes): strategies ask for overlapping windows at
+        # every tick, so each bar is computed once.
+        key = (symbol, first, last)
+        cached = self._bar_cache.get(key)
+        if cached is None:
+            cached = self._bar_cache[key] = self._compute_bar(
+                symbol, first, stamp, mids or self._mids(symbol, first, last)
+            )
+            if len(self._bar_cache) > 262_144:
+                self._bar_cache.clear()
+        return cached
+
+    def _compute_bar(self, symbol: str, first: int, stamp: datetime, mids: list[float]) -> Bar:
         volumes = [100 * (1 + int(50 * hash_unit(self.seed, symbol, first + i, "v"))) for i in range(len(mids))]
         total = sum(volumes)
         vwap = sum(m * v for m, v in zip(mids, volumes, strict=True)) / total
@@ -210,9 +220,16 @@ class MarketSimulator:
         width = TIMEFRAME_MINUTES[timeframe]
         first = -(-minute_index(start) // width) * width  # first aligned bar start >= start
         stop = minute_index(end)
-        for bar_start in range(first, stop, width):
-            if minute_start(bar_start) < utc(end):
-                out.append(self.bar(symbol, minute_start(bar_start), timeframe))
+        starts = [b for b in range(first, stop, width) if minute_start(b) < utc(end)]
+        missing = [b for b in starts if (symbol, b, b + width - 1) not in self._bar_cache]
+        # Many missing bars: expand the Brownian path once over the whole window, not once per bar.
+        window = self._mids(symbol, missing[0], missing[-1] + width - 1) if len(missing) > 4 else None
+        for bar_start in starts:
+            mids = None
+            if window is not None and bar_start >= missing[0]:
+                offset = bar_start - missing[0]
+                mids = window[offset : offset + width]
+            out.append(self._bar(symbol, bar_start, bar_start + width - 1, minute_start(bar_start), mids))
         return out
 
     def latest_bar(self, symbol: str, moment: datetime) -> Bar:
