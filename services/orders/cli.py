@@ -1,0 +1,65 @@
+"""``openbell orders``: the trades read model (one row per order), newest first."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def orders(
+        portfolio: Annotated[str | None, typer.Option("--portfolio", "-p", help="Only this portfolio.")] = None,
+        status: Annotated[str | None, typer.Option("--status", help="Only this status (e.g. filled, unknown).")] = None,
+        limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many.")] = 50,
+    ) -> None:
+        """Orders with their status, quantities, average fill price and broker ids."""
+        from eventstore.projections import ProjectionRunner
+        from services.cli import console, run_async
+        from services.core.runtime import connect_runtime
+        from services.orders.projection import TradesProjection
+
+        async def main() -> list[Any]:
+            async with connect_runtime(name="openbell-orders") as rt:
+                await ProjectionRunner(rt.store, [TradesProjection()]).run_once()
+                async with rt.store.pool.acquire() as con:
+                    return await con.fetch(
+                        "SELECT * FROM trades WHERE ($1::text IS NULL OR portfolio_id = $1)"
+                        " AND ($2::text IS NULL OR status = $2) ORDER BY requested_at DESC, client_order_id LIMIT $3",
+                        portfolio,
+                        status,
+                        limit,
+                    )
+
+        table = Table(title="orders")
+        for column in (
+            "requested",
+            "portfolio",
+            "symbol",
+            "side",
+            "qty",
+            "filled",
+            "avg price",
+            "status",
+            "strategy",
+            "client order id",
+            "broker id",
+        ):
+            table.add_column(column)
+        for row in run_async(main):
+            table.add_row(
+                f"{row['requested_at']:%Y-%m-%d %H:%M}",
+                row["portfolio_id"],
+                row["symbol"],
+                row["side"],
+                f"{row['qty']:f}",
+                f"{row['filled_qty']:f}",
+                "-" if row["avg_fill_price"] is None else f"{row['avg_fill_price']:.4f}",
+                row["status"],
+                row["strategy"],
+                row["client_order_id"],
+                row["broker_order_id"] or "-",
+            )
+        console.print(table)
