@@ -128,7 +128,13 @@ async def hosted(
     async with contextlib.AsyncExitStack() as stack:
         if runtime is None:
             runtime = await stack.enter_async_context(connect_runtime(settings, name=f"openbell-{'+'.join(services)}"))
-        bus = NatsBroker(runtime.servers.nats_url, max_reconnect_attempts=-1, logger=None)
+        # FastStream logs each message at log_level (debug: quiet by default) and handler errors as errors.
+        bus = NatsBroker(
+            runtime.servers.nats_url,
+            max_reconnect_attempts=-1,
+            logger=logging.getLogger("openbell.bus"),
+            log_level=logging.DEBUG,
+        )
         ctx = ServiceContext(
             rt=runtime,
             bus=bus,

@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any
 
 import msgspec
-from faststream.nats import NatsMessage
+from faststream.nats.annotations import NatsMessage
 
 from eventstore import NO_STREAM, NewEvent, WrongExpectedVersion
 from services.core.events import new_event, registry
@@ -346,5 +346,6 @@ async def setup(ctx: ServiceContext) -> None:
     )
 
     @ctx.bus.subscriber(subjects.cmd("portfolio.*"), queue=SERVICE)
-    async def on_command(body: bytes, message: NatsMessage) -> dict[str, Any]:
-        return await handle_command(ctx, message.raw_message.subject.rsplit(".", 1)[-1], body)
+    async def on_command(message: NatsMessage) -> dict[str, Any]:
+        raw = message.raw_message
+        return await handle_command(ctx, raw.subject.rsplit(".", 1)[-1], raw.data)

@@ -28,17 +28,21 @@ UNIVERSES = (("AAPL", "MSFT", "NVDA"), ("AMZN", "META", "AAPL"), ("TSLA", "JPM",
 
 def portfolios(count: int, cash: str = "50000") -> list[PortfolioSpec]:
     return [
-        parse_portfolio_spec({
-            "name": f"p{i + 1}",
-            "starting_cash": cash,
-            "risk": {"max_order_notional": "10000", "max_position_weight": "0.5"},
-            "strategy": [{
-                "kind": KINDS[i % len(KINDS)][0],
-                "parameters": KINDS[i % len(KINDS)][1],
-                "universe": list(UNIVERSES[i % len(UNIVERSES)]),
-                "sizing": {"method": "fixed_notional", "notional": "4000"},
-            }],
-        })
+        parse_portfolio_spec(
+            {
+                "name": f"p{i + 1}",
+                "starting_cash": cash,
+                "risk": {"max_order_notional": "10000", "max_position_weight": "0.5"},
+                "strategy": [
+                    {
+                        "kind": KINDS[i % len(KINDS)][0],
+                        "parameters": KINDS[i % len(KINDS)][1],
+                        "universe": list(UNIVERSES[i % len(UNIVERSES)]),
+                        "sizing": {"method": "fixed_notional", "notional": "4000"},
+                    }
+                ],
+            }
+        )
         for i in range(count)
     ]
 
@@ -84,8 +88,10 @@ async def read_model_tables(store: EventStore) -> dict[str, list[tuple[Any, ...]
         for projection in known_projections():
             for table in projection.tables:
                 tables[table] = sorted(
-                    (tuple(msgspec.json.encode(v).decode() if isinstance(v, dict | list) else v for v in r)
-                     for r in await con.fetch(f"SELECT * FROM {table}")),
+                    (
+                        tuple(msgspec.json.encode(v).decode() if isinstance(v, dict | list) else v for v in r)
+                        for r in await con.fetch(f"SELECT * FROM {table}")
+                    ),
                     key=repr,
                 )
     return tables

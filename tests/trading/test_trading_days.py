@@ -44,8 +44,11 @@ async def test_virtual_trading_days(pg_dsn: str, nats_url: str, subject_prefix: 
         ctx.tick_time.set(start)
         broker = await SimBroker.connect(
             pg_dsn,
-            SimConfig(seed=3, starting_cash=Decimal(200_000),
-                      fill_policy=FillPolicy(fill_latency=timedelta(seconds=20), partial_fill_steps=2)),
+            SimConfig(
+                seed=3,
+                starting_cash=Decimal(200_000),
+                fill_policy=FillPolicy(fill_latency=timedelta(seconds=20), partial_fill_steps=2),
+            ),
             now=ctx.tick_time,
         )
         brokers.append(broker)
@@ -104,8 +107,9 @@ async def test_virtual_trading_days(pg_dsn: str, nats_url: str, subject_prefix: 
         assert sorted((r["portfolio_id"], r["trading_day"]) for r in snapshots) == sorted(
             (s.name, d) for s in specs for d in DAYS
         )
-        evaluations = await rows(store, "SELECT count(*) AS n, count(DISTINCT (portfolio_id, tick_id)) AS d"
-                                        " FROM strategy_evaluations")
+        evaluations = await rows(
+            store, "SELECT count(*) AS n, count(DISTINCT (portfolio_id, tick_id)) AS d FROM strategy_evaluations"
+        )
         assert evaluations[0]["n"] == evaluations[0]["d"] == len(specs) * 26 * len(DAYS)
 
     await assert_rebuild_equals_live(store_for_rebuild := await _store(pg_dsn))
