@@ -14,7 +14,7 @@ import importlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from faststream.nats import NatsBroker
@@ -138,7 +138,13 @@ async def hosted(
         ctx = ServiceContext(
             rt=runtime,
             bus=bus,
-            jobs=JobRunner(runtime.store, nc=runtime.nc, subjects=runtime.subjects, worker=worker),
+            jobs=JobRunner(
+                runtime.store,
+                nc=runtime.nc,
+                subjects=runtime.subjects,
+                worker=worker,
+                takeover_after=timedelta(seconds=runtime.settings.job_takeover_seconds),
+            ),
             projections=ProjectionRunner(runtime.store, known_projections()),
             stop=asyncio.Event(),
             broker_factory=broker_factory,

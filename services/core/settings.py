@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # How long JetStream remembers a Nats-Msg-Id: duplicates inside it are dropped by the server.
     dedupe_window_seconds: float = Field(default=900.0, gt=0)
+    # How long a consumer has to acknowledge a message before JetStream redelivers it (a worker alive
+    # keeps extending it), and how long a job run started by a worker that died blocks its tick.
+    ack_wait_seconds: float = Field(default=30.0, gt=0)
+    job_takeover_seconds: float = Field(default=120.0, gt=0)
 
     @field_validator("nats_url")
     @classmethod

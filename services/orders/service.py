@@ -262,6 +262,7 @@ async def setup(ctx: ServiceContext) -> None:
         handler=on_order_requested,
         durable=f"{SERVICE}_submit",
         batch_size=16,
+        ack_wait=ctx.settings.ack_wait_seconds,
     )
     subscribe_ticks(
         ctx.bus,
@@ -270,6 +271,7 @@ async def setup(ctx: ServiceContext) -> None:
         job_type=JobType.ORDER_STATUS_CHECK,
         runner=ctx.jobs,
         job=partial(order_status_check, ctx),
+        ack_wait=ctx.settings.ack_wait_seconds,
     )
     if not ctx.virtual:
         # In virtual time the simulator's fills are settled by the ticks themselves; polling covers them.
