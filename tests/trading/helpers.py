@@ -82,6 +82,21 @@ async def assert_books_equal_sum_of_fills(store: EventStore, specs: list[Portfol
     return checked
 
 
+async def books_settle_to_fills(store: EventStore, specs: list[PortfolioSpec], timeout: float = 20.0) -> int:
+    """Wait until the positions service has booked every fill (it follows the log), then check the books."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await assert_books_equal_sum_of_fills(store, specs)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def read_model_tables(store: EventStore) -> dict[str, list[tuple[Any, ...]]]:
     tables: dict[str, list[tuple[Any, ...]]] = {}
     async with store.pool.acquire() as con:

@@ -23,7 +23,7 @@ from services.core.host import ServiceContext, hosted
 from services.core.jobs.types import JobType
 from services.strategy.commands import apply_all
 from tests.positions.helpers import settings_for, wait_for
-from tests.trading.helpers import TERMINAL, assert_books_equal_sum_of_fills, portfolios, rows
+from tests.trading.helpers import TERMINAL, books_settle_to_fills, portfolios, rows
 
 DAY = calendar.session(date(2026, 11, 18))
 SEED, CASH, LATENCY = 5, Decimal(500_000), 20
@@ -108,7 +108,7 @@ async def test_orders_service_killed_and_restarted(
                 store, "SELECT stream_id, count(*) AS n FROM events WHERE event_type = 'OrderSubmitted' GROUP BY 1"
             )
             assert all(r["n"] == 1 for r in submitted)
-            assert await assert_books_equal_sum_of_fills(store, specs) > 0
+            assert await books_settle_to_fills(store, specs) > 0
             runs = await rows(
                 store,
                 "SELECT count(*) AS n FROM job_executions WHERE job_type = $1 AND status = 'completed'",
