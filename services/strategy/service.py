@@ -27,6 +27,7 @@ import msgspec
 from faststream.nats.annotations import NatsMessage
 
 from eventstore import NO_STREAM, NewEvent, WrongExpectedVersion
+from services.clock.calendar import exchange_date
 from services.core.events import new_event, registry
 from services.core.host import ServiceContext
 from services.core.jobs.consumer import Delivery, Reject, subscribe_durable, subscribe_ticks
@@ -39,7 +40,6 @@ from services.strategy.decide import MarketData, PortfolioState, TradingControls
 from services.strategy.decide import Tick as DecisionTick
 from services.strategy.events import OrderRequested, PortfolioEvaluated, PortfolioHalted
 from services.strategy.portfolio import (
-    PortfolioView,
     evaluation_stream,
     global_halt,
     load_portfolio,
@@ -80,27 +80,48 @@ async def portfolios_to_evaluate(ctx: ServiceContext) -> list[str]:
     return [row[0] for row in rows]
 
 
-async def quarantined_symbols(ctx: ServiceContext) -> frozenset[str]:
-    async with ctx.rt.store.pool.acquire() as con:
-        if not await con.fetchval("SELECT to_regclass('quarantined_symbols') IS NOT NULL"):
-            return frozenset()
-        return frozenset(row[0] for row in await con.fetch("SELECT symbol FROM quarantined_symbols"))
+class TickControls(msgspec.Struct, frozen=True):
+    """What every portfolio of one tick shares: the global halt, the quarantined symbols and the equity
+    each portfolio had at the day's start (the last snapshot before the tick's trading day)."""
+
+    global_halt: bool
+    quarantined: frozenset[str]
+    day_start_equity: dict[str, Decimal]
 
 
-async def day_start_equity(ctx: ServiceContext, view: PortfolioView, at: datetime) -> Decimal:
-    """The equity the daily loss limit compares with: the last snapshot before this trading day, or the
-    starting cash when there is none yet."""
+class TickControlsCache:
+    """Loaded once per tick and process (three queries), not once per portfolio."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self._entries: dict[str, TickControls] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, ctx: ServiceContext, tick_id: str, at: datetime) -> TickControls:
+        async with self._lock:
+            controls = self._entries.get(tick_id)
+            if controls is None:
+                controls = self._entries[tick_id] = await _load_controls(ctx, at)
+                while len(self._entries) > self.keep:
+                    self._entries.pop(next(iter(self._entries)))
+            return controls
+
+
+async def _load_controls(ctx: ServiceContext, at: datetime) -> TickControls:
+    halted, _ = await global_halt(ctx.rt.store)
+    quarantined: frozenset[str] = frozenset()
+    equity: dict[str, Decimal] = {}
     async with ctx.rt.store.pool.acquire() as con:
+        if await con.fetchval("SELECT to_regclass('quarantined_symbols') IS NOT NULL"):
+            quarantined = frozenset(row[0] for row in await con.fetch("SELECT symbol FROM quarantined_symbols"))
         if await con.fetchval("SELECT to_regclass('portfolio_snapshots') IS NOT NULL"):
-            value = await con.fetchval(
-                "SELECT total_value FROM portfolio_snapshots WHERE portfolio_id = $1 AND trading_day < $2"
-                " ORDER BY trading_day DESC LIMIT 1",
-                view.portfolio_id,
-                at.date(),
+            rows = await con.fetch(
+                "SELECT DISTINCT ON (portfolio_id) portfolio_id, total_value FROM portfolio_snapshots"
+                " WHERE trading_day < $1 ORDER BY portfolio_id, trading_day DESC",
+                exchange_date(at),
             )
-            if value is not None:
-                return Decimal(value)
-    return view.starting_cash
+            equity = {row[0]: Decimal(row[1]) for row in rows}
+    return TickControls(halted, quarantined, equity)
 
 
 # -------------------------------------------------------------------------------------- market data
@@ -168,7 +189,9 @@ def _route(
     return orders, portfolio, evaluation
 
 
-async def evaluate_portfolio(ctx: ServiceContext, cache: MarketDataCache, item: WorkItem) -> PortfolioEvaluated | None:
+async def evaluate_portfolio(
+    ctx: ServiceContext, cache: MarketDataCache, controls_cache: TickControlsCache, item: WorkItem
+) -> PortfolioEvaluated | None:
     store = ctx.rt.store
     stream = evaluation_stream(item.portfolio_id, item.tick_id)
     if await store.stream_version(stream) >= 0:
@@ -182,7 +205,7 @@ async def evaluate_portfolio(ctx: ServiceContext, cache: MarketDataCache, item: 
     }
     bars = await cache.bars(ctx, item.tick_id, item.scheduled_at, symbols)
     prices = {s: b[-1].close for s, b in bars.items() if b}
-    halted, _ = await global_halt(store)
+    controls = await controls_cache.get(ctx, item.tick_id, item.scheduled_at)
     state = PortfolioState(
         portfolio_id=view.portfolio_id,
         cash=view.book.cash,
@@ -190,13 +213,14 @@ async def evaluate_portfolio(ctx: ServiceContext, cache: MarketDataCache, item: 
         risk_limits=view.risk_limits,
         strategies=strategies,
         halted=view.halted,
-        day_start_equity=await day_start_equity(ctx, view, item.scheduled_at),
+        # The last snapshot before this trading day; the starting cash before the first snapshot.
+        day_start_equity=controls.day_start_equity.get(view.portfolio_id, view.starting_cash),
     )
     decisions = decide_portfolio(
         state,
         MarketData(bars=bars, prices=prices),
         DecisionTick(tick_id=item.tick_id, scheduled_at=item.scheduled_at),
-        TradingControls(global_halt=halted, quarantined_symbols=await quarantined_symbols(ctx)),
+        TradingControls(global_halt=controls.global_halt, quarantined_symbols=controls.quarantined),
     )
     orders, portfolio_events, evaluation_events = _route(item.portfolio_id, item.tick_id, list(decisions.events))
     # Orders first: their ids derive from (portfolio, tick, symbol, side), so a crash before the closing
@@ -315,6 +339,7 @@ def _text(data: dict[str, Any], key: str) -> str:
 async def setup(ctx: ServiceContext) -> None:
     subjects = ctx.rt.subjects
     cache = MarketDataCache()
+    controls_cache = TickControlsCache()
 
     subscribe_ticks(
         ctx.bus,
@@ -331,7 +356,7 @@ async def setup(ctx: ServiceContext) -> None:
             item = _work_decoder.decode(delivery.data)
         except msgspec.DecodeError as exc:
             raise Reject(f"malformed work item: {exc}") from None
-        await evaluate_portfolio(ctx, cache, item)
+        await evaluate_portfolio(ctx, cache, controls_cache, item)
 
     subscribe_durable(
         ctx.bus,
