@@ -83,10 +83,8 @@ class ServiceContext:
     async def at(self, moment: datetime) -> Broker:
         """The broker, with simulated time moved to ``moment`` (a tick's time) when it is the simulator."""
         broker = await self.broker()
+        # The simulator reads this clock; it settles its orders up to it on every call that reads them.
         self.tick_time.set(moment)
-        advance = getattr(broker, "advance_to", None)
-        if advance is not None and isinstance(getattr(broker, "_now", None), ManualClock):
-            await advance(self.tick_time())
         return broker
 
     def background(self, coro: Coroutine[Any, Any, None], name: str) -> None:

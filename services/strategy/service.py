@@ -11,6 +11,9 @@ strategy_execution fans out per portfolio so that several workers share a tick:
    closing ``PortfolioEvaluated`` to ``evaluation-<portfolio>@<tick>`` with NO_STREAM: a portfolio is
    evaluated once per tick, whatever the redeliveries or the number of workers.
 3. The tick's job waits until every portfolio has its PortfolioEvaluated, then records the counters.
+
+Below ``FAN_OUT_FROM`` portfolios the tick's worker evaluates them itself: the queue's round trip would
+cost more than it shares. The evaluation is the same function either way, exactly once per portfolio.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ BAR_WIDTH = timedelta(minutes=15)
 BAR_LOOKBACK = timedelta(days=4)  # the first fetch: enough 15-minute bars across a weekend
 MAX_BARS = 300  # kept per symbol; the built-in strategies need at most their longest window + 1
 EVALUATION_TIMEOUT = 120.0  # seconds the tick's job waits for every portfolio's evaluation
+# From this many portfolios on, a tick fans out over the work queue (shared by the service's workers).
+FAN_OUT_FROM = 8
 
 
 class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
@@ -249,19 +254,25 @@ async def evaluate_portfolio(
     return evaluated
 
 
-async def strategy_execution(ctx: ServiceContext, job: JobContext) -> dict[str, int]:
+async def strategy_execution(
+    ctx: ServiceContext, cache: MarketDataCache, controls_cache: TickControlsCache, job: JobContext
+) -> dict[str, int]:
     tick = job.tick
     portfolios = await portfolios_to_evaluate(ctx)
-    subject = ctx.rt.subjects.work(WORK_QUEUE)
-    acks = []
-    for pid in portfolios:
-        item = WorkItem(tick_id=tick.tick_id, scheduled_at=tick.scheduled_at, portfolio_id=pid)
-        acks.append(
+    items = [WorkItem(tick_id=tick.tick_id, scheduled_at=tick.scheduled_at, portfolio_id=pid) for pid in portfolios]
+    if len(items) < FAN_OUT_FROM:
+        # A few portfolios: evaluating them here is faster than a round trip through the work queue.
+        for item in items:
+            await evaluate_portfolio(ctx, cache, controls_cache, item)
+    else:
+        subject = ctx.rt.subjects.work(WORK_QUEUE)
+        acks = [
             await ctx.rt.js.publish_async(
-                subject, msgspec.json.encode(item), headers={"Nats-Msg-Id": f"{tick.tick_id}|{pid}"}
+                subject, msgspec.json.encode(item), headers={"Nats-Msg-Id": f"{tick.tick_id}|{item.portfolio_id}"}
             )
-        )
-    await asyncio.gather(*acks)
+            for item in items
+        ]
+        await asyncio.gather(*acks)
     streams = [evaluation_stream(pid, tick.tick_id) for pid in portfolios]
     deadline = time.monotonic() + EVALUATION_TIMEOUT
     delay = 0.002
@@ -347,7 +358,7 @@ async def setup(ctx: ServiceContext) -> None:
         service=SERVICE,
         job_type=JobType.STRATEGY_EXECUTION,
         runner=ctx.jobs,
-        job=partial(strategy_execution, ctx),
+        job=partial(strategy_execution, ctx, cache, controls_cache),
         ack_wait=60.0,
     )
 

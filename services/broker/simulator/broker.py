@@ -227,34 +227,42 @@ class SimBroker:
 
     # -- settling ------------------------------------------------------------------------------------
     async def _settle(self, conn: asyncpg.Connection) -> None:
-        now = self.now
-        updates: list[TradeUpdate] = []
         async with conn.transaction():
-            await conn.fetchrow("SELECT cash FROM sim_account WHERE id = 1 FOR UPDATE")
-            rows = await conn.fetch("SELECT * FROM sim_orders WHERE is_open ORDER BY submitted_at, id")
-            for row in rows:
-                order = _order_from_row(row)
-                step = engine.progress(order, self.market, self.config.fill_policy, row["checked_until"], now)
-                if not step.events and step.checked_until == row["checked_until"]:
-                    continue
-                for event in step.events:
-                    position_qty = None
-                    if event.qty is not None and event.price is not None:
-                        position_qty = await self._apply_fill(conn, event.order, event.qty, event.price)
-                    updates.append(
-                        TradeUpdate(
-                            event=event.event,
-                            order=event.order,
-                            timestamp=event.timestamp,
-                            qty=event.qty,
-                            price=event.price,
-                            position_qty=position_qty,
-                        )
-                    )
-                await _save_order(conn, step.order, step.checked_until)
+            updates = await self._settle_in_transaction(conn)
+        self._publish(updates)
+
+    def _publish(self, updates: list[TradeUpdate]) -> None:
         for update in updates:
             for queue in self._subscribers:
                 queue.put_nowait(update)
+
+    async def _settle_in_transaction(self, conn: asyncpg.Connection) -> list[TradeUpdate]:
+        """Progress every open order up to now; the caller holds a transaction (and so the account lock)."""
+        now = self.now
+        updates: list[TradeUpdate] = []
+        await conn.fetchrow("SELECT cash FROM sim_account WHERE id = 1 FOR UPDATE")
+        rows = await conn.fetch("SELECT * FROM sim_orders WHERE is_open ORDER BY submitted_at, id")
+        for row in rows:
+            order = _order_from_row(row)
+            step = engine.progress(order, self.market, self.config.fill_policy, row["checked_until"], now)
+            if not step.events and step.checked_until == row["checked_until"]:
+                continue
+            for event in step.events:
+                position_qty = None
+                if event.qty is not None and event.price is not None:
+                    position_qty = await self._apply_fill(conn, event.order, event.qty, event.price)
+                updates.append(
+                    TradeUpdate(
+                        event=event.event,
+                        order=event.order,
+                        timestamp=event.timestamp,
+                        qty=event.qty,
+                        price=event.price,
+                        position_qty=position_qty,
+                    )
+                )
+            await _save_order(conn, step.order, step.checked_until)
+        return updates
 
     async def _apply_fill(self, conn: asyncpg.Connection, order: Order, qty: Decimal, price: Decimal) -> Decimal:
         row = await conn.fetchrow("SELECT qty, avg_entry_price FROM sim_positions WHERE symbol = $1", order.symbol)
@@ -278,9 +286,10 @@ class SimBroker:
         await self._enter("submit_order")
         now = self.now
         async with self._pool.acquire() as conn:
-            await self._settle(conn)
+            # Settling and accepting in one transaction: one commit, and no fill can slip in between.
             async with conn.transaction():
-                account = await conn.fetchrow("SELECT cash FROM sim_account WHERE id = 1 FOR UPDATE")
+                updates = await self._settle_in_transaction(conn)
+                account = await conn.fetchrow("SELECT cash FROM sim_account WHERE id = 1")
                 existing = await conn.fetchrow(
                     "SELECT * FROM sim_orders WHERE client_order_id = $1", request.client_order_id
                 )
@@ -303,6 +312,7 @@ class SimBroker:
                 )
                 order = engine.new_order(request, engine.order_id_for(self.config.seed, request.client_order_id), now)
                 await _save_order(conn, order, now)
+            self._publish(updates)
         count = self._calls["submit_order"]
         if hash_unit(self.config.seed, "fault-lost", count) < self.config.faults.lost_submit_response_rate:
             raise AmbiguousSubmit("simulated lost submit response", client_order_id=request.client_order_id, status=504)

@@ -1,0 +1,201 @@
+"""Trading-loop benchmark on the embedded NATS and PostgreSQL with the simulator.
+
+    python -m bench.trading [--quick] [--json PATH]
+
+1. One strategy_execution tick over 1,000 portfolios x 20 symbols: seconds from the tick's publication
+   to its recorded completion, and strategy evaluations per second.
+2. Tick-to-order latency over 200 ticks: from a tick's publication to the simulated broker accepting the
+   order it caused (through the job ledger, the fan-out, the strategy, the store, the relay and the
+   orders service), p50 and p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from services.broker.models import Order, OrderRequest
+from services.broker.simulator.broker import SimBroker, SimConfig
+from services.broker.simulator.market import DEFAULT_SYMBOLS
+from services.clock.ticks import publish_tick
+from services.core.embedded import EmbeddedNats, EmbeddedPostgres
+from services.core.host import ServiceContext, hosted
+from services.core.jobs.types import JobType, Tick, TickReason
+from services.core.runtime import connect_runtime
+from services.core.settings import load_settings
+from services.orders.ids import client_order_id
+from services.strategy.commands import apply_all
+from services.strategy.config import parse_portfolio_spec
+
+TARGETS = {"tick_1000x20_seconds": 5.0, "tick_to_order_p50_ms": 10.0, "tick_to_order_p99_ms": 50.0}
+T0 = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)  # Tuesday 10:00 New York
+
+
+class TimedSimBroker(SimBroker):
+    """The simulator, noting when it accepted each order (the end of the tick-to-order path)."""
+
+    accepted: dict[str, float]
+
+    async def submit_order(self, request: OrderRequest) -> Order:
+        order = await super().submit_order(request)
+        self.accepted[request.client_order_id] = time.perf_counter()
+        return order
+
+
+async def wait_recorded(store: Any, tick_id: str, timeout: float = 300.0) -> str:
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while time.monotonic() < deadline:
+        async for event in store.read_stream(f"jobrun-{tick_id}"):
+            if event.type in ("JobExecutionCompleted", "JobExecutionFailed", "JobExecutionSkipped"):
+                return event.type
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    raise TimeoutError(f"{tick_id} not recorded")
+
+
+async def big_tick(dsn: str, nats_url: str, portfolios: int, symbols: int) -> dict[str, float]:
+    settings = load_settings(database_url=dsn, nats_url=nats_url, subject_prefix="benchbig")
+    universe = list(DEFAULT_SYMBOLS[:symbols])
+    specs = [
+        parse_portfolio_spec(
+            {
+                "name": f"p{i:04d}",
+                "starting_cash": "100000",
+                "strategy": [{"kind": ("momentum", "ma_crossover", "rsi_mean_reversion")[i % 3], "universe": universe}],
+            }
+        )
+        for i in range(portfolios)
+    ]
+
+    async def sim(ctx: ServiceContext) -> SimBroker:
+        return await SimBroker.connect(dsn, SimConfig(seed=1, starting_cash=Decimal(10**9)), now=ctx.tick_time)
+
+    async with connect_runtime(settings, pool_size=20) as rt:
+        await apply_all(rt.store, specs, datetime.now(UTC))
+        async with hosted(["relay", "projections", "strategy"], runtime=rt, broker_factory=sim, virtual=True) as ctx:
+            await ctx.catch_up()
+            # Warm the bar history of the symbols (a service that has run for a while has it).
+            warm = Tick.for_slot(
+                JobType.STRATEGY_EXECUTION, T0 - timedelta(minutes=15), emitted_at=T0, reason=TickReason.MANUAL
+            )
+            await publish_tick(rt.js, rt.subjects, warm)
+            await wait_recorded(rt.store, warm.tick_id)
+            tick = Tick.for_slot(JobType.STRATEGY_EXECUTION, T0, emitted_at=T0, reason=TickReason.MANUAL)
+            start = time.perf_counter()
+            await publish_tick(rt.js, rt.subjects, tick)
+            outcome = await wait_recorded(rt.store, tick.tick_id)
+            seconds = time.perf_counter() - start
+    if outcome != "JobExecutionCompleted":
+        raise RuntimeError(f"the big tick ended {outcome}")
+    return {
+        "tick_1000x20_seconds": seconds,
+        "evaluations_per_second": portfolios * symbols / seconds,
+        "portfolios": portfolios,
+        "symbols": symbols,
+    }
+
+
+async def tick_to_order(dsn: str, nats_url: str, ticks: int) -> dict[str, float]:
+    settings = load_settings(database_url=dsn, nats_url=nats_url, subject_prefix="benchlatency")
+    # RSI below 98 counts as oversold here: every tick is a buy of one share.
+    spec = parse_portfolio_spec(
+        {
+            "name": "latency",
+            "starting_cash": "100000000",
+            "risk": {"max_position_weight": "1", "max_order_notional": "1000000"},
+            "strategy": [
+                {
+                    "kind": "rsi_mean_reversion",
+                    "universe": ["AAPL"],
+                    "parameters": {"period": 5, "oversold": "98", "overbought": "99"},
+                    "sizing": {"method": "fixed_quantity", "quantity": "1"},
+                }
+            ],
+        }
+    )
+    holder: dict[str, TimedSimBroker] = {}
+
+    async def sim(ctx: ServiceContext) -> TimedSimBroker:
+        broker = await TimedSimBroker.connect(dsn, SimConfig(seed=2, starting_cash=Decimal(10**9)), now=ctx.tick_time)
+        broker.accepted = {}
+        holder["broker"] = broker  # type: ignore[assignment]
+        return broker  # type: ignore[return-value]
+
+    latencies: list[float] = []
+    services = ["relay", "projections", "strategy", "orders"]
+    async with connect_runtime(settings) as rt:
+        await apply_all(rt.store, [spec], datetime.now(UTC))
+        async with hosted(services, runtime=rt, broker_factory=sim, virtual=True):
+            for i in range(ticks + 5):  # the first five warm up connections and caches
+                at = T0 + timedelta(minutes=i)
+                tick = Tick.for_slot(JobType.STRATEGY_EXECUTION, at, emitted_at=at, reason=TickReason.MANUAL)
+                coid = client_order_id("latency", tick.tick_id, "AAPL", "buy")
+                start = time.perf_counter()
+                await publish_tick(rt.js, rt.subjects, tick)
+                deadline = start + 30
+                while "broker" not in holder or coid not in holder["broker"].accepted:
+                    if time.perf_counter() > deadline:
+                        raise TimeoutError(f"no order for {tick.tick_id}")
+                    await asyncio.sleep(0.0002)
+                if i >= 5:
+                    latencies.append((holder["broker"].accepted[coid] - start) * 1000)
+                await wait_recorded(rt.store, tick.tick_id)
+    latencies.sort()
+    return {
+        "tick_to_order_p50_ms": statistics.median(latencies),
+        "tick_to_order_p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "tick_to_order_samples": len(latencies),
+    }
+
+
+async def run(quick: bool) -> dict[str, float]:
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="openbell-bench-") as tmp:
+        pg = EmbeddedPostgres(Path(tmp) / "pg").start(reuse=False)
+        nats_server = EmbeddedNats(Path(tmp) / "nats").start(reuse=False)
+        try:
+            admin = await asyncpg.connect(pg.dsn())
+            for database in ("bench_tick", "bench_latency"):
+                await admin.execute(f"CREATE DATABASE {database}")
+            await admin.close()
+            results.update(await big_tick(pg.dsn("bench_tick"), nats_server.url, 200 if quick else 1000, 20))
+            results.update(await tick_to_order(pg.dsn("bench_latency"), nats_server.url, 40 if quick else 200))
+        finally:
+            nats_server.stop()
+            pg.stop()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="200 portfolios and 40 ticks (a smoke run)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+    results = asyncio.run(run(args.quick))
+    mode = "quick" if args.quick else "full"
+    print(f"trading benchmark ({mode}), {platform.node()}, {datetime.now(UTC):%Y-%m-%d}")
+    for key, value in results.items():
+        target = TARGETS.get(key)
+        verdict = "" if target is None else ("  ok" if value <= target else f"  ABOVE target {target}")
+        print(f"  {key:<26} {value:>12,.2f}{verdict}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps({"date": datetime.now(UTC).isoformat(), "quick": args.quick, **results}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()
