@@ -1,6 +1,7 @@
 """The event store's schema, applied idempotently under an advisory lock by ``EventStore.connect``.
 
 Each migration runs once, in order, in its own transaction; ``eventstore_migrations`` records which ran.
+The statements are idempotent too, so a half-dropped schema (an operator's manual cleanup) heals.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ MIGRATION_LOCK_KEY = 0x0B_E11_5C4E
 MIGRATIONS: tuple[str, ...] = (
     # 1: the append-only events table.
     """
-    CREATE TABLE events (
+    CREATE TABLE IF NOT EXISTS events (
         -- Unique and increasing per append, with gaps (rolled-back sequence values) and not in commit
         -- order: readers order by (tx_id, global_position) and only read below the oldest running
         -- transaction, so a late commit is never skipped (see store.read_all).
@@ -32,21 +33,21 @@ MIGRATIONS: tuple[str, ...] = (
         CONSTRAINT events_stream_id_check CHECK (stream_id <> ''),
         CONSTRAINT events_stream_version_check CHECK (stream_version >= 0)
     );
-    CREATE INDEX events_commit_order ON events (tx_id, global_position);
+    CREATE INDEX IF NOT EXISTS events_commit_order ON events (tx_id, global_position);
 
     -- Append-only, enforced by the database for every role and every client.
-    CREATE FUNCTION events_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    CREATE OR REPLACE FUNCTION events_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         RAISE EXCEPTION 'the events table is append-only: % is not allowed', TG_OP
             USING ERRCODE = 'insufficient_privilege';
     END $$;
-    CREATE TRIGGER events_no_update_or_delete BEFORE UPDATE OR DELETE ON events
+    CREATE OR REPLACE TRIGGER events_no_update_or_delete BEFORE UPDATE OR DELETE ON events
         FOR EACH ROW EXECUTE FUNCTION events_refuse_change();
-    CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+    CREATE OR REPLACE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
         FOR EACH STATEMENT EXECUTE FUNCTION events_refuse_change();
 
     -- Checkpoints of the relay and of every projection (position of the last event handled).
-    CREATE TABLE eventstore_checkpoints (
+    CREATE TABLE IF NOT EXISTS eventstore_checkpoints (
         name        text PRIMARY KEY,
         position    bigint NOT NULL,
         updated_at  timestamptz NOT NULL DEFAULT now()
@@ -55,7 +56,7 @@ MIGRATIONS: tuple[str, ...] = (
     # 2: a checkpoint also records the transaction id of its event, so a reader resumes without a lookup,
     # and "is there anything new for these readers?" is one query.
     """
-    ALTER TABLE eventstore_checkpoints ADD COLUMN tx bigint NOT NULL DEFAULT 0;
+    ALTER TABLE eventstore_checkpoints ADD COLUMN IF NOT EXISTS tx bigint NOT NULL DEFAULT 0;
     UPDATE eventstore_checkpoints c SET tx = e.tx_id::text::bigint
         FROM events e WHERE e.global_position = c.position;
     """,

@@ -7,6 +7,7 @@ Each service adds its commands through a ``register(app)`` function in its own `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import sys
@@ -146,15 +147,17 @@ def events(
             else:
                 source = rt.store.subscribe_all(from_position) if follow else rt.store.read_all(from_position)
             try:
-                async for event in source:
-                    if event.global_position <= from_position and stream is not None and not follow:
-                        continue
-                    if stream is not None and event.stream_id != stream:
-                        continue
-                    show(event)
-                    shown += 1
-                    if limit is not None and shown >= limit:
-                        return
+                # aclosing: leaving early must release the generator's database connection at once.
+                async with contextlib.aclosing(source) as stream_of_events:
+                    async for event in stream_of_events:
+                        if event.global_position <= from_position and stream is not None and not follow:
+                            continue
+                        if stream is not None and event.stream_id != stream:
+                            continue
+                        show(event)
+                        shown += 1
+                        if limit is not None and shown >= limit:
+                            return
             except PositionNotFound as exc:
                 raise CommandError(f"{exc} (use a position printed by 'openbell events')") from None
 

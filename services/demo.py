@@ -162,31 +162,15 @@ def _money(value: Decimal | None) -> str:
 
 
 async def _reset(rt: Runtime) -> None:
-    """Forget the previous demo: the embedded database's tables and this prefix's streams."""
+    """Forget the previous demo: everything in the embedded database, and this prefix's streams and
+    consumers."""
     async with rt.store.pool.acquire() as con:
-        tables = [r[0] for r in await con.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-        types = [
-            r[0]
-            for r in await con.fetch(
-                "SELECT t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
-                " WHERE n.nspname = 'public' AND t.typtype = 'e'"
-            )
-        ]
-        async with con.transaction():
-            for table in tables:
-                await con.execute(f'DROP TABLE IF EXISTS "{table}" CASCADE')
-            for enum in types:
-                await con.execute(f'DROP TYPE IF EXISTS "{enum}" CASCADE')
-    for stream in (
-        rt.subjects.ticks_stream,
-        rt.subjects.events_stream,
-        rt.subjects.work_stream,
-        rt.subjects.dlq_stream,
-    ):
+        await con.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    streams = (rt.subjects.ticks_stream, rt.subjects.events_stream, rt.subjects.work_stream, rt.subjects.dlq_stream)
+    for stream in streams:
         await rt.js.purge_stream(stream)
-    for info in await rt.js.streams_info():
-        for consumer in await rt.js.consumers_info(info.config.name):
-            await rt.js.delete_consumer(info.config.name, consumer.name)
+        for consumer in await rt.js.consumers_info(stream):
+            await rt.js.delete_consumer(stream, consumer.name)
 
 
 def register(app: typer.Typer) -> None:

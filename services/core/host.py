@@ -126,11 +126,14 @@ async def hosted(
     async with contextlib.AsyncExitStack() as stack:
         if runtime is None:
             runtime = await stack.enter_async_context(connect_runtime(settings, name=f"openbell-{'+'.join(services)}"))
-        # FastStream logs each message at log_level (debug: quiet by default) and handler errors as errors.
+        # FastStream logs each message at log_level (debug: quiet by default) and handler errors as errors;
+        # its lifecycle chatter stays below warnings unless debugging.
+        bus_logger = logging.getLogger("openbell.bus")
+        bus_logger.setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
         bus = NatsBroker(
             runtime.servers.nats_url,
             max_reconnect_attempts=-1,
-            logger=logging.getLogger("openbell.bus"),
+            logger=bus_logger,
             log_level=logging.DEBUG,
         )
         ctx = ServiceContext(
