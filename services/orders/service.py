@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from eventstore import EventStore, NewEvent, RecordedEvent, WrongExpectedVersion
+from eventstore import DuplicateEventId, EventStore, NewEvent, RecordedEvent, WrongExpectedVersion
 from eventstore.relay import envelope_decoder
 from services.broker.errors import (
     AmbiguousSubmit,
@@ -80,7 +80,9 @@ async def append_order_events(store: EventStore, client_order_id: str, events: l
         return False
     try:
         await store.append(order_stream(client_order_id), events, version)
-    except WrongExpectedVersion:
+    except (WrongExpectedVersion, DuplicateEventId):
+        # Another writer got there first (the submit and a status check can both record the broker's
+        # OrderSubmitted, with the same event id): what it wrote stands; nothing is retried.
         return False
     return True
 

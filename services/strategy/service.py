@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 from faststream.nats.annotations import NatsMessage
 
-from eventstore import NO_STREAM, NewEvent, WrongExpectedVersion
+from eventstore import NO_STREAM, DuplicateEventId, NewEvent, WrongExpectedVersion
 from services.clock.calendar import exchange_date
 from services.core.events import new_event, registry
 from services.core.host import ServiceContext
@@ -249,7 +249,7 @@ async def evaluate_portfolio(
         await store.append(
             stream, [*evaluation_events, new_event(evaluated, item.portfolio_id, item.tick_id)], NO_STREAM
         )
-    except WrongExpectedVersion:
+    except (WrongExpectedVersion, DuplicateEventId):
         return None  # another worker finished the same evaluation first
     return evaluated
 
