@@ -228,13 +228,7 @@ def serve(
 
 def _register_commands() -> None:
     for module_name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # that service has no commands (yet)
-            raise
-        module.register(app)
+        importlib.import_module(module_name).register(app)
 
 
 def main() -> None:

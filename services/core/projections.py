@@ -22,11 +22,5 @@ def known_projections() -> list[Projection]:
     projections: list[Projection] = []
     for entry in PROJECTION_FACTORIES:
         module_name, _, factory = entry.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # that service defines no read model (yet)
-            raise
-        projections.append(getattr(module, factory)())
+        projections.append(getattr(importlib.import_module(module_name), factory)())
     return projections

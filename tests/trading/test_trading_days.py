@@ -20,7 +20,7 @@ from services.core.host import ServiceContext, hosted
 from services.core.jobs.types import JobType
 from services.positions.books import load_book
 from services.strategy.commands import apply_all
-from tests.positions.helpers import redeliver_tick, settings_for
+from tests.positions.helpers import redeliver_tick, settings_for, wait_for
 from tests.trading.helpers import (
     TERMINAL,
     assert_rebuild_equals_live,
@@ -64,6 +64,13 @@ async def test_virtual_trading_week(pg_dsn: str, nats_url: str, subject_prefix: 
         assert result.outcomes["completed"] == result.ticks, result.outcomes
 
         # Redelivered ticks (duplicates JetStream keeps: no Nats-Msg-Id) are recognised by the job ledger.
+        # First let the orders of the last strategy tick reach the broker (the clock waits for job runs,
+        # not for the orders they cause).
+        async def none_waiting() -> bool:
+            await ctx.catch_up("trades")
+            return not await rows(store, "SELECT 1 FROM trades WHERE status = 'requested'")
+
+        await wait_for(none_waiting)
         submits_before = brokers[0].calls("submit_order")
         requested_before = len(await rows(store, "SELECT 1 FROM events WHERE event_type = 'OrderRequested'"))
         last_strategy_tick = max(s for s in _strategy_slots(start, midday))
