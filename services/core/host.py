@@ -19,6 +19,7 @@ from typing import Any
 
 from faststream.nats import NatsBroker
 
+import services.core.compat  # noqa: F401 - library compatibility, applied on import
 from eventstore.projections import ProjectionRunner
 from services.broker.protocol import Broker
 from services.broker.simulator.broker import ManualClock
