@@ -162,12 +162,15 @@ class Relay:
                 nats_delay = 0.1
                 position = batch[-1].global_position
                 tx = await self.store.tx_of(position, con=lock_con)
-                await lock_con.execute(
-                    "UPDATE eventstore_checkpoints SET position = $2, tx = $3, updated_at = now() WHERE name = $1",
-                    self.checkpoint_name,
-                    position,
-                    tx,
-                )
+                async with lock_con.transaction():
+                    # A checkpoint lost in a crash only republishes what JetStream then drops as repeats.
+                    await lock_con.execute("SET LOCAL synchronous_commit TO OFF")
+                    await lock_con.execute(
+                        "UPDATE eventstore_checkpoints SET position = $2, tx = $3, updated_at = now() WHERE name = $1",
+                        self.checkpoint_name,
+                        position,
+                        tx,
+                    )
                 self.published += len(batch)
                 idle = self.idle_poll
                 continue

@@ -31,7 +31,10 @@ def pg_admin_dsn(servers_dir: Path) -> Iterator[str]:
     if url := os.environ.get("OPENBELL_TEST_DATABASE_URL"):
         yield url
         return
-    server = EmbeddedPostgres(servers_dir / "pg").start(reuse=False)
+    # A scratch server shared by every test, never crashed: durability is tested on private servers
+    # (tests/eventstore, with the defaults), so this one skips the WAL flushes.
+    scratch = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+    server = EmbeddedPostgres(servers_dir / "pg", extra_settings=scratch).start(reuse=False)
     yield server.dsn()
     server.stop()
 

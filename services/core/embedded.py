@@ -209,6 +209,9 @@ class EmbeddedPostgres:
     data_dir: Path
     port: int | None = None
     started_here: bool = False
+    # Extra postgresql.conf lines for a new cluster (the test suite's shared scratch server turns off
+    # fsync; servers that are killed in tests and every real one keep the durable defaults).
+    extra_settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def pgdata(self) -> Path:
@@ -273,6 +276,7 @@ class EmbeddedPostgres:
                 "max_connections = 300\n"
                 "shared_buffers = 256MB\n"
                 "log_min_messages = warning\n"
+                + "".join(f"{key} = {value}\n" for key, value in self.extra_settings.items())
             )
 
     def start(self, *, reuse: bool = True) -> EmbeddedPostgres:

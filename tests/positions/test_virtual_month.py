@@ -37,6 +37,7 @@ INJECTIONS = {
 }
 
 
+@pytest.mark.timeout(600)
 async def test_virtual_month_with_injected_discrepancies(
     pg_dsn: str, nats_url: str, subject_prefix: str, nc: NatsClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

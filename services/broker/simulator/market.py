@@ -10,7 +10,6 @@ Nothing here reads the wall clock.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import re
@@ -80,6 +79,9 @@ class MarketSimulator:
     def __init__(self, seed: int, symbols: Iterable[str] | None = DEFAULT_SYMBOLS) -> None:
         self.seed = seed
         self._bar_cache: dict[tuple[str, int, int], Bar] = {}
+        self._mid_cache: dict[tuple[str, int], float] = {}
+        self._w_ref_cache: dict[str, float] = {}
+        self._params: dict[str, SymbolParams] = {}
         # None means: any well-formed ticker exists.
         self._symbols = frozenset(symbols) if symbols is not None else None
         self._reference_minute = minute_index(REFERENCE)
@@ -89,8 +91,15 @@ class MarketSimulator:
             return symbol in self._symbols
         return bool(_SYMBOL_RE.match(symbol))
 
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one simulator per process; the cache is the point
     def params(self, symbol: str) -> SymbolParams:
+        cached = self._params.get(symbol)
+        if cached is None:
+            cached = self._params[symbol] = self._compute_params(symbol)
+        return cached
+
+    # Caches live on the instance (not functools.lru_cache on methods, whose class-wide cache would keep
+    # every simulator and its bars alive for the life of the process).
+    def _compute_params(self, symbol: str) -> SymbolParams:
         price = math.exp(math.log(20) + hash_unit(self.seed, symbol, "price") * (math.log(500) - math.log(20)))
         return SymbolParams(
             reference_price=price,
@@ -126,9 +135,14 @@ class MarketSimulator:
         fill(0, HORIZON_MINUTES, 0.0, self._root(symbol))
         return out
 
-    @functools.lru_cache(maxsize=65536)  # noqa: B019
     def _mid_at(self, symbol: str, minute: int) -> float:
-        return self._mids(symbol, minute, minute)[0]
+        key = (symbol, minute)
+        cached = self._mid_cache.get(key)
+        if cached is None:
+            if len(self._mid_cache) > 65_536:
+                self._mid_cache.clear()
+            cached = self._mid_cache[key] = self._mids(symbol, minute, minute)[0]
+        return cached
 
     def _mids(self, symbol: str, lo: int, hi: int) -> list[float]:
         p = self.params(symbol)
@@ -139,9 +153,12 @@ class MarketSimulator:
         path = self._brownian_range(symbol, lo, hi)
         return [p.reference_price * math.exp(mu * (lo + i - ref) + sigma * (w - w_ref)) for i, w in enumerate(path)]
 
-    @functools.lru_cache(maxsize=4096)  # noqa: B019
     def _w_ref(self, symbol: str) -> float:
-        return self._brownian_range(symbol, self._reference_minute, self._reference_minute)[0]
+        cached = self._w_ref_cache.get(symbol)
+        if cached is None:
+            ref = self._reference_minute
+            cached = self._w_ref_cache[symbol] = self._brownian_range(symbol, ref, ref)[0]
+        return cached
 
     # -- public prices ---------------------------------------------------------------------------------
     def price(self, symbol: str, moment: datetime) -> Decimal:
