@@ -388,6 +388,14 @@ class EventStore:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._appended.wait(), poll_interval)
 
+    async def read_last(self, stream_id: str) -> RecordedEvent | None:
+        """The stream's last event (one index probe), or None when the stream does not exist."""
+        async with self.pool.acquire() as con:
+            row = await con.fetchrow(
+                f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version DESC LIMIT 1", stream_id
+            )
+        return None if row is None else _recorded(row)
+
     async def existing_streams(self, stream_ids: Sequence[str]) -> set[str]:
         """Which of these streams have at least one event (one query, however many ids)."""
         async with self.pool.acquire() as con:

@@ -28,7 +28,6 @@ from services.strategy.events import (
     StrategyEnabled,
     StrategyReconfigured,
     TradingHalted,
-    TradingResumed,
 )
 from services.strategy.risk import RiskLimits
 
@@ -126,10 +125,8 @@ async def load_portfolio(store: EventStore, portfolio_id: str) -> PortfolioView 
 
 
 async def global_halt(store: EventStore) -> tuple[bool, int]:
-    """Whether trading is halted for everyone, and the version of the global trading stream."""
-    halted, version = False, -1
-    async for recorded in store.read_stream(GLOBAL_TRADING_STREAM):
-        event = registry.decode(recorded)
-        halted = isinstance(event, TradingHalted) and not isinstance(event, TradingResumed)
-        version = recorded.version
-    return halted, version
+    """Whether trading is halted for everyone (its last switch event), and that stream's version."""
+    last = await store.read_last(GLOBAL_TRADING_STREAM)
+    if last is None:
+        return False, -1
+    return isinstance(registry.decode(last), TradingHalted), last.version

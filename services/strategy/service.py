@@ -112,14 +112,24 @@ class TickControlsCache:
             return controls
 
 
+_EXISTING_TABLES: set[str] = set()
+
+
+async def _table_exists(con: Any, table: str) -> bool:
+    """Whether another service's read model exists yet (once it does, it stays: remembered per process)."""
+    if table not in _EXISTING_TABLES and await con.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+        _EXISTING_TABLES.add(table)
+    return table in _EXISTING_TABLES
+
+
 async def _load_controls(ctx: ServiceContext, at: datetime) -> TickControls:
     halted, _ = await global_halt(ctx.rt.store)
     quarantined: frozenset[str] = frozenset()
     equity: dict[str, Decimal] = {}
     async with ctx.rt.store.pool.acquire() as con:
-        if await con.fetchval("SELECT to_regclass('quarantined_symbols') IS NOT NULL"):
+        if await _table_exists(con, "quarantined_symbols"):
             quarantined = frozenset(row[0] for row in await con.fetch("SELECT symbol FROM quarantined_symbols"))
-        if await con.fetchval("SELECT to_regclass('portfolio_snapshots') IS NOT NULL"):
+        if await _table_exists(con, "portfolio_snapshots"):
             rows = await con.fetch(
                 "SELECT DISTINCT ON (portfolio_id) portfolio_id, total_value FROM portfolio_snapshots"
                 " WHERE trading_day < $1 ORDER BY portfolio_id, trading_day DESC",

@@ -154,3 +154,41 @@ async def test_bad_input_is_refused_or_dead_lettered(
                 return bool(found) and all(r["status"] != "requested" for r in found)
 
             await wait_for(submitted)
+
+
+async def test_global_halt_refuses_orders_until_resumed(
+    pg_dsn: str, nats_url: str, subject_prefix: str, nc: NatsClient
+) -> None:
+    from services.strategy.commands import set_global_halt
+    from services.strategy.config import parse_portfolio_spec
+
+    settings = settings_for(pg_dsn, nats_url, subject_prefix)
+    async with hosted(["relay", "projections", "strategy"], settings, broker_factory=sim_for(pg_dsn)) as ctx:
+        store = ctx.rt.store
+        # RSI below 98 counts as oversold here: every symbol is a buy at every tick.
+        spec = parse_portfolio_spec(
+            {
+                "name": "buyer",
+                "starting_cash": "1000000",
+                "strategy": [
+                    {
+                        "kind": "rsi_mean_reversion",
+                        "universe": ["AAPL", "MSFT"],
+                        "parameters": {"period": 5, "oversold": "98", "overbought": "99"},
+                        "sizing": {"method": "fixed_quantity", "quantity": "1"},
+                    }
+                ],
+            }
+        )
+        await apply_all(store, [spec], datetime.now(UTC))
+        assert (await set_global_halt(store, True, "test", datetime.now(UTC))).changes == ("halt all trading",)
+        halted = await run_tick(ctx, JobType.STRATEGY_EXECUTION, TICK)
+        assert halted["counters"]["trades_requested"] == 0 and halted["counters"]["orders_refused"] == 2, halted
+        refusals = await rows(
+            store, "SELECT data->>'rule' AS rule FROM events WHERE event_type = 'OrderRejectedByRisk'"
+        )
+        assert [r["rule"] for r in refusals] == ["global_halt", "global_halt"]
+
+        await set_global_halt(store, False, "test over", datetime.now(UTC))
+        resumed = await run_tick(ctx, JobType.STRATEGY_EXECUTION, TICK + timedelta(minutes=15))
+        assert resumed["counters"]["trades_requested"] == 2, resumed

@@ -180,14 +180,9 @@ class JobRunner:
     async def health(self, job_type: JobType | str) -> tuple[JobHealth, int, RecordedEvent | None]:
         """The job's breaker state from its last health event, the stream version, and that event."""
         stream = job_stream(parse_job_type(str(job_type)).value)
-        version = await self.store.stream_version(stream)
-        if version < 0:
-            return breaker.INITIAL, version, None
-        last: RecordedEvent | None = None
-        async for e in self.store.read_stream(stream, from_version=version):
-            last = e
-        if last is None:  # pragma: no cover - the version was just read
-            return breaker.INITIAL, version, None
+        last = await self.store.read_last(stream)
+        if last is None:
+            return breaker.INITIAL, -1, None
         event = registry.decode(last)
         if not isinstance(event, HEALTH_EVENTS):
             raise TypeError(f"unexpected event {last.type} in {stream}")
