@@ -3,7 +3,6 @@ accepted, a 429 and a stalled submit never create a second order, and every orde
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -22,7 +21,7 @@ from services.strategy.config import parse_portfolio_spec
 from tests.broker.conftest import API_KEY, API_SECRET, alpaca_settings_for
 from tests.fake_alpaca import FakeAlpaca
 from tests.fake_alpaca.server import Fault
-from tests.positions.helpers import run_tick, settings_for
+from tests.positions.helpers import run_tick, settings_for, wait_for
 from tests.trading.helpers import TERMINAL, books_settle_to_fills, rows
 
 T0 = datetime(2026, 11, 24, 16, 0, tzinfo=UTC)  # Tuesday 11:00 New York
@@ -98,9 +97,13 @@ async def test_trading_on_fake_alpaca_with_faults(
         assert end["type"] == "JobExecutionCompleted", end
         requested = end["counters"]["trades_requested"]
         assert requested >= 3, end
-        # The stalled submit lands at the broker about a second later (the client gave up after 0.5 s).
-        # In real time the next order check is a minute away; here ticks come as fast as they are handled.
-        await asyncio.sleep(1.5)
+        # The stalled submit lands at the broker a second after the client gave up (0.5 s), and the 429
+        # holds every call until its reset. In real time the next order check is a minute away; here
+        # ticks come as fast as they are handled, so let the broker receive every order first.
+        async def all_at_broker() -> bool:
+            return fake.order_count() >= requested
+
+        await wait_for(all_at_broker, timeout=20)
 
         async def all_final() -> bool:
             await ctx.catch_up("trades")
