@@ -97,15 +97,20 @@ class ProjectionRunner:
         )
         return len(events)
 
-    async def run_once(self, *names: str) -> int:
+    async def run_once(self, *names: str, relevant_only: bool = False) -> int:
         """Catch the named projections (all when none are named) up with everything committed now;
-        returns the number of events read. Projections with nothing new cost one query in all."""
+        returns the number of events read. Projections with nothing new cost one query in all.
+
+        ``relevant_only``: skip a projection when nothing after its checkpoint is of a type it handles
+        (its read model is current: what a reader needs before a decision). Its checkpoint then stays
+        behind the irrelevant events until the next full run moves it."""
         if not self._ready:
             await self.setup()
         for name in names:
             self[name]  # an unknown name is an error, not a no-op
         chosen = list(names) or list(self.projections)
-        behind = set(await self.store.checkpoints_behind([checkpoint_name(n) for n in chosen]))
+        types = [self[n].event_types if relevant_only else None for n in chosen]
+        behind = set(await self.store.checkpoints_behind([checkpoint_name(n) for n in chosen], types))
         names = tuple(n for n in chosen if checkpoint_name(n) in behind)
         total = 0
         for projection_name in names:

@@ -335,18 +335,25 @@ class EventStore:
                 return await self._tx_of(own, position)
         return await self._tx_of(con, position)
 
-    async def checkpoints_behind(self, names: Sequence[str]) -> list[str]:
-        """Which of these checkpoints have committed events after them (one query for all)."""
+    async def checkpoints_behind(
+        self, names: Sequence[str], event_types: Sequence[Sequence[str] | None] | None = None
+    ) -> list[str]:
+        """Which of these checkpoints have committed events after them (one query for all). With
+        ``event_types`` (one entry per name; None: any type), only events of those types count."""
+        types = [None if t is None else ",".join(t) for t in (event_types or [None] * len(names))]
         async with self.pool.acquire() as con:
             rows = await con.fetch(
                 """
                 SELECT c.name FROM eventstore_checkpoints c
-                WHERE c.name = ANY($1::text[]) AND EXISTS (
+                JOIN unnest($1::text[], $2::text[]) AS wanted(name, types) ON wanted.name = c.name
+                WHERE EXISTS (
                     SELECT 1 FROM events e
                     WHERE (e.tx_id, e.global_position) > (c.tx::text::xid8, c.position)
-                      AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot()))
+                      AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
+                      AND (wanted.types IS NULL OR e.event_type = ANY(string_to_array(wanted.types, ','))))
                 """,
                 list(names),
+                types,
             )
         return [row[0] for row in rows]
 

@@ -94,8 +94,9 @@ class ServiceContext:
         self._tasks.append(task)
 
     async def catch_up(self, *names: str) -> None:
-        """Bring these read models (all when none are named) up to date before deciding from them."""
-        await self.projections.run_once(*names)
+        """Bring these read models (all when none are named) up to date before deciding from them: only
+        those with events of their own types pending are stepped (the projection service moves the rest)."""
+        await self.projections.run_once(*names, relevant_only=True)
 
 
 def _log_crash(task: asyncio.Task[Any]) -> None:

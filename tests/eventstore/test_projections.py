@@ -108,3 +108,21 @@ async def test_unknown_projection_name_is_a_clear_error(store: EventStore) -> No
     runner = ProjectionRunner(store, [Balances()])
     with pytest.raises(KeyError, match=r"unknown projection 'nope' \(known: balances"):
         await runner.rebuild("nope")
+
+
+async def test_relevant_only_skips_projections_with_nothing_of_their_types(store: EventStore) -> None:
+    runner = ProjectionRunner(store, [Balances()])
+    await store.append("acct-1", [moved("1")])
+    await runner.run_once()
+    start = await runner.position("balances")
+    await store.append("noise-1", [NewEvent(type="Ignored", data={}, event_id=uuid.uuid4())])
+    # Only other types pending: a reader's catch-up does nothing (the read model is current).
+    assert await runner.run_once("balances", relevant_only=True) == 0
+    assert await runner.position("balances") == start
+    await store.append("acct-1", [moved("2")])
+    assert await runner.run_once("balances", relevant_only=True) == 2
+    assert (await table(store))[0][1:3] == (Decimal("3"), 2)
+    # A full run moves the checkpoint past everything.
+    await store.append("noise-1", [NewEvent(type="Ignored", data={}, event_id=uuid.uuid4())])
+    assert await runner.run_once() == 1
+    assert await runner.position("balances") == await store.head_position()
