@@ -197,13 +197,19 @@ class PositionsService:
             async with self.store.pool.acquire() as con:
                 earlier = await con.fetchval(
                     "SELECT count(*) FROM unbooked_fills WHERE portfolio_id = $1 AND position < $2",
-                    portfolio_id, position,
+                    portfolio_id,
+                    position,
                 )
             if not earlier:
                 return
             if time.monotonic() > deadline:
-                log.warning("fills of %s: %d earlier fill(s) still unbooked after %.0fs; booking #%d now",
-                            portfolio_id, earlier, FILL_ORDER_WAIT, position)
+                log.warning(
+                    "fills of %s: %d earlier fill(s) still unbooked after %.0fs; booking #%d now",
+                    portfolio_id,
+                    earlier,
+                    FILL_ORDER_WAIT,
+                    position,
+                )
                 return
             await asyncio.sleep(0.05)
 
@@ -218,19 +224,32 @@ class PositionsService:
             return {"symbols_checked": 0, "symbols_updated": 0, "quote_problems": 0}
         broker = await self.ctx.at(at)
         check = await fetch_quotes(
-            broker, symbols, at=at, batch_size=self.settings.quote_batch_size,
+            broker,
+            symbols,
+            at=at,
+            batch_size=self.settings.quote_batch_size,
             max_age=timedelta(seconds=self.settings.quote_max_age_seconds),
         )
         event = quotes_observed(tick_id, check, at)
         await self.store.append(quotes_stream(tick_id), [event], NO_STREAM)
         for symbol, price in sorted(check.prices.items()):
             quote = check.fresh[symbol]
-            body = {"kind": "price", "symbol": symbol, "price": str(price), "bid": _text(quote.bid),
-                    "ask": _text(quote.ask), "quote_at": quote.timestamp.isoformat(), "tick_id": tick_id}
+            body = {
+                "kind": "price",
+                "symbol": symbol,
+                "price": str(price),
+                "bid": _text(quote.bid),
+                "ask": _text(quote.ask),
+                "quote_at": quote.timestamp.isoformat(),
+                "tick_id": tick_id,
+            }
             await self.publish("price", feed_key(symbol), msgspec.json.encode(body))
         if check.problems:
-            log.warning("price_update %s: no usable quote for %s", tick_id,
-                        ", ".join(f"{s} ({p})" for s, p in sorted(check.problems.items())))
+            log.warning(
+                "price_update %s: no usable quote for %s",
+                tick_id,
+                ", ".join(f"{s} ({p})" for s, p in sorted(check.problems.items())),
+            )
         if not check.prices:
             raise QuotesUnavailable(f"no usable quote for any of {len(check.problems)} symbols")
         return {
@@ -246,8 +265,9 @@ class PositionsService:
         day = snapshot_day(at)
         await catch_up(self.ctx, PortfolioProjection.name)
         async with self.store.pool.acquire() as con:
-            portfolio_ids = [r["portfolio_id"] for r in await con.fetch(
-                "SELECT portfolio_id FROM portfolios ORDER BY portfolio_id")]
+            portfolio_ids = [
+                r["portfolio_id"] for r in await con.fetch("SELECT portfolio_id FROM portfolios ORDER BY portfolio_id")
+            ]
             prices = {s: p for s, (p, _) in (await latest_prices(con)).items()}
         books: dict[str, Book] = {}
         for portfolio_id in portfolio_ids:
@@ -257,13 +277,18 @@ class PositionsService:
             if book is not None:
                 books[portfolio_id] = book
         unpriced = {
-            symbol for book in books.values() for symbol, p in book.positions.items()
+            symbol
+            for book in books.values()
+            for symbol, p in book.positions.items()
             if not p.is_flat and symbol not in prices
         }
         if unpriced:  # never observed by price_update: ask the broker once (one call per batch)
             broker = await self.ctx.at(at)
             check = await fetch_quotes(
-                broker, unpriced, at=at, batch_size=self.settings.quote_batch_size,
+                broker,
+                unpriced,
+                at=at,
+                batch_size=self.settings.quote_batch_size,
                 max_age=timedelta(seconds=self.settings.quote_max_age_seconds),
             )
             prices.update(check.prices)
@@ -294,12 +319,16 @@ class PositionsService:
         # Our side first, then the broker's: an order placed before our read is in flight in the trades
         # read model or open at the broker; a fill in the log not booked yet is in unbooked_fills.
         await catch_up(self.ctx, "trades", PortfolioProjection.name, "alerts")
-        async with self.store.pool.acquire() as con:
+        # One snapshot for everything on our side: read in separate statements, a projection step
+        # committing in between (a fill booked: position up, unbooked row gone) would show the old
+        # position without the fill in flight, and the sync would "fix" a position that is right.
+        async with self.store.pool.acquire() as con, con.transaction(isolation="repeatable_read", readonly=True):
             holdings = [
                 Holding(portfolio_id=r["portfolio_id"], symbol=r["symbol"], qty=r["qty"], cost_basis=r["cost_basis"])
                 for r in await con.fetch(
                     "SELECT portfolio_id, symbol, qty, cost_basis FROM positions WHERE qty <> 0"
-                    " ORDER BY portfolio_id, symbol")
+                    " ORDER BY portfolio_id, symbol"
+                )
             ]
             known = {r["symbol"] for r in await con.fetch("SELECT DISTINCT symbol FROM positions")}
             known |= set(await watched_symbols(con)) | set(await alert_symbols(con))
@@ -311,10 +340,13 @@ class PositionsService:
                 in_flight |= {r["symbol"] for r in rows}
             # The broker's average cost over the shared account is only comparable with ours for symbols
             # a single portfolio has ever held (another's round trip moves the broker's average, not ours).
-            single_owner = {r["symbol"] for r in await con.fetch(
-                "SELECT symbol FROM positions GROUP BY symbol HAVING count(*) = 1")}
-            open_symbols = {r["symbol"] for r in await con.fetch(
-                "SELECT DISTINCT symbol FROM position_discrepancies WHERE status = 'open'")}
+            single_owner = {
+                r["symbol"] for r in await con.fetch("SELECT symbol FROM positions GROUP BY symbol HAVING count(*) = 1")
+            }
+            open_symbols = {
+                r["symbol"]
+                for r in await con.fetch("SELECT DISTINCT symbol FROM position_discrepancies WHERE status = 'open'")
+            }
             portfolios = int(await con.fetchval("SELECT count(*) FROM portfolios"))
         broker = await self.ctx.at(at)
         at_broker = [
@@ -323,8 +355,12 @@ class PositionsService:
         ]
         in_flight |= {o.symbol for o in await broker.list_orders(status="open")}
         found = find_discrepancies(
-            at_broker, holdings, known_symbols=frozenset(known), in_flight_symbols=frozenset(in_flight),
-            price_tolerance=self.policy.price_tolerance, price_comparable=frozenset(single_owner),
+            at_broker,
+            holdings,
+            known_symbols=frozenset(known),
+            in_flight_symbols=frozenset(in_flight),
+            price_tolerance=self.policy.price_tolerance,
+            price_comparable=frozenset(single_owner),
         )
         compared = ({p.symbol for p in at_broker if p.qty != 0} | {h.symbol for h in holdings}) - in_flight
         by_symbol = {d.symbol: d for d in found}
@@ -354,10 +390,14 @@ class PositionsService:
         for _ in range(MAX_ATTEMPTS):
             state, version = await self._load_sync_state(symbol)
             outcome = plan_sync(
-                [discrepancy] if discrepancy is not None else [], holdings, self.policy,
+                [discrepancy] if discrepancy is not None else [],
+                holdings,
+                self.policy,
                 open_discrepancies={symbol: state.open} if state.open is not None else {},
                 quarantined_symbols=frozenset({symbol}) if state.quarantined else frozenset(),
-                skipped_symbols=frozenset(), tick_id=tick_id, at=at,
+                skipped_symbols=frozenset(),
+                tick_id=tick_id,
+                at=at,
             )
             own = [e for e in outcome.events if not isinstance(e.data, PositionReconciled | PortfolioHalted)]
             to_portfolios = [e for e in outcome.events if isinstance(e.data, PositionReconciled | PortfolioHalted)]
@@ -393,8 +433,9 @@ class PositionsService:
 
         result = await append_to_portfolio(self.store, data.portfolio_id, decide)
         if result is None:
-            log.warning("position_sync: %s in %s changed since the comparison; not reconciled",
-                        data.symbol, data.portfolio_id)
+            log.warning(
+                "position_sync: %s in %s changed since the comparison; not reconciled", data.symbol, data.portfolio_id
+            )
             return 0
         return 1
 
@@ -413,8 +454,12 @@ async def setup(ctx: ServiceContext) -> None:
     subjects = ctx.rt.subjects
     for event_type in FILL_EVENT_TYPES:
         subscribe_durable(
-            ctx.bus, subjects=subjects, service=SERVICE, subject=subjects.event("order", event_type),
-            stream=subjects.events_stream, handler=service.on_fill,
+            ctx.bus,
+            subjects=subjects,
+            service=SERVICE,
+            subject=subjects.event("order", event_type),
+            stream=subjects.events_stream,
+            handler=service.on_fill,
         )
     jobs = {
         JobType.POSITION_SYNC: service.position_sync,
