@@ -45,7 +45,9 @@ T0 = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)  # Tuesday 10:00 New York
 class TimedSimBroker(SimBroker):
     """The simulator, noting when it accepted each order (the end of the tick-to-order path)."""
 
-    accepted: dict[str, float]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.accepted: dict[str, float] = {}
 
     async def submit_order(self, request: OrderRequest) -> Order:
         order = await super().submit_order(request)
@@ -129,9 +131,9 @@ async def tick_to_order(dsn: str, nats_url: str, ticks: int) -> dict[str, float]
 
     async def sim(ctx: ServiceContext) -> TimedSimBroker:
         broker = await TimedSimBroker.connect(dsn, SimConfig(seed=2, starting_cash=Decimal(10**9)), now=ctx.tick_time)
-        broker.accepted = {}
-        holder["broker"] = broker  # type: ignore[assignment]
-        return broker  # type: ignore[return-value]
+        assert isinstance(broker, TimedSimBroker)  # connect() builds the class it is called on
+        holder["broker"] = broker
+        return broker
 
     latencies: list[float] = []
     services = ["relay", "projections", "strategy", "orders"]

@@ -167,23 +167,17 @@ def events(
 # ------------------------------------------------------------------------------------------- replay
 
 
-def all_projections() -> list:  # type: ignore[type-arg]
-    """Every read-model projection of openbell, from the services that define one."""
-    from services.core.projections import known_projections
-
-    return known_projections()
-
-
 @app.command()
 def replay(
     projection: Annotated[str | None, typer.Option("--projection", "-p", help="Only this projection.")] = None,
 ) -> None:
     """Rebuild read models from the event log (each projection in one transaction), with progress."""
     from eventstore.projections import ProjectionRunner
+    from services.core.projections import known_projections
 
     async def rebuild() -> None:
         async with connect_runtime(name="openbell-replay") as rt:
-            runner = ProjectionRunner(rt.store, all_projections())
+            runner = ProjectionRunner(rt.store, known_projections())
             names = [projection] if projection else sorted(runner.projections)
             for name in names:
                 runner[name]  # fail early on an unknown name

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncpg
 import nats
@@ -80,7 +80,6 @@ class Runtime:
     nc: NatsClient
     js: JetStreamContext
     subjects: Subjects
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def appended_subject(self) -> str:
@@ -116,15 +115,17 @@ async def connect_runtime(
         await subjects.ensure_streams(js, dedupe_window=settings.dedupe_window_seconds)
         runtime = Runtime(settings, servers, store, nc, js, subjects)
 
+        pending: set[asyncio.Task[None]] = set()  # keeps each notice alive until sent
+
         def announce(_result: object) -> None:
             if nc.is_connected:
-                asyncio.get_running_loop().create_task(nc.publish(runtime.appended_subject, b""))
+                task = asyncio.get_running_loop().create_task(nc.publish(runtime.appended_subject, b""))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
 
         store.add_append_listener(announce)
         yield runtime
     finally:
-        for task in runtime.tasks if "runtime" in locals() else []:
-            task.cancel()
         with contextlib.suppress(nats.errors.Error, OSError):
             await nc.drain()
         await store.close()
