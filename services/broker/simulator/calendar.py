@@ -1,13 +1,16 @@
 """The NYSE calendar (holidays, early closes, DST) from exchange-calendars, for the simulator and the fake
-Alpaca server. ``exchange_calendars`` only covers about a year ahead by default, so we pass a range."""
+Alpaca server. ``exchange_calendars`` only covers about a year ahead by default, so we pass a range.
+
+The sessions are converted once into plain tuples searched by bisection: the simulator asks for a session
+close on every order it settles, and a pandas lookup per call cost more than the rest of the settle."""
 
 from __future__ import annotations
 
+import bisect
 import functools
 from datetime import UTC, date, datetime, timedelta
 
 import exchange_calendars
-import pandas as pd
 
 from services.broker.models import CalendarDay, Clock, utc
 
@@ -16,28 +19,32 @@ LAST_YEAR = 2035
 
 
 @functools.lru_cache(maxsize=1)
-def _xnys() -> exchange_calendars.ExchangeCalendar:
-    return exchange_calendars.get_calendar("XNYS", start=f"{FIRST_YEAR}-01-01", end=f"{LAST_YEAR}-12-31")
+def _sessions() -> tuple[tuple[date, ...], tuple[CalendarDay, ...]]:
+    """Every session of the covered years: (their dates, their days), both in date order."""
+    calendar = exchange_calendars.get_calendar("XNYS", start=f"{FIRST_YEAR}-01-01", end=f"{LAST_YEAR}-12-31")
+    opens = list(calendar.opens.dt.to_pydatetime())
+    closes = list(calendar.closes.dt.to_pydatetime())
+    days = tuple(
+        CalendarDay(date=session.date(), open=opens[i].astimezone(UTC), close=closes[i].astimezone(UTC))
+        for i, session in enumerate(calendar.sessions)
+    )
+    return tuple(day.date for day in days), days
 
 
 def trading_days(start: date, end: date) -> list[CalendarDay]:
     """Trading days with start <= date <= end, open/close as tz-aware UTC."""
-    calendar = _xnys()
-    start = max(start, date(FIRST_YEAR, 1, 3))
-    end = min(end, date(LAST_YEAR, 12, 31))
-    if start > end:
-        return []
-    sessions = calendar.sessions_in_range(pd.Timestamp(start), pd.Timestamp(end))
-    opens = calendar.opens[sessions]
-    closes = calendar.closes[sessions]
-    return [
-        CalendarDay(
-            date=session.date(),
-            open=opens.iloc[i].to_pydatetime().astimezone(UTC),
-            close=closes.iloc[i].to_pydatetime().astimezone(UTC),
-        )
-        for i, session in enumerate(sessions)
-    ]
+    dates, days = _sessions()
+    return list(days[bisect.bisect_left(dates, start) : bisect.bisect_right(dates, end)])
+
+
+def session_close_after(moment: datetime) -> datetime:
+    """The close of the first session that closes after ``moment``."""
+    moment = utc(moment)
+    dates, days = _sessions()
+    for day in days[max(bisect.bisect_left(dates, moment.date()) - 1, 0) :]:
+        if day.close > moment:
+            return day.close
+    raise ValueError(f"no trading session after {moment.isoformat()} (calendar ends {LAST_YEAR})")
 
 
 def market_clock(now: datetime) -> Clock:

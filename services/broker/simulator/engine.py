@@ -8,7 +8,6 @@ tranches if the order is marketable at that minute's simulated quote (buy at the
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from services.broker.models import (
     TradeUpdateEvent,
     utc,
 )
-from services.broker.simulator.calendar import trading_days
+from services.broker.simulator.calendar import session_close_after
 from services.broker.simulator.market import MarketSimulator, minute_index, minute_start
 
 PRICE_QUANTUM = Decimal("0.0001")
@@ -91,16 +90,7 @@ def expiry_time(order: Order) -> datetime | None:
     """A day order expires at the close of the session it was submitted in (or the next one)."""
     if order.time_in_force is not TimeInForce.DAY:
         return None
-    return _session_close_after(order.submitted_at)
-
-
-@functools.lru_cache(maxsize=8192)
-def _session_close_after(moment: datetime) -> datetime:
-    start = moment.date() - timedelta(days=1)
-    for day in trading_days(start, start + timedelta(days=14)):
-        if day.close > moment:
-            return day.close
-    raise ValueError(f"no trading session after {moment.isoformat()}")
+    return session_close_after(order.submitted_at)
 
 
 def check_submit(
