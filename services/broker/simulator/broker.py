@@ -147,6 +147,15 @@ class SimConfig:
     faults: SimFaults = field(default_factory=SimFaults)
 
 
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """What a settle leaves, read under the account lock: what happened, the cash, the orders still open."""
+
+    updates: list[TradeUpdate]
+    cash: Decimal
+    open_orders: list[Order]
+
+
 class SimBroker:
     """Implements services.broker.protocol.Broker against the simulated market."""
 
@@ -228,29 +237,33 @@ class SimBroker:
     # -- settling ------------------------------------------------------------------------------------
     async def _settle(self, conn: asyncpg.Connection) -> None:
         async with conn.transaction():
-            updates = await self._settle_in_transaction(conn)
-        self._publish(updates)
+            settled = await self._settle_in_transaction(conn)
+        self._publish(settled.updates)
 
     def _publish(self, updates: list[TradeUpdate]) -> None:
         for update in updates:
             for queue in self._subscribers:
                 queue.put_nowait(update)
 
-    async def _settle_in_transaction(self, conn: asyncpg.Connection) -> list[TradeUpdate]:
+    async def _settle_in_transaction(self, conn: asyncpg.Connection) -> _Settled:
         """Progress every open order up to now; the caller holds a transaction (and so the account lock)."""
         now = self.now
         updates: list[TradeUpdate] = []
-        await conn.fetchrow("SELECT cash FROM sim_account WHERE id = 1 FOR UPDATE")
+        cash: Decimal = await conn.fetchval("SELECT cash FROM sim_account WHERE id = 1 FOR UPDATE")
+        still_open: list[Order] = []
         rows = await conn.fetch("SELECT * FROM sim_orders WHERE is_open ORDER BY submitted_at, id")
         for row in rows:
             order = _order_from_row(row)
             step = engine.progress(order, self.market, self.config.fill_policy, row["checked_until"], now)
+            if step.order.is_open:
+                still_open.append(step.order)
             if not step.events and step.checked_until == row["checked_until"]:
                 continue
             for event in step.events:
                 position_qty = None
                 if event.qty is not None and event.price is not None:
-                    position_qty = await self._apply_fill(conn, event.order, event.qty, event.price)
+                    position_qty, cash_delta = await self._apply_fill(conn, event.order, event.qty, event.price)
+                    cash += cash_delta
                 updates.append(
                     TradeUpdate(
                         event=event.event,
@@ -262,9 +275,12 @@ class SimBroker:
                     )
                 )
             await _save_order(conn, step.order, step.checked_until)
-        return updates
+        return _Settled(updates, cash, still_open)
 
-    async def _apply_fill(self, conn: asyncpg.Connection, order: Order, qty: Decimal, price: Decimal) -> Decimal:
+    async def _apply_fill(
+        self, conn: asyncpg.Connection, order: Order, qty: Decimal, price: Decimal
+    ) -> tuple[Decimal, Decimal]:
+        """Book one fill; returns the symbol's new position and the change of cash."""
         row = await conn.fetchrow("SELECT qty, avg_entry_price FROM sim_positions WHERE symbol = $1", order.symbol)
         held, average = (row["qty"], row["avg_entry_price"]) if row else (Decimal(0), Decimal(0))
         new_qty, new_average, cash_delta = engine.apply_fill(held, average, order.side, qty, price)
@@ -279,17 +295,17 @@ class SimBroker:
                 new_average,
             )
         await conn.execute("UPDATE sim_account SET cash = cash + $1 WHERE id = 1", cash_delta)
-        return new_qty
+        return new_qty, cash_delta
 
     # -- orders --------------------------------------------------------------------------------------
     async def submit_order(self, request: OrderRequest) -> Order:
         await self._enter("submit_order")
         now = self.now
         async with self._pool.acquire() as conn:
-            # Settling and accepting in one transaction: one commit, and no fill can slip in between.
+            # Settling and accepting in one transaction: one commit, and no fill can slip in between. The
+            # settle already read the cash and the open orders under the account lock.
             async with conn.transaction():
-                updates = await self._settle_in_transaction(conn)
-                account = await conn.fetchrow("SELECT cash FROM sim_account WHERE id = 1")
+                settled = await self._settle_in_transaction(conn)
                 existing = await conn.fetchrow(
                     "SELECT * FROM sim_orders WHERE client_order_id = $1", request.client_order_id
                 )
@@ -300,19 +316,18 @@ class SimBroker:
                         existing=_order_from_row(existing),
                         code=40010001,
                     )
-                open_orders = [_order_from_row(r) for r in await conn.fetch("SELECT * FROM sim_orders WHERE is_open")]
-                row = await conn.fetchrow("SELECT qty FROM sim_positions WHERE symbol = $1", request.symbol)
+                position_qty = await conn.fetchval("SELECT qty FROM sim_positions WHERE symbol = $1", request.symbol)
                 engine.check_submit(
                     request,
                     market=self.market,
-                    cash=account["cash"],
-                    position_qty=row["qty"] if row else Decimal(0),
-                    open_orders=open_orders,
+                    cash=settled.cash,
+                    position_qty=position_qty if position_qty is not None else Decimal(0),
+                    open_orders=settled.open_orders,
                     now=now,
                 )
                 order = engine.new_order(request, engine.order_id_for(self.config.seed, request.client_order_id), now)
                 await _save_order(conn, order, now)
-            self._publish(updates)
+            self._publish(settled.updates)
         count = self._calls["submit_order"]
         if hash_unit(self.config.seed, "fault-lost", count) < self.config.faults.lost_submit_response_rate:
             raise AmbiguousSubmit("simulated lost submit response", client_order_id=request.client_order_id, status=504)
