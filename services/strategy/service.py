@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -272,8 +273,10 @@ async def strategy_execution(
     items = [WorkItem(tick_id=tick.tick_id, scheduled_at=tick.scheduled_at, portfolio_id=pid) for pid in portfolios]
     if len(items) < FAN_OUT_FROM:
         # A few portfolios: evaluating them here is faster than a round trip through the work queue.
-        for item in items:
-            await evaluate_portfolio(ctx, cache, controls_cache, item)
+        evaluated = [await evaluate_portfolio(ctx, cache, controls_cache, item) for item in items]
+        if all(e is not None for e in evaluated):
+            return _totals(e for e in evaluated if e is not None)
+        # Some were evaluated before (a redelivered tick, or another worker): their results are in the log.
     else:
         subject = ctx.rt.subjects.work(WORK_QUEUE)
         acks = [
@@ -294,6 +297,15 @@ async def strategy_execution(
             raise TimeoutError(f"{len(streams) - len(done)} of {len(streams)} portfolios not evaluated in time")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.1)
+    return _totals(
+        registry.decode(recorded)
+        for recorded in await ctx.rt.store.read_events_of(streams)
+        if recorded.type == "PortfolioEvaluated"
+    )
+
+
+def _totals(evaluations: Iterable[PortfolioEvaluated]) -> dict[str, int]:
+    """The tick's counters, summed over its portfolios' evaluations."""
     totals = {
         "portfolios_processed": 0,
         "signals_generated": 0,
@@ -301,14 +313,12 @@ async def strategy_execution(
         "orders_refused": 0,
         "strategy_errors": 0,
     }
-    for recorded in await ctx.rt.store.read_events_of(streams):
-        if recorded.type == "PortfolioEvaluated":
-            evaluated: PortfolioEvaluated = registry.decode(recorded)
-            totals["portfolios_processed"] += 1
-            totals["signals_generated"] += evaluated.signals_generated
-            totals["trades_requested"] += evaluated.trades_requested
-            totals["orders_refused"] += evaluated.orders_refused
-            totals["strategy_errors"] += evaluated.strategy_errors
+    for evaluated in evaluations:
+        totals["portfolios_processed"] += 1
+        totals["signals_generated"] += evaluated.signals_generated
+        totals["trades_requested"] += evaluated.trades_requested
+        totals["orders_refused"] += evaluated.orders_refused
+        totals["strategy_errors"] += evaluated.strategy_errors
     return totals
 
 

@@ -28,10 +28,12 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsBroker, PullSub
 from faststream.nats.annotations import NatsMessage
+from faststream.nats.message import NatsMessage as NatsStreamMessage
 from nats.aio.msg import Msg
 
 from services.core.jobs.runner import JobFunc, JobRunner, RunStatus
@@ -87,6 +89,15 @@ def durable_name(service: str, subject: str) -> str:
     return f"{service}_{tail}_{digest}"
 
 
+async def _the_message_itself(message: NatsStreamMessage) -> NatsStreamMessage:
+    """FastStream decoder: the handler receives the message object itself as its argument.
+
+    Asking for it with the ``NatsMessage`` annotation instead resolves it through a synchronous context
+    field, which fast_depends runs in a worker thread: a thread round trip on every delivery, about 0.3 ms
+    of latency per hop under load. An async decoder stays on the event loop."""
+    return message
+
+
 def _delay_for(attempt: int, backoff: Sequence[float]) -> float:
     return backoff[min(max(attempt, 1), len(backoff)) - 1] if backoff else 0.0
 
@@ -134,7 +145,10 @@ def subscribe_durable(
             await asyncio.sleep(max(ack_wait / 3, 0.1))
             await message.in_progress()
 
-    async def on_message(message: NatsMessage) -> None:
+    # ``Any``: the message object from _the_message_itself, passed through unvalidated (a class annotation
+    # would make FastStream try to validate it as a pydantic field).
+    async def on_message(message: Any) -> None:
+        message = cast(NatsStreamMessage, message)
         raw: Msg = message.raw_message
         meta = raw.metadata
         delivery = Delivery(
@@ -185,6 +199,7 @@ def subscribe_durable(
         # dropped by the server, even if the worker dies during the last attempt.
         config=ConsumerConfig(max_deliver=max_deliver + 1, ack_wait=ack_wait, deliver_policy=deliver_policy),
         ack_policy=AckPolicy.MANUAL,
+        decoder=_the_message_itself,
     )
     sub(on_message)
     return sub
