@@ -12,6 +12,7 @@ from eventstore.projections import Projection
 PROJECTION_FACTORIES: tuple[str, ...] = (
     "services.core.jobs.projection:JobsProjection",
     "services.strategy.projection:StrategyProjection",
+    "services.strategy.projection:EvaluationsProjection",
     "services.orders.projection:TradesProjection",
     "services.positions.projection:PortfolioProjection",
     "services.alerts.projection:AlertsProjection",

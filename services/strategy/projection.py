@@ -1,5 +1,8 @@
-"""Read model of the strategy service: which portfolio runs which strategies (``portfolio_strategies``),
-and the evaluations per tick (``strategy_evaluations``)."""
+"""Read models of the strategy service: which portfolio runs which strategies (``portfolio_strategies``),
+and the evaluations per tick (``strategy_evaluations``).
+
+Two projections, so that a tick that reads the configuration catches up only with configuration changes,
+never with the previous tick's evaluation results."""
 
 from __future__ import annotations
 
@@ -21,10 +24,8 @@ from services.strategy.events import (
 
 class StrategyProjection(Projection):
     name = "strategy"
-    tables = ("portfolio_strategies", "strategy_evaluations")
-    event_types = frozenset(
-        {"StrategyAttached", "StrategyReconfigured", "StrategyEnabled", "StrategyDisabled", "PortfolioEvaluated"}
-    )
+    tables = ("portfolio_strategies",)
+    event_types = frozenset({"StrategyAttached", "StrategyReconfigured", "StrategyEnabled", "StrategyDisabled"})
 
     async def setup(self, con: asyncpg.Connection) -> None:
         await con.execute(
@@ -39,17 +40,6 @@ class StrategyProjection(Projection):
                 enabled      boolean NOT NULL,
                 updated_at   timestamptz NOT NULL,
                 PRIMARY KEY (portfolio_id, strategy)
-            );
-            CREATE TABLE IF NOT EXISTS strategy_evaluations (
-                portfolio_id      text NOT NULL,
-                tick_id           text NOT NULL,
-                signals_generated int NOT NULL,
-                trades_requested  int NOT NULL,
-                orders_refused    int NOT NULL,
-                strategy_errors   int NOT NULL,
-                halted            boolean NOT NULL,
-                evaluated_for     timestamptz NOT NULL,
-                PRIMARY KEY (portfolio_id, tick_id)
             );
             """
         )
@@ -86,19 +76,45 @@ class StrategyProjection(Projection):
                         isinstance(event, StrategyEnabled),
                         event.at,
                     )
-                case PortfolioEvaluated():
-                    await con.execute(
-                        "INSERT INTO strategy_evaluations VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-                        " ON CONFLICT DO NOTHING",
-                        event.portfolio_id,
-                        event.tick_id,
-                        event.signals_generated,
-                        event.trades_requested,
-                        event.orders_refused,
-                        event.strategy_errors,
-                        event.halted,
-                        event.at,
-                    )
+
+
+class EvaluationsProjection(Projection):
+    name = "evaluations"
+    tables = ("strategy_evaluations",)
+    event_types = frozenset({"PortfolioEvaluated"})
+
+    async def setup(self, con: asyncpg.Connection) -> None:
+        await con.execute(
+            """
+            CREATE TABLE IF NOT EXISTS strategy_evaluations (
+                portfolio_id      text NOT NULL,
+                tick_id           text NOT NULL,
+                signals_generated int NOT NULL,
+                trades_requested  int NOT NULL,
+                orders_refused    int NOT NULL,
+                strategy_errors   int NOT NULL,
+                halted            boolean NOT NULL,
+                evaluated_for     timestamptz NOT NULL,
+                PRIMARY KEY (portfolio_id, tick_id)
+            );
+            """
+        )
+
+    async def apply(self, con: asyncpg.Connection, events: list[RecordedEvent]) -> None:
+        for recorded in events:
+            event = registry.decode(recorded)
+            if isinstance(event, PortfolioEvaluated):
+                await con.execute(
+                    "INSERT INTO strategy_evaluations VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                    event.portfolio_id,
+                    event.tick_id,
+                    event.signals_generated,
+                    event.trades_requested,
+                    event.orders_refused,
+                    event.strategy_errors,
+                    event.halted,
+                    event.at,
+                )
 
 
 def _json(value: Any) -> str:

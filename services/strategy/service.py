@@ -210,9 +210,14 @@ async def evaluate_portfolio(
 ) -> PortfolioEvaluated | None:
     store = ctx.rt.store
     stream = evaluation_stream(item.portfolio_id, item.tick_id)
-    if await store.stream_version(stream) >= 0:
+    # Independent reads at once, each on its own connection.
+    version, view, controls = await asyncio.gather(
+        store.stream_version(stream),
+        load_portfolio(store, item.portfolio_id),
+        controls_cache.get(ctx, item.tick_id, item.scheduled_at),
+    )
+    if version >= 0:
         return None  # evaluated already (a redelivery, or another worker)
-    view = await load_portfolio(store, item.portfolio_id)
     if view is None:
         raise Reject(f"unknown portfolio {item.portfolio_id!r}")
     strategies = view.enabled_strategies
@@ -221,7 +226,6 @@ async def evaluate_portfolio(
     }
     bars = await cache.bars(ctx, item.tick_id, item.scheduled_at, symbols)
     prices = {s: b[-1].close for s, b in bars.items() if b}
-    controls = await controls_cache.get(ctx, item.tick_id, item.scheduled_at)
     state = PortfolioState(
         portfolio_id=view.portfolio_id,
         cash=view.book.cash,

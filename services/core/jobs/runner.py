@@ -22,6 +22,7 @@ is acknowledged); only infrastructure errors (store unavailable) propagate, for 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -194,7 +195,10 @@ class JobRunner:
         """Run ``job`` for ``tick`` at most once to completion; record everything in the log."""
         stream = jobrun_stream(tick.tick_id)
         for _ in range(10):
-            events, recorded = await self._load_run(tick.tick_id)
+            # Both reads at once (two connections): they are on the path from every tick to its job.
+            (events, recorded), (health, _, _) = await asyncio.gather(
+                self._load_run(tick.tick_id), self.health(tick.job_type)
+            )
             version = recorded[-1].version if recorded else NO_STREAM
             if events and isinstance(events[-1], _TERMINAL):
                 await self._repair_health(events[-1], recorded[-1])
@@ -204,7 +208,6 @@ class JobRunner:
                 if self.clock() - events[-1].started_at < self.takeover_after:
                     return RunOutcome(RunStatus.IN_PROGRESS, tick.tick_id, attempt - 1)
                 log.warning("taking over %s: attempt %d never finished", tick.tick_id, attempt - 1)
-            health, _, _ = await self.health(tick.job_type)
             cause = breaker.skip_cause(health)
             try:
                 if cause is not None:
