@@ -77,23 +77,25 @@ class ProjectionRunner:
         # Read models derive from the log: a crash may lose the newest of these commits, never half of
         # one (rows and checkpoint commit together), and the projection then redoes them. So they need
         # not wait for the WAL flush; the events themselves always do.
-        await con.execute("SET LOCAL synchronous_commit TO OFF")
+        # set_config(.., true) is SET LOCAL, in the same round trip as the checkpoint's row lock.
         row = await con.fetchrow(
-            "SELECT position, tx FROM eventstore_checkpoints WHERE name = $1 FOR UPDATE", checkpoint_name(projection)
+            "SELECT position, tx, set_config('synchronous_commit', 'off', true) FROM eventstore_checkpoints"
+            " WHERE name = $1 FOR UPDATE",
+            checkpoint_name(projection),
         )
-        events = await self.store.read_batch(row[0], self.batch_size, con=con, after_tx=row[1])
+        page = await self.store.read_page(row[0], self.batch_size, con=con, after_tx=row[1])
+        events = page.events
         if not events:
             return 0
         wanted = projection.event_types
         relevant = events if wanted is None else [e for e in events if e.type in wanted]
         if relevant:
             await projection.apply(con, relevant)
-        last = events[-1].global_position
         await con.execute(
             "UPDATE eventstore_checkpoints SET position = $2, tx = $3, updated_at = now() WHERE name = $1",
             checkpoint_name(projection),
-            last,
-            await self.store.tx_of(last, con=con),
+            events[-1].global_position,
+            page.last_tx,
         )
         return len(events)
 

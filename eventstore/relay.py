@@ -118,6 +118,8 @@ class Relay:
                         self.is_leader.clear()
                         if not lock_con.is_closed():
                             with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+                                # The store's pool skips the session reset on release: undo ours here.
+                                await lock_con.execute("RESET synchronous_commit")
                                 await lock_con.execute(
                                     "SELECT pg_advisory_unlock(hashtext($1))", _lock_key(self.subjects.prefix)
                                 )
@@ -146,32 +148,32 @@ class Relay:
             "SELECT position, tx FROM eventstore_checkpoints WHERE name = $1", self.checkpoint_name
         )
         position, tx = int(row[0]), int(row[1])
+        # This connection is the relay's alone while it leads: the checkpoint is one autocommit statement
+        # that need not wait for the WAL flush (a checkpoint lost in a crash only republishes what
+        # JetStream then drops as repeats). Reset when the lock is let go (see run).
+        await lock_con.execute("SET synchronous_commit TO OFF")
         idle = self.idle_poll
         nats_delay = 0.1
         while not stop.is_set():
             self._wakeup.clear()
-            batch = await self.store.read_batch(position, self.batch_size, con=lock_con, after_tx=tx)
-            if batch:
+            page = await self.store.read_page(position, self.batch_size, con=lock_con, after_tx=tx)
+            if page.events:
                 try:
-                    await self._publish(batch)
+                    await self._publish(page.events)
                 except (NatsError, TimeoutError, OSError) as exc:
                     log.warning("relay: NATS publish failed (%s); retrying in %.1fs", exc, nats_delay)
                     await self._sleep(stop, nats_delay)
                     nats_delay = min(nats_delay * 2, 2.0)
                     continue
                 nats_delay = 0.1
-                position = batch[-1].global_position
-                tx = await self.store.tx_of(position, con=lock_con)
-                async with lock_con.transaction():
-                    # A checkpoint lost in a crash only republishes what JetStream then drops as repeats.
-                    await lock_con.execute("SET LOCAL synchronous_commit TO OFF")
-                    await lock_con.execute(
-                        "UPDATE eventstore_checkpoints SET position = $2, tx = $3, updated_at = now() WHERE name = $1",
-                        self.checkpoint_name,
-                        position,
-                        tx,
-                    )
-                self.published += len(batch)
+                position, tx = page.events[-1].global_position, page.last_tx
+                await lock_con.execute(
+                    "UPDATE eventstore_checkpoints SET position = $2, tx = $3, updated_at = now() WHERE name = $1",
+                    self.checkpoint_name,
+                    position,
+                    tx,
+                )
+                self.published += len(page.events)
                 idle = self.idle_poll
                 continue
             # Nothing readable: wait for an append notice, polling for other writers. A notice that

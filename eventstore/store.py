@@ -79,6 +79,14 @@ class RecordedEvent(msgspec.Struct, frozen=True):
         return category_of(self.stream_id)
 
 
+class Page(msgspec.Struct, frozen=True):
+    """Events in commit-safe global order, and the transaction id of the last one (``after_tx`` when empty):
+    with its global position, where a reader's checkpoint stands after this page."""
+
+    events: list[RecordedEvent]
+    last_tx: int
+
+
 class AppendResult(msgspec.Struct, frozen=True):
     next_expected_version: int  # the version of the stream's last event after this append
     last_global_position: int
@@ -127,7 +135,7 @@ RETURNING stream_version, global_position
 _COLUMNS = "global_position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at"
 
 _READ_ALL = f"""
-SELECT {_COLUMNS}
+SELECT {_COLUMNS}, tx_id::text::bigint
 FROM events
 WHERE (tx_id, global_position) > ($1::text::xid8, $2::bigint)
   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -321,12 +329,23 @@ class EventStore:
         """Up to ``limit`` events after the event at ``after_position`` (0: from the start), in commit-safe
         global order; empty when nothing more is committed below the oldest running transaction.
         ``after_tx``: that event's transaction id when the caller knows it (saves a lookup)."""
+        return (await self.read_page(after_position, limit, con=con, after_tx=after_tx)).events
+
+    async def read_page(
+        self,
+        after_position: int = 0,
+        limit: int = 1000,
+        *,
+        con: asyncpg.Connection | None = None,
+        after_tx: int | None = None,
+    ) -> Page:
+        """:meth:`read_batch` with the last event's transaction id: a checkpoint moves without a lookup."""
         if con is None:
             async with self.pool.acquire() as own:
-                return await self.read_batch(after_position, limit, con=own, after_tx=after_tx)
+                return await self.read_page(after_position, limit, con=own, after_tx=after_tx)
         tx = await self._tx_of(con, after_position) if after_tx is None else after_tx
         rows = await con.fetch(_READ_ALL, str(tx), after_position, limit)
-        return [_recorded(row) for row in rows]
+        return Page([_recorded(row) for row in rows], int(rows[-1][8]) if rows else tx)
 
     async def tx_of(self, position: int, *, con: asyncpg.Connection | None = None) -> int:
         """The transaction id of the event at ``position`` (0 for position 0), for checkpoints."""

@@ -124,20 +124,29 @@ async def _table_exists(con: Any, table: str) -> bool:
 
 
 async def _load_controls(ctx: ServiceContext, at: datetime) -> TickControls:
-    halted, _ = await global_halt(ctx.rt.store)
-    quarantined: frozenset[str] = frozenset()
-    equity: dict[str, Decimal] = {}
+    halted, quarantined, equity = await asyncio.gather(
+        global_halt(ctx.rt.store), _quarantined_symbols(ctx), _day_start_equity(ctx, at)
+    )
+    return TickControls(halted[0], quarantined, equity)
+
+
+async def _quarantined_symbols(ctx: ServiceContext) -> frozenset[str]:
     async with ctx.rt.store.pool.acquire() as con:
-        if await _table_exists(con, "quarantined_symbols"):
-            quarantined = frozenset(row[0] for row in await con.fetch("SELECT symbol FROM quarantined_symbols"))
-        if await _table_exists(con, "portfolio_snapshots"):
-            rows = await con.fetch(
-                "SELECT DISTINCT ON (portfolio_id) portfolio_id, total_value FROM portfolio_snapshots"
-                " WHERE trading_day < $1 ORDER BY portfolio_id, trading_day DESC",
-                exchange_date(at),
-            )
-            equity = {row[0]: Decimal(row[1]) for row in rows}
-    return TickControls(halted, quarantined, equity)
+        if not await _table_exists(con, "quarantined_symbols"):
+            return frozenset()
+        return frozenset(row[0] for row in await con.fetch("SELECT symbol FROM quarantined_symbols"))
+
+
+async def _day_start_equity(ctx: ServiceContext, at: datetime) -> dict[str, Decimal]:
+    async with ctx.rt.store.pool.acquire() as con:
+        if not await _table_exists(con, "portfolio_snapshots"):
+            return {}
+        rows = await con.fetch(
+            "SELECT DISTINCT ON (portfolio_id) portfolio_id, total_value FROM portfolio_snapshots"
+            " WHERE trading_day < $1 ORDER BY portfolio_id, trading_day DESC",
+            exchange_date(at),
+        )
+    return {row[0]: Decimal(row[1]) for row in rows}
 
 
 # -------------------------------------------------------------------------------------- market data

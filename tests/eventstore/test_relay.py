@@ -185,3 +185,25 @@ async def test_relay_survives_postgres_restart(
     stop.set()
     await task
     await store.close()
+
+
+async def test_relay_leaves_its_connection_as_it_found_it(pg_dsn: str, nc: NatsClient, subject_prefix: str) -> None:
+    """The relay's checkpoint writes skip the WAL flush with a session setting on its own connection; the
+    store's pool does not reset sessions, so the relay must undo it before the connection serves appends."""
+    store = await EventStore.connect(pg_dsn, min_size=1, max_size=1)  # one connection: the relay's is reused
+    try:
+        subjects = Subjects(subject_prefix)
+        await subjects.ensure_streams(nc.jetstream())
+        relay = Relay(store, nc, subjects)
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        await asyncio.wait_for(relay.is_leader.wait(), 5)
+        stop.set()
+        await task
+        async with store.pool.acquire() as con:
+            source = "SELECT source FROM pg_settings WHERE name = 'synchronous_commit'"
+            assert await con.fetchval(source) != "session"
+            locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            assert await con.fetchval(locks) == 0
+    finally:
+        await store.close()
