@@ -181,7 +181,7 @@ class SimBroker:
     ) -> SimBroker:
         """Open a pool, create the sim tables if missing, and open the account on first use."""
         config = config or SimConfig()
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, reset=_no_session_reset)
         try:
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
@@ -306,22 +306,26 @@ class SimBroker:
             # settle already read the cash and the open orders under the account lock.
             async with conn.transaction():
                 settled = await self._settle_in_transaction(conn)
-                existing = await conn.fetchrow(
-                    "SELECT * FROM sim_orders WHERE client_order_id = $1", request.client_order_id
+                # The order already sent with this client order id, if any, and the symbol's position.
+                row = await conn.fetchrow(
+                    "SELECT o.*, p.qty AS position_qty FROM (SELECT 1) AS one"
+                    " LEFT JOIN sim_orders o ON o.client_order_id = $1"
+                    " LEFT JOIN sim_positions p ON p.symbol = $2",
+                    request.client_order_id,
+                    request.symbol,
                 )
-                if existing is not None:
+                if row["id"] is not None:
                     raise DuplicateClientOrderId(
                         "client_order_id must be unique",
                         client_order_id=request.client_order_id,
-                        existing=_order_from_row(existing),
+                        existing=_order_from_row(row),
                         code=40010001,
                     )
-                position_qty = await conn.fetchval("SELECT qty FROM sim_positions WHERE symbol = $1", request.symbol)
                 engine.check_submit(
                     request,
                     market=self.market,
                     cash=settled.cash,
-                    position_qty=position_qty if position_qty is not None else Decimal(0),
+                    position_qty=row["position_qty"] if row["position_qty"] is not None else Decimal(0),
                     open_orders=settled.open_orders,
                     now=now,
                 )
@@ -471,6 +475,11 @@ class SimBroker:
                 yield await queue.get()
         finally:
             self._subscribers.discard(queue)
+
+
+async def _no_session_reset(conn: asyncpg.Connection) -> None:
+    """The simulator keeps no session state (every change is a transaction, rolled back by asyncpg if left
+    open): skip the pool's reset query, one more round trip at the end of every broker call."""
 
 
 def _order_from_row(row: asyncpg.Record | Mapping[str, Any]) -> Order:
