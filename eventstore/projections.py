@@ -2,7 +2,7 @@
 
 A projection's checkpoint is updated in the same transaction as its read-model writes, so every event
 takes effect exactly once, whatever crashes in between. Two runners of one projection serialize on the
-checkpoint row (``SELECT ... FOR UPDATE``), so running one per service copy is safe.
+checkpoint's transaction-scoped advisory lock, so running one per service copy is safe.
 
 ``rebuild(name)`` truncates the projection's tables, resets its checkpoint and replays the whole log in
 one transaction: readers see the old read model until the new one is complete.
@@ -22,6 +22,22 @@ import asyncpg
 from eventstore.store import EventStore, RecordedEvent
 
 log = logging.getLogger(__name__)
+
+
+async def _lock_checkpoint(con: asyncpg.Connection, name: str) -> asyncpg.Record:
+    """Take the projection's lock for this transaction, then read its checkpoint: (position, tx).
+
+    An advisory lock, not ``SELECT ... FOR UPDATE`` on the checkpoint row: a row lock gives the transaction
+    an id at once, and every reader of the log stops below the oldest running transaction id (so as to
+    skip no late commit). The advisory lock does not: the id comes with the first write, late in the step.
+    Two statements: the checkpoint must be read after the lock is granted (a fresh snapshot)."""
+    await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", name)
+    # set_config(.., true) is SET LOCAL: read models need not wait for the WAL flush (see _step).
+    return await con.fetchrow(
+        "SELECT position, tx, set_config('synchronous_commit', 'off', true) FROM eventstore_checkpoints"
+        " WHERE name = $1",
+        name,
+    )
 
 
 class Projection(ABC):
@@ -77,12 +93,7 @@ class ProjectionRunner:
         # Read models derive from the log: a crash may lose the newest of these commits, never half of
         # one (rows and checkpoint commit together), and the projection then redoes them. So they need
         # not wait for the WAL flush; the events themselves always do.
-        # set_config(.., true) is SET LOCAL, in the same round trip as the checkpoint's row lock.
-        row = await con.fetchrow(
-            "SELECT position, tx, set_config('synchronous_commit', 'off', true) FROM eventstore_checkpoints"
-            " WHERE name = $1 FOR UPDATE",
-            checkpoint_name(projection),
-        )
+        row = await _lock_checkpoint(con, checkpoint_name(projection))
         page = await self.store.read_page(row[0], self.batch_size, con=con, after_tx=row[1])
         events = page.events
         if not events:
@@ -159,9 +170,7 @@ class ProjectionRunner:
         projection = self[name]
         total = 0
         async with self.store.pool.acquire() as con, con.transaction():
-            await con.execute(
-                "SELECT position FROM eventstore_checkpoints WHERE name = $1 FOR UPDATE", checkpoint_name(projection)
-            )
+            await _lock_checkpoint(con, checkpoint_name(projection))
             if projection.tables:
                 await con.execute("TRUNCATE " + ", ".join(projection.tables))
             await con.execute(

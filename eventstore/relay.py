@@ -67,6 +67,10 @@ class SubjectNamer(Protocol):
     def event(self, category: str, event_type: str) -> str: ...
 
 
+# First pause before reading again when a noticed append is hidden behind an older open transaction.
+HIDDEN_RETRY_FIRST = 0.0005
+
+
 def _lock_key(prefix: str) -> str:
     return f"openbell-relay:{prefix}"
 
@@ -154,7 +158,9 @@ class Relay:
         await lock_con.execute("SET synchronous_commit TO OFF")
         idle = self.idle_poll
         nats_delay = 0.1
+        hidden_retry: float | None = None  # set while an append we were told about is not readable yet
         while not stop.is_set():
+            noticed = self._wakeup.is_set()
             self._wakeup.clear()
             page = await self.store.read_page(position, self.batch_size, con=lock_con, after_tx=tx)
             if page.events:
@@ -175,13 +181,20 @@ class Relay:
                 )
                 self.published += len(page.events)
                 idle = self.idle_poll
+                hidden_retry = None
                 continue
-            # Nothing readable: wait for an append notice, polling for other writers. A notice that
-            # arrives while an older transaction is still open is retried after a short pause.
+            if noticed or hidden_retry is not None:
+                # A committed append we were told about is not readable yet: a transaction that began
+                # before it is still open (reads stop below the oldest one, so that none is skipped).
+                # Such transactions are short: look again within milliseconds, not at the next poll.
+                hidden_retry = HIDDEN_RETRY_FIRST if hidden_retry is None else hidden_retry * 2
+                if hidden_retry > self.idle_poll:
+                    hidden_retry = None
             try:
-                await asyncio.wait_for(self._wakeup.wait(), idle)
+                await asyncio.wait_for(self._wakeup.wait(), hidden_retry or idle)
             except TimeoutError:
-                idle = min(idle * 2, 0.1)
+                if hidden_retry is None:
+                    idle = min(idle * 2, 0.1)
 
     async def _publish(self, batch: list[RecordedEvent]) -> None:
         futures = []
