@@ -22,7 +22,7 @@ from faststream.nats import NatsBroker
 import services.core.compat  # noqa: F401 - library compatibility, applied on import
 from eventstore.projections import ProjectionRunner
 from services.broker.protocol import Broker
-from services.broker.simulator.broker import ManualClock
+from services.broker.simulator.broker import ManualClock, SimBroker
 from services.core.jobs.runner import JobRunner
 from services.core.projections import known_projections
 from services.core.runtime import Runtime, connect_runtime
@@ -84,8 +84,12 @@ class ServiceContext:
     async def at(self, moment: datetime) -> Broker:
         """The broker, with simulated time moved to ``moment`` (a tick's time) when it is the simulator."""
         broker = await self.broker()
-        # The simulator reads this clock; it settles its orders up to it on every call that reads them.
+        # The simulator reads this clock; it settles its orders up to it on every call that reads them,
+        # and in the background as soon as the clock moves (as a real broker fills between our calls).
+        advanced = moment > self.tick_time()
         self.tick_time.set(moment)
+        if advanced and isinstance(broker, SimBroker):
+            broker.settle_soon()
         return broker
 
     def background(self, coro: Coroutine[Any, Any, None], name: str) -> None:

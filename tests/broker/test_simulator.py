@@ -121,6 +121,39 @@ async def test_state_survives_a_restart(pg_dsn: str) -> None:
         await second.aclose()
 
 
+async def test_background_settle_books_fills_before_the_next_call(pg_dsn: str) -> None:
+    """settle_soon (the clock moved) fills due orders without any broker call; a call after it finds them
+    booked, and a second settle_soon while one runs is the same settle."""
+    clock = ManualClock(START)
+    broker = await SimBroker.connect(pg_dsn, SimConfig(seed=4, fill_policy=FillPolicy(timedelta(seconds=2))), clock)
+    received: list[str] = []
+
+    async def collect() -> None:
+        async for update in broker.trade_updates():
+            received.append(str(update.event))
+
+    collector = asyncio.create_task(collect())
+    await asyncio.sleep(0)  # subscribed
+    try:
+        order = await broker.submit_order(
+            OrderRequest(client_order_id="bg-1", symbol="AAPL", side=OrderSide.BUY, qty=Decimal(3))
+        )
+        clock.set(START + timedelta(seconds=5))
+        first = broker.settle_soon()
+        assert broker.settle_soon() is first
+        await first
+        async with broker._pool.acquire() as conn:  # the table itself: any broker call would settle
+            row = await conn.fetchrow("SELECT status, filled_qty FROM sim_orders WHERE id = $1", order.id)
+        assert (row["status"], row["filled_qty"]) == ("filled", Decimal(3))
+        await asyncio.sleep(0)
+        assert received == ["new", "fill"]
+        assert [p.qty for p in await broker.list_positions()] == [Decimal(3)]
+        assert broker.settle_soon() is not first  # the next one is a new settle
+    finally:
+        collector.cancel()
+        await broker.aclose()
+
+
 async def test_concurrent_connects_create_the_schema_once(pg_dsn: str) -> None:
     brokers = await asyncio.gather(*(SimBroker.connect(pg_dsn, SimConfig(), ManualClock(START)) for _ in range(4)))
     try:

@@ -3,12 +3,15 @@
 Time is simulated: ``now`` is injected (a ManualClock driven by the virtual clock, or the wall clock for a
 live demo). Orders progress lazily: every call first settles all open orders up to ``now`` (fills, expiry),
 inside one transaction that holds the sim_account row lock, so several processes can share one simulated
-account. A restart does not reset the broker: the state lives in the database.
+account. When the virtual clock moves, the service host also settles in the background (``settle_soon``),
+so the next call usually finds nothing left to do. A restart does not reset the broker: the state lives in
+the database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -174,6 +177,7 @@ class SimBroker:
         self._owns_pool = owns_pool
         self._calls: dict[str, int] = dict.fromkeys(OPERATIONS, 0)
         self._subscribers: set[asyncio.Queue[TradeUpdate]] = set()
+        self._settling: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(
@@ -199,7 +203,27 @@ class SimBroker:
             raise
         return cls(pool, config, now, owns_pool=True)
 
+    def settle_soon(self) -> asyncio.Task[None]:
+        """Settle the open orders up to now in the background (the clock moved, as a real broker fills
+        between our calls): the next call then finds the fills booked already and answers sooner. Every
+        call still settles first, so nothing depends on this having run. One at a time: returns the
+        running settle if there is one."""
+        if self._settling is None or self._settling.done():
+            self._settling = asyncio.create_task(self._settle_in_background(), name="sim-settle")
+        return self._settling
+
+    async def _settle_in_background(self) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                await self._settle(conn)
+        except Exception:  # a background step: logged, and the next call settles anyway
+            log.exception("simulator: background settle failed; the next call settles")
+
     async def aclose(self) -> None:
+        if self._settling is not None:
+            self._settling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._settling
         if self._owns_pool:
             await self._pool.close()
 
