@@ -9,7 +9,6 @@ For 10, 1,000 and 10,000 open orders: the GET /v2/orders calls one check makes, 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 from services.broker.alpaca import AlpacaBroker, load_alpaca_settings
 from services.broker.ratelimit import RateLimiter
 from services.broker.simulator.broker import ManualClock
+from services.core import eventloop
 from tests.fake_alpaca import FakeAlpaca
 
 KEY, SECRET = "bench-key", "bench-secret"
@@ -76,4 +76,4 @@ async def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1:])))
+    sys.exit(eventloop.run(main(sys.argv[1:])))

@@ -25,6 +25,7 @@ import msgspec
 
 from eventstore import EventRegistry, EventStore, NewEvent, RecordedEvent
 from eventstore.projections import Projection, ProjectionRunner
+from services.core import eventloop
 from services.core.embedded import EmbeddedPostgres
 
 TARGETS = {
@@ -192,7 +193,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer events (a smoke run)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
-    results = asyncio.run(run(args.quick))
+    results = eventloop.run(run(args.quick))
     mode = 'quick' if args.quick else 'full'
     print(f"event store benchmark ({mode}), {platform.node()}, {datetime.now(UTC):%Y-%m-%d}")
     for key, value in results.items():

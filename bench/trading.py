@@ -29,6 +29,7 @@ from services.broker.models import Order, OrderRequest
 from services.broker.simulator.broker import SimBroker, SimConfig
 from services.broker.simulator.market import DEFAULT_SYMBOLS
 from services.clock.ticks import publish_tick
+from services.core import eventloop
 from services.core.embedded import EmbeddedNats, EmbeddedPostgres
 from services.core.host import ServiceContext, hosted
 from services.core.jobs.types import JobType, Tick, TickReason
@@ -195,7 +196,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="200 portfolios and 40 ticks (a smoke run)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
-    results = asyncio.run(run(args.quick))
+    results = eventloop.run(run(args.quick))
     mode = "quick" if args.quick else "full"
     print(f"trading benchmark ({mode}), {platform.node()}, {datetime.now(UTC):%Y-%m-%d}")
     for key, value in results.items():

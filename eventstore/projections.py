@@ -137,11 +137,15 @@ class ProjectionRunner:
         return total
 
     async def run(self, stop: asyncio.Event, *, poll_interval: float = 0.05) -> None:
-        """Keep every projection caught up until ``stop`` is set; survives database restarts."""
+        """Keep every projection caught up until ``stop`` is set; survives database restarts.
+
+        One pass every ``poll_interval``, each catching up with everything committed: under a steady flow
+        of events, each pass handles a batch rather than every few events (a reader that needs a read
+        model current catches it up itself, see ``run_once``)."""
         delay = poll_interval
         while not stop.is_set():
             try:
-                count = await self.run_once()
+                await self.run_once()
                 delay = poll_interval
             except (
                 OSError,
@@ -150,11 +154,9 @@ class ProjectionRunner:
                 asyncpg.CannotConnectNowError,
             ) as exc:
                 log.warning("projections: database unavailable (%s); retrying in %.1fs", exc, delay)
-                count = 0
                 delay = min(delay * 2, 2.0)
-            if count == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
 
     async def position(self, name: str) -> int:
         async with self.store.pool.acquire() as con:

@@ -6,7 +6,6 @@ Each service adds its commands through a ``register(app)`` function in its own `
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import logging
@@ -21,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from eventstore import EventStoreError, PositionNotFound, RecordedEvent
+from services.core import eventloop
 from services.core.runtime import connect_runtime
 from services.core.settings import SettingsError, load_settings
 
@@ -65,7 +65,7 @@ def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
         raise fail(str(exc), 2) from None
     logging.basicConfig(level=settings_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return asyncio.run(coro_factory())  # type: ignore[arg-type]
+        return eventloop.run(coro_factory())  # type: ignore[arg-type]
     except SettingsError as exc:
         raise fail(str(exc), 2) from None
     except (CommandError, EventStoreError, ValueError) as exc:

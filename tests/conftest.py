@@ -16,7 +16,13 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from services.core import eventloop
 from services.core.embedded import EmbeddedNats, EmbeddedPostgres
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Every test runs on the event loop the services run on (uvloop where available)."""
+    return {eventloop.name(): eventloop.new_loop}
 
 
 @pytest.fixture(scope="session")
