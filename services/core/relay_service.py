@@ -6,13 +6,20 @@ from nats.aio.msg import Msg
 
 from eventstore.relay import Relay
 from services.core.host import ServiceContext
+from services.core.runtime import parse_append_notice
 
 
 async def setup(ctx: ServiceContext) -> None:
     relay = Relay(ctx.rt.store, ctx.rt.nc, ctx.rt.subjects)
 
-    async def on_appended(_msg: Msg) -> None:
-        relay.wake()
+    async def on_appended(msg: Msg) -> None:
+        instance, position = parse_append_notice(msg.data)
+        if instance == ctx.rt.instance:
+            return  # this process's own append: the relay heard of it directly
+        if position is None:
+            relay.wake()
+        else:
+            relay.notice(position)
 
     # Appends in other processes announce themselves on core NATS: wake at once instead of polling.
     await ctx.rt.nc.subscribe(ctx.rt.appended_subject, cb=on_appended)

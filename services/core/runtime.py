@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from eventstore import EventStore
+from eventstore import AppendResult, EventStore
 from services.core.embedded import EmbeddedNats, EmbeddedPostgres
 from services.core.settings import Settings, load_settings
 from services.core.subjects import Subjects
@@ -80,11 +81,20 @@ class Runtime:
     nc: NatsClient
     js: JetStreamContext
     subjects: Subjects
+    # Names this process in its append notices, so that it can ignore its own.
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def appended_subject(self) -> str:
-        """Core-NATS notice published after each append, so relays in other processes wake at once."""
+        """Core-NATS notice published after each append, so relays in other processes wake at once. The
+        body is ``<instance>:<global position>`` (see :func:`parse_append_notice`)."""
         return f"{self.subjects.prefix}.store.appended"
+
+
+def parse_append_notice(body: bytes) -> tuple[str, int | None]:
+    """(the appending process's instance, the append's global position or None when not given)."""
+    instance, _, position = body.decode(errors="replace").partition(":")
+    return instance, int(position) if position.isdigit() else None
 
 
 async def connect_nats(url: str, name: str) -> NatsClient:
@@ -117,9 +127,10 @@ async def connect_runtime(
 
         pending: set[asyncio.Task[None]] = set()  # keeps each notice alive until sent
 
-        def announce(_result: object) -> None:
+        def announce(result: AppendResult) -> None:
             if nc.is_connected:
-                task = asyncio.get_running_loop().create_task(nc.publish(runtime.appended_subject, b""))
+                body = f"{runtime.instance}:{result.last_global_position}".encode()
+                task = asyncio.get_running_loop().create_task(nc.publish(runtime.appended_subject, body))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
 

@@ -282,6 +282,9 @@ async def strategy_execution(
     ctx: ServiceContext, cache: MarketDataCache, controls_cache: TickControlsCache, job: JobContext
 ) -> dict[str, int]:
     tick = job.tick
+    # The broker's clock moves to the tick first: the simulator settles its due fills in the background
+    # while the portfolios are read, rather than in the path of this tick's orders.
+    await ctx.at(tick.scheduled_at)
     portfolios = await portfolios_to_evaluate(ctx)
     items = [WorkItem(tick_id=tick.tick_id, scheduled_at=tick.scheduled_at, portfolio_id=pid) for pid in portfolios]
     if len(items) < FAN_OUT_FROM:
