@@ -8,17 +8,24 @@ thread's decimal context is, so results are identical on every machine.
 
 Each built-in validates its parameters with a pydantic model (``params_model``); a bad value is a
 ``ValueError`` naming the parameter. Not enough history is not an error: it is HOLD with the reason.
+
+Every portfolio of one tick reads the same bars tuple per symbol (the strategy service's market data
+cache), so what depends on the bars alone (their order check, the closes, an indicator) is computed once
+per tuple and reused through ``series_memo``: the results are the same, a 1,000-portfolio tick just
+does not compute them 1,000 times.
 """
 
 from __future__ import annotations
 
 import decimal
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from itertools import pairwise
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -58,6 +65,47 @@ class Bar(msgspec.Struct, frozen=True, kw_only=True):
         require_aware(self.timestamp, "Bar.timestamp")
 
 
+R = TypeVar("R")
+
+
+class SeriesMemo:
+    """Results of pure functions of one bars tuple, remembered by the tuple's identity.
+
+    An entry keeps its tuple referenced, so the tuple's id cannot be reused by another object while the
+    entry exists; the oldest entries go first once ``size`` tuples are remembered. A tuple is immutable
+    and so are Bars: a result computed from it stays right for as long as the tuple lives."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._entries: OrderedDict[int, tuple[tuple[Bar, ...], dict[Hashable, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, bars: tuple[Bar, ...], key: Hashable, compute: Callable[[], R]) -> R:
+        with self._lock:
+            entry = self._entries.get(id(bars))
+            if entry is None or entry[0] is not bars:
+                entry = self._entries[id(bars)] = (bars, {})
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+            results = entry[1]
+            if key in results:
+                return cast(R, results[key])
+        value = compute()  # outside the lock: a pure function, at worst computed twice
+        with self._lock:
+            results[key] = value
+        return value
+
+
+series_memo = SeriesMemo()
+
+
+def _check_order(symbol: str, bars: Sequence[Bar]) -> bool:
+    for earlier, later in pairwise(bars):
+        if later.timestamp <= earlier.timestamp:
+            raise ValueError(f"bars of {symbol} must be in increasing time order")
+    return True
+
+
 class StrategyInput(msgspec.Struct, frozen=True, kw_only=True):
     symbol: str
     bars: tuple[Bar, ...]  # oldest first, completed bars only
@@ -69,13 +117,15 @@ class StrategyInput(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         require_aware(self.tick_time, "StrategyInput.tick_time")
-        for earlier, later in pairwise(self.bars):
-            if later.timestamp <= earlier.timestamp:
-                raise ValueError(f"bars of {self.symbol} must be in increasing time order")
+        bars = self.bars if isinstance(self.bars, tuple) else tuple(self.bars)
+        if bars is not self.bars:
+            msgspec.structs.force_setattr(self, "bars", bars)
+        # A failed check raises and so is never remembered.
+        series_memo.get(bars, "ordered", lambda: _check_order(self.symbol, bars))
 
     @property
-    def closes(self) -> list[Decimal]:
-        return [bar.close for bar in self.bars]
+    def closes(self) -> tuple[Decimal, ...]:
+        return series_memo.get(self.bars, "closes", lambda: tuple(bar.close for bar in self.bars))
 
 
 StrategyFunction = Callable[[StrategyInput], Signal]
@@ -183,11 +233,17 @@ def relative_strength_index(closes: Sequence[Decimal], period: int) -> Decimal:
         raise ValueError(f"RSI({period}) needs {period + 1} closes, got {len(closes)}")
     with decimal.localcontext(_CONTEXT):
         changes = [later - earlier for earlier, later in pairwise(closes)]
-        avg_gain = sum((max(c, ZERO) for c in changes[:period]), ZERO) / period
-        avg_loss = sum((max(-c, ZERO) for c in changes[:period]), ZERO) / period
+        avg_gain = sum((c for c in changes[:period] if c > 0), ZERO) / period
+        avg_loss = sum((-c for c in changes[:period] if c < 0), ZERO) / period
+        kept = period - 1
+        # Wilder's smoothing; a side without a move this bar only decays (x * kept + 0 is x * kept).
         for change in changes[period:]:
-            avg_gain = (avg_gain * (period - 1) + max(change, ZERO)) / period
-            avg_loss = (avg_loss * (period - 1) + max(-change, ZERO)) / period
+            if change > 0:
+                avg_gain = (avg_gain * kept + change) / period
+                avg_loss = avg_loss * kept / period
+            else:
+                avg_gain = avg_gain * kept / period
+                avg_loss = (avg_loss * kept - change) / period
         if avg_loss == 0:
             return Decimal(50) if avg_gain == 0 else Decimal(100)
         return 100 - 100 / (1 + avg_gain / avg_loss)
@@ -199,7 +255,7 @@ def rsi_mean_reversion(data: StrategyInput) -> Signal:
     closes = data.closes
     if len(closes) < params.period + 1:
         return Signal.hold(f"not enough history: {len(closes)} bars, need {params.period + 1}")
-    rsi = relative_strength_index(closes, params.period)
+    rsi = series_memo.get(data.bars, ("rsi", params.period), lambda: relative_strength_index(closes, params.period))
     shown = f"{rsi:.2f}"
     if rsi < params.oversold:
         strength = _strength((params.oversold - rsi) / 100)

@@ -6,6 +6,7 @@ import pytest
 from services.strategy.strategies import (
     Action,
     InvalidParameters,
+    SeriesMemo,
     StrategyInput,
     momentum,
     moving_average_crossover,
@@ -123,3 +124,49 @@ def test_inputs_refuse_naive_times_and_unordered_bars() -> None:
         StrategyInput(
             symbol="A", bars=bars[::-1], position_qty=D(0), avg_cost=None, cash=D(0), parameters={}, tick_time=T0
         )
+
+
+def test_unordered_bars_are_refused_every_time_not_only_the_first() -> None:
+    backwards = bars_from_closes([1, 2, 3])[::-1]
+    for _ in range(2):
+        with pytest.raises(ValueError, match="increasing time order"):
+            StrategyInput(
+                symbol="A", bars=backwards, position_qty=D(0), avg_cost=None, cash=D(0), parameters={}, tick_time=T0
+            )
+
+
+def test_series_memo_computes_once_per_tuple_and_never_confuses_two_tuples() -> None:
+    memo = SeriesMemo(size=2)
+    calls: list[str] = []
+
+    def compute(name: str) -> str:
+        calls.append(name)
+        return name
+
+    first, second, third = (bars_from_closes([i, i + 1]) for i in (1, 2, 3))
+    assert memo.get(first, "k", lambda: compute("first")) == "first"
+    assert memo.get(first, "k", lambda: compute("again")) == "first"  # remembered
+    assert memo.get(first, "other", lambda: compute("other")) == "other"  # keys are separate
+    assert memo.get(second, "k", lambda: compute("second")) == "second"
+    assert memo.get(third, "k", lambda: compute("third")) == "third"  # evicts the oldest tuple
+    assert memo.get(first, "k", lambda: compute("recomputed")) == "recomputed"
+    # An equal tuple that is another object is another entry: identity, never a stale result.
+    assert memo.get(bars_from_closes([3, 4]), "k", lambda: compute("equal")) == "equal"
+    assert calls == ["first", "other", "second", "third", "recomputed", "equal"]
+
+
+def test_signals_are_the_same_with_a_shared_bars_tuple_as_with_fresh_copies() -> None:
+    closes = [100 + (i * 37) % 23 - (i // 10) for i in range(80)]
+    shared = bars_from_closes(closes)
+    for strategy, parameters in (
+        (rsi_mean_reversion, {"period": 7, "oversold": "45", "overbought": "55"}),
+        (moving_average_crossover, {"fast_window": 3, "slow_window": 8}),
+        (momentum, {"lookback": 5, "threshold": "0.01"}),
+    ):
+        for end in range(2, len(closes)):
+            fresh = inputs(closes[:end], "5", **parameters)
+            reused = StrategyInput(
+                symbol="AAPL", bars=shared[:end], position_qty=D(5), avg_cost=None, cash=D(10_000),
+                parameters=parameters, tick_time=fresh.tick_time,
+            )
+            assert strategy(reused) == strategy(reused) == strategy(fresh)
