@@ -36,7 +36,7 @@ from services.core.events import new_event, registry
 from services.core.host import ServiceContext
 from services.core.jobs.consumer import Delivery, Reject, subscribe_durable, subscribe_ticks
 from services.core.jobs.runner import JobContext
-from services.core.jobs.types import JobType
+from services.core.jobs.types import JobType, Tick
 from services.orders.broker_views import bar_view
 from services.strategy import commands
 from services.strategy.config import ConfigError, parse_portfolio_spec
@@ -278,14 +278,31 @@ async def evaluate_portfolio(
     return evaluated
 
 
+async def prefetch_tick(ctx: ServiceContext, controls_cache: TickControlsCache, tick: Tick) -> list[str]:
+    """What a strategy_execution run reads first, started as soon as its tick arrives (while the job
+    ledger records the start): the portfolios to evaluate and the tick's shared controls. Only reads."""
+    # The broker's clock moves to the tick first: the simulator settles its due fills in the background
+    # meanwhile, rather than in the path of this tick's orders.
+    await ctx.at(tick.scheduled_at)
+    # A task, not gather(): when a shutdown cancels both, a task ends cancelled, silently, where a gather
+    # would end with a CancelledError "never retrieved".
+    controls = asyncio.ensure_future(controls_cache.get(ctx, tick.tick_id, tick.scheduled_at))
+    try:
+        portfolios = await portfolios_to_evaluate(ctx)
+        await controls
+    finally:
+        controls.cancel()  # no-op once done
+    return portfolios
+
+
 async def strategy_execution(
     ctx: ServiceContext, cache: MarketDataCache, controls_cache: TickControlsCache, job: JobContext
 ) -> dict[str, int]:
     tick = job.tick
-    # The broker's clock moves to the tick first: the simulator settles its due fills in the background
-    # while the portfolios are read, rather than in the path of this tick's orders.
-    await ctx.at(tick.scheduled_at)
-    portfolios = await portfolios_to_evaluate(ctx)
+    if job.prefetched is not None:
+        portfolios: list[str] = await job.prefetched
+    else:
+        portfolios = await prefetch_tick(ctx, controls_cache, tick)
     items = [WorkItem(tick_id=tick.tick_id, scheduled_at=tick.scheduled_at, portfolio_id=pid) for pid in portfolios]
     if len(items) < FAN_OUT_FROM:
         # A few portfolios: evaluating them here is faster than a round trip through the work queue.
@@ -395,6 +412,7 @@ async def setup(ctx: ServiceContext) -> None:
         job_type=JobType.STRATEGY_EXECUTION,
         runner=ctx.jobs,
         job=partial(strategy_execution, ctx, cache, controls_cache),
+        prefetch=partial(prefetch_tick, ctx, controls_cache),
         ack_wait=60.0,
     )
 

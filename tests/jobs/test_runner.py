@@ -270,3 +270,45 @@ def test_safe_error_redacts_secrets() -> None:
     assert "hunter2" not in text and "AKXYZ" not in text and "shh" not in text
     assert text.startswith("ValueError: postgresql://***@db:5432/x")
     assert len(safe_error(RuntimeError("x" * 10_000))) <= 2000
+
+
+async def test_prefetch_reaches_the_job_and_a_repeated_tick_cancels_it(store: EventStore) -> None:
+    runner = JobRunner(store)
+    seen: list[Any] = []
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def prefetch(t: Tick) -> str:
+        started.append(t.tick_id)
+        await release.wait()
+        return f"read for {t.tick_id}"
+
+    async def job(ctx: JobContext) -> dict[str, int]:
+        assert ctx.prefetched is not None
+        release.set()  # the read may still be going on while the ledger records the start
+        seen.append(await ctx.prefetched)
+        return {"n": 1}
+
+    first = await runner.run(tick(0), job, prefetch=prefetch)
+    assert first.status is RunStatus.COMPLETED and seen == [f"read for {tick(0).tick_id}"]
+
+    release.clear()
+    again = await runner.run(tick(0), job, prefetch=prefetch)  # a redelivery: nothing is run
+    assert again.status is RunStatus.DUPLICATE
+    assert started == [tick(0).tick_id, tick(0).tick_id] and len(seen) == 1
+    await asyncio.sleep(0)  # the cancelled read ends without an "exception never retrieved"
+
+
+async def test_a_failing_prefetch_is_a_failed_run(store: EventStore) -> None:
+    runner = JobRunner(store)
+
+    async def prefetch(t: Tick) -> None:
+        raise ConnectionError("read model unavailable")
+
+    async def job(ctx: JobContext) -> dict[str, int]:
+        assert ctx.prefetched is not None
+        await ctx.prefetched
+        return {"n": 1}
+
+    outcome = await runner.run(tick(1), job, prefetch=prefetch)
+    assert outcome.status is RunStatus.FAILED and "read model unavailable" in (outcome.error or "")

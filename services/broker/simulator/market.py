@@ -27,6 +27,9 @@ NEW_YORK = ZoneInfo("America/New_York")
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 LEVELS = 26
 HORIZON_MINUTES = 2**LEVELS
+# Bridge intervals at least this wide are remembered (at most NODE_CACHE_SIZE of them at once).
+NODE_CACHE_FROM = 256
+NODE_CACHE_SIZE = 200_000
 # Prices are anchored here, so around today each symbol trades near its initial price.
 REFERENCE = datetime(2025, 1, 1, tzinfo=UTC)
 MINUTES_PER_YEAR = 365.25 * 24 * 60
@@ -81,6 +84,7 @@ class MarketSimulator:
         self._bar_cache: dict[tuple[str, int, int], Bar] = {}
         self._mid_cache: dict[tuple[str, int], float] = {}
         self._w_ref_cache: dict[str, float] = {}
+        self._node_cache: dict[tuple[str, int, int], float] = {}
         self._params: dict[str, SymbolParams] = {}
         # None means: any well-formed ticker exists.
         self._symbols = frozenset(symbols) if symbols is not None else None
@@ -114,7 +118,17 @@ class MarketSimulator:
 
     def _midpoint(self, symbol: str, a: int, b: int, wa: float, wb: float) -> float:
         # Brownian bridge: W((a+b)/2) given W(a), W(b) is normal with mean (wa+wb)/2, variance (b-a)/4.
-        return (wa + wb) / 2 + math.sqrt((b - a) / 4) * _normal(self.seed, symbol, a, b)
+        if b - a < NODE_CACHE_FROM:
+            return (wa + wb) / 2 + math.sqrt((b - a) / 4) * _normal(self.seed, symbol, a, b)
+        # The wide intervals near the root are on the path to every minute: each is drawn once (the same
+        # float every time, as the draw depends only on the interval).
+        key = (symbol, a, b)
+        cached = self._node_cache.get(key)
+        if cached is None:
+            if len(self._node_cache) > NODE_CACHE_SIZE:
+                self._node_cache.clear()
+            cached = self._node_cache[key] = (wa + wb) / 2 + math.sqrt((b - a) / 4) * _normal(self.seed, symbol, a, b)
+        return cached
 
     def _brownian_range(self, symbol: str, lo: int, hi: int) -> list[float]:
         """W(n) for lo <= n <= hi, expanding only the bridge intervals that intersect [lo, hi]."""

@@ -36,7 +36,7 @@ from faststream.nats.annotations import NatsMessage
 from faststream.nats.message import NatsMessage as NatsStreamMessage
 from nats.aio.msg import Msg
 
-from services.core.jobs.runner import JobFunc, JobRunner, RunStatus
+from services.core.jobs.runner import JobFunc, JobRunner, Prefetch, RunStatus
 from services.core.jobs.types import InvalidTick, JobType, decode_tick
 from services.core.subjects import Subjects
 
@@ -205,8 +205,16 @@ def subscribe_durable(
     return sub
 
 
-def tick_handler(runner: JobRunner, job_type: JobType, job: JobFunc, *, retry_delay: float = 1.0) -> Handler:
-    """The handler of ``<prefix>.tick.<job_type>``: validate the tick, run the job through the ledger."""
+def tick_handler(
+    runner: JobRunner,
+    job_type: JobType,
+    job: JobFunc,
+    *,
+    retry_delay: float = 1.0,
+    prefetch: Prefetch | None = None,
+) -> Handler:
+    """The handler of ``<prefix>.tick.<job_type>``: validate the tick, run the job through the ledger
+    (``prefetch``: see ``JobRunner.run``)."""
 
     async def handle(delivery: Delivery) -> None:
         try:
@@ -215,7 +223,7 @@ def tick_handler(runner: JobRunner, job_type: JobType, job: JobFunc, *, retry_de
             raise Reject(str(exc)) from None
         if tick.job_type is not job_type:
             raise Reject(f"tick for {tick.job_type} delivered to the {job_type} consumer")
-        outcome = await runner.run(tick, job)
+        outcome = await runner.run(tick, job, prefetch=prefetch)
         if outcome.status is RunStatus.IN_PROGRESS:
             raise Retry(f"{tick.tick_id} is being run by another worker", delay=retry_delay)
 
@@ -234,6 +242,7 @@ def subscribe_ticks(
     backoff: Sequence[float] = DEFAULT_BACKOFF,
     ack_wait: float = 30.0,
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
+    prefetch: Prefetch | None = None,
 ) -> object:
     """Consume ``<prefix>.tick.<job_type>`` with a durable consumer shared by the service's workers."""
     subject = subjects.tick(job_type.value)
@@ -243,7 +252,7 @@ def subscribe_ticks(
         service=service,
         subject=subject,
         stream=subjects.ticks_stream,
-        handler=tick_handler(runner, job_type, job),
+        handler=tick_handler(runner, job_type, job, prefetch=prefetch),
         durable=f"{service}_{job_type.value}",
         max_deliver=max_deliver,
         backoff=backoff,

@@ -64,6 +64,8 @@ Counters = Mapping[str, int]
 class JobContext:
     tick: Tick
     attempt: int
+    # What the job's ``prefetch`` (see JobRunner.run) read while the run was being recorded as started.
+    prefetched: asyncio.Future[Any] | None = None
 
     @property
     def job_type(self) -> JobType:
@@ -76,6 +78,13 @@ class JobContext:
 
 
 JobFunc = Callable[[JobContext], Awaitable[Counters | None]]
+Prefetch = Callable[[Tick], Awaitable[Any]]
+
+
+def _consume_outcome(future: asyncio.Future[Any]) -> None:
+    """A prefetch nobody awaited (the run was not ours) must not log "exception never retrieved"."""
+    if not future.cancelled():
+        future.exception()
 
 
 class RunStatus(StrEnum):
@@ -191,8 +200,22 @@ class JobRunner:
 
     # ---------------------------------------------------------------------------------------- run
 
-    async def run(self, tick: Tick, job: JobFunc) -> RunOutcome:
-        """Run ``job`` for ``tick`` at most once to completion; record everything in the log."""
+    async def run(self, tick: Tick, job: JobFunc, *, prefetch: Prefetch | None = None) -> RunOutcome:
+        """Run ``job`` for ``tick`` at most once to completion; record everything in the log.
+
+        ``prefetch(tick)``, when given, starts at once, alongside the ledger's reads and its start event,
+        and reaches the job as ``JobContext.prefetched``: reads the job needs first (they are on the path
+        from every tick to its effects). It must only read: it runs before the run is known to be ours,
+        and is cancelled when the tick turns out to be a repeat, skipped or another worker's."""
+        prefetched = asyncio.ensure_future(prefetch(tick)) if prefetch is not None else None
+        try:
+            return await self._run(tick, job, prefetched)
+        finally:
+            if prefetched is not None:
+                prefetched.cancel()  # no-op once done
+                prefetched.add_done_callback(_consume_outcome)
+
+    async def _run(self, tick: Tick, job: JobFunc, prefetched: asyncio.Future[Any] | None) -> RunOutcome:
         stream = jobrun_stream(tick.tick_id)
         for _ in range(10):
             # Both reads at once (two connections): they are on the path from every tick to its job.
@@ -230,17 +253,24 @@ class JobRunner:
                 continue  # another worker moved this tick on: look again
             if not result.written:
                 continue  # our own start, stored before a crash: look again (now it is "open")
-            return await self._execute(tick, job, started, result.next_expected_version)
+            return await self._execute(tick, job, started, result.next_expected_version, prefetched)
         raise RuntimeError(f"{tick.tick_id}: could not settle the run after repeated concurrent changes")
 
-    async def _execute(self, tick: Tick, job: JobFunc, started: JobExecutionStarted, version: int) -> RunOutcome:
+    async def _execute(
+        self,
+        tick: Tick,
+        job: JobFunc,
+        started: JobExecutionStarted,
+        version: int,
+        prefetched: asyncio.Future[Any] | None = None,
+    ) -> RunOutcome:
         stream = jobrun_stream(tick.tick_id)
         attempt = started.attempt
         t0 = time.perf_counter()
         error: str | None = None
         counters: dict[str, int] = {}
         try:
-            returned = await job(JobContext(tick=tick, attempt=attempt))
+            returned = await job(JobContext(tick=tick, attempt=attempt, prefetched=prefetched))
             counters = {str(k): int(v) for k, v in (returned or {}).items()}
         except Exception as exc:  # noqa: BLE001 - any error of the job is a failed run, recorded
             error = safe_error(exc)

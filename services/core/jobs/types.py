@@ -6,6 +6,7 @@ It lives in the shared kernel so consumers do not depend on the clock service; t
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -55,12 +56,17 @@ def tick_id(job_type: JobType | str, scheduled_at: datetime) -> str:
     return f"{JobType(job_type).value}@{format_utc(scheduled_at)}"
 
 
+_TICK_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", re.ASCII)
+
+
 def parse_tick_id(value: str) -> tuple[JobType, datetime]:
     job, sep, when = value.partition("@")
-    if not sep or not when.endswith("Z"):
+    # The exact shape first (fromisoformat alone would take other forms), then the C parser: this is on
+    # the path of every tick, where strptime cost a tenth of a millisecond.
+    if not sep or _TICK_TIME.fullmatch(when) is None:
         raise ValueError(f"malformed tick id {value!r}")
     try:
-        instant = datetime.strptime(when, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        instant = datetime.fromisoformat(when[:-1]).replace(tzinfo=UTC)
     except ValueError:
         raise ValueError(f"malformed tick id {value!r}") from None
     return parse_job_type(job), instant
