@@ -207,3 +207,54 @@ async def test_relay_leaves_its_connection_as_it_found_it(pg_dsn: str, nc: NatsC
             assert await con.fetchval(locks) == 0
     finally:
         await store.close()
+
+
+async def test_relay_checkpoint_is_stored_once_caught_up_and_a_lost_write_only_republishes(
+    store: EventStore, nc: NatsClient, subject_prefix: str
+) -> None:
+    """While events keep coming the checkpoint is written at most every ``checkpoint_every``; once the
+    relay is caught up it is stored. A checkpoint write lost in a crash makes the next relay publish
+    again what went out since; JetStream drops the repeats (same Nats-Msg-Id): every event once."""
+    subjects = Subjects(subject_prefix)
+    await subjects.ensure_streams(nc.jetstream())
+    relay = Relay(store, nc, subjects, checkpoint_every=3600.0)  # only the caught-up write happens
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    for n in range(20):
+        await store.append(f"order-{n % 3}", [order_placed(n)])
+    positions = [e.global_position async for e in store.read_all()]
+
+    async def checkpoint() -> int:
+        async with store.pool.acquire() as con:
+            return int(
+                await con.fetchval("SELECT position FROM eventstore_checkpoints WHERE name = $1", relay.checkpoint_name)
+            )
+
+    async def stored() -> bool:
+        return relay.published == 20 and await checkpoint() == positions[-1]
+
+    await wait_until(stored)
+    stop.set()
+    await task
+
+    # The write of the last 8 events' checkpoint was lost (a crash right after their acks).
+    async with store.pool.acquire() as con:
+        await con.execute(
+            "UPDATE eventstore_checkpoints SET position = $2, tx = (SELECT tx_id::text::bigint FROM events"
+            " WHERE global_position = $2) WHERE name = $1",
+            relay.checkpoint_name,
+            positions[11],
+        )
+    again = Relay(store, nc, subjects)
+    stop = asyncio.Event()
+    task = asyncio.create_task(again.run(stop))
+
+    async def republished() -> bool:
+        return again.published == 8
+
+    await wait_until(republished)
+    stop.set()
+    await task
+    messages = await stream_messages(nc, subjects)
+    assert len(messages) == 20 and len({m.headers["Nats-Msg-Id"] for m in messages}) == 20  # type: ignore[index]
+    assert await checkpoint() == positions[-1]
