@@ -157,6 +157,9 @@ class _Settled:
     updates: list[TradeUpdate]
     cash: Decimal
     open_orders: list[Order]
+    # With an order being submitted: the order already sent with its client order id, and the position.
+    duplicate: Order | None = None
+    position_qty: Decimal = Decimal(0)
 
 
 class SimBroker:
@@ -269,16 +272,45 @@ class SimBroker:
             for queue in self._subscribers:
                 queue.put_nowait(update)
 
-    async def _settle_in_transaction(self, conn: asyncpg.Connection) -> _Settled:
-        """Progress every open order up to now; the caller holds a transaction (and so the account lock)."""
+    async def _settle_in_transaction(
+        self, conn: asyncpg.Connection, submitting: OrderRequest | None = None
+    ) -> _Settled:
+        """Progress every open order up to now; the caller holds a transaction (and so the account lock).
+
+        ``submitting``: an order about to be submitted. The same read (after the lock, so that it sees
+        every committed change) then also finds the order already sent with its client order id and the
+        position in its symbol, both as they are after this settle."""
         now = self.now
         updates: list[TradeUpdate] = []
         cash: Decimal = await conn.fetchval("SELECT cash FROM sim_account WHERE id = 1 FOR UPDATE")
         still_open: list[Order] = []
-        rows = await conn.fetch("SELECT * FROM sim_orders WHERE is_open ORDER BY submitted_at, id")
+        duplicate: Order | None = None
+        position: Decimal = Decimal(0)
+        if submitting is None:
+            rows = await conn.fetch(
+                "SELECT *, false AS duplicate FROM sim_orders WHERE is_open ORDER BY submitted_at, id"
+            )
+        else:
+            found = await conn.fetch(
+                "SELECT o.*, o.client_order_id = $1 AS duplicate,"
+                " (SELECT qty FROM sim_positions WHERE symbol = $2) AS position_qty"
+                " FROM (SELECT 1) AS one LEFT JOIN sim_orders o ON o.is_open OR o.client_order_id = $1"
+                " ORDER BY o.submitted_at, o.id",
+                submitting.client_order_id,
+                submitting.symbol,
+            )
+            if found[0]["position_qty"] is not None:
+                position = found[0]["position_qty"]
+            rows = [row for row in found if row["id"] is not None]
         for row in rows:
             order = _order_from_row(row)
+            if row["duplicate"]:
+                duplicate = order
+            if not row["is_open"]:
+                continue  # the order already sent with the submitted id, closed: nothing to settle
             step = engine.progress(order, self.market, self.config.fill_policy, row["checked_until"], now)
+            if row["duplicate"]:
+                duplicate = step.order
             if step.order.is_open:
                 still_open.append(step.order)
             if not step.events and step.checked_until == row["checked_until"]:
@@ -288,6 +320,8 @@ class SimBroker:
                 if event.qty is not None and event.price is not None:
                     position_qty, cash_delta = await self._apply_fill(conn, event.order, event.qty, event.price)
                     cash += cash_delta
+                    if submitting is not None and event.order.symbol == submitting.symbol:
+                        position = position_qty
                 updates.append(
                     TradeUpdate(
                         event=event.event,
@@ -299,7 +333,7 @@ class SimBroker:
                     )
                 )
             await _save_order(conn, step.order, step.checked_until)
-        return _Settled(updates, cash, still_open)
+        return _Settled(updates, cash, still_open, duplicate, position)
 
     async def _apply_fill(
         self, conn: asyncpg.Connection, order: Order, qty: Decimal, price: Decimal
@@ -329,27 +363,19 @@ class SimBroker:
             # Settling and accepting in one transaction: one commit, and no fill can slip in between. The
             # settle already read the cash and the open orders under the account lock.
             async with conn.transaction():
-                settled = await self._settle_in_transaction(conn)
-                # The order already sent with this client order id, if any, and the symbol's position.
-                row = await conn.fetchrow(
-                    "SELECT o.*, p.qty AS position_qty FROM (SELECT 1) AS one"
-                    " LEFT JOIN sim_orders o ON o.client_order_id = $1"
-                    " LEFT JOIN sim_positions p ON p.symbol = $2",
-                    request.client_order_id,
-                    request.symbol,
-                )
-                if row["id"] is not None:
+                settled = await self._settle_in_transaction(conn, submitting=request)
+                if settled.duplicate is not None:
                     raise DuplicateClientOrderId(
                         "client_order_id must be unique",
                         client_order_id=request.client_order_id,
-                        existing=_order_from_row(row),
+                        existing=settled.duplicate,
                         code=40010001,
                     )
                 engine.check_submit(
                     request,
                     market=self.market,
                     cash=settled.cash,
-                    position_qty=row["position_qty"] if row["position_qty"] is not None else Decimal(0),
+                    position_qty=settled.position_qty,
                     open_orders=settled.open_orders,
                     now=now,
                 )
