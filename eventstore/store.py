@@ -132,6 +132,35 @@ END
 RETURNING stream_version, global_position
 """
 
+# Several streams in one statement (one transaction, one commit): every stream's expectation holds, or
+# nothing is written (the count check). ``idx`` ties each event to its stream; ``k`` numbers the events
+# of one stream from 1.
+_APPEND_MANY = """
+WITH wanted AS (
+    SELECT w.stream_id, w.expected, w.idx,
+           coalesce((SELECT max(e.stream_version) FROM events e WHERE e.stream_id = w.stream_id), -1) AS version
+    FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS w(stream_id, expected, idx)
+), allowed AS (
+    SELECT * FROM wanted
+    WHERE CASE expected
+        WHEN -2 THEN true
+        WHEN -1 THEN version = -1
+        WHEN -4 THEN version >= 0
+        ELSE version = expected
+    END
+), numbered AS (
+    SELECT n.*, row_number() OVER (PARTITION BY n.idx ORDER BY n.ord) AS k
+    FROM unnest($3::bigint[], $4::uuid[], $5::text[], $6::text[], $7::text[])
+        WITH ORDINALITY AS n(idx, event_id, event_type, data, metadata, ord)
+)
+INSERT INTO events (stream_id, stream_version, event_id, event_type, data, metadata)
+SELECT a.stream_id, a.version + n.k, n.event_id, n.event_type, n.data::jsonb, n.metadata::jsonb
+FROM numbered n JOIN allowed a ON a.idx = n.idx
+WHERE (SELECT count(*) FROM allowed) = (SELECT count(*) FROM wanted)
+ORDER BY n.ord
+RETURNING stream_id, stream_version, global_position
+"""
+
 _COLUMNS = "global_position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at"
 
 _READ_ALL = f"""
@@ -263,6 +292,102 @@ class EventStore:
                 if repeat is not None:
                     return repeat
                 raise WrongExpectedVersion(stream_id, expected_version, await self._version(con, stream_id))
+
+    async def append_many(self, appends: Sequence[tuple[str, Sequence[NewEvent], int]]) -> list[AppendResult]:
+        """Append to several streams atomically, in one statement: ``(stream_id, events, expected_version)``
+        each, with the same rules as :meth:`append`. Either every expectation holds and everything is
+        written (one commit), or nothing is. A repeat of the same event ids is a success that writes
+        nothing. Returns one result per stream, in the order given."""
+        if not appends:
+            raise ValueError("append_many needs at least one stream")
+        streams = [stream_id for stream_id, _, _ in appends]
+        if len(set(streams)) != len(streams):
+            raise ValueError("append_many: each stream may appear once")
+        for stream_id, events, expected_version in appends:
+            if not stream_id:
+                raise ValueError("stream_id must not be empty")
+            if not events:
+                raise ValueError(f"stream {stream_id!r}: append needs at least one event")
+            if expected_version < 0 and expected_version not in _EXPECTED_NAMES:
+                raise ValueError(
+                    f"expected_version must be >= 0, ANY, NO_STREAM or STREAM_EXISTS, not {expected_version}"
+                )
+        if len(appends) == 1:
+            return [await self.append(*appends[0])]
+        ids = [event.event_id for _, events, _ in appends for event in events]
+        if len(set(ids)) != len(ids):
+            raise DuplicateEventId("append_many: the same event id appears twice")
+        args = (
+            streams,
+            [expected for _, _, expected in appends],
+            [i + 1 for i, (_, events, _) in enumerate(appends) for _ in events],
+            ids,
+            [event.type for _, events, _ in appends for event in events],
+            [encode(event.data).decode() for _, events, _ in appends for event in events],
+            [encode(dict(event.metadata)).decode() for _, events, _ in appends for event in events],
+        )
+        async with self.pool.acquire() as con:
+            for _ in range(10):
+                try:
+                    rows = await con.fetch(_APPEND_MANY, *args)
+                except asyncpg.UniqueViolationError as exc:
+                    repeat = await self._already_stored_many(con, appends)
+                    if repeat is not None:
+                        return repeat
+                    if exc.constraint_name == "events_event_id_key":
+                        raise DuplicateEventId(
+                            "append_many: event ids already stored elsewhere or only in part"
+                        ) from None
+                    await self._raise_wrong_version(con, appends)
+                    continue  # another writer took a version of an ANY / STREAM_EXISTS stream: again
+                if rows:
+                    last: dict[str, tuple[int, int]] = {}
+                    for row in rows:
+                        last[row[0]] = (int(row[1]), int(row[2]))
+                    results = [AppendResult(*last[stream_id]) for stream_id in streams]
+                    self._notify(max(results, key=lambda result: result.last_global_position))
+                    return results
+                repeat = await self._already_stored_many(con, appends)
+                if repeat is not None:
+                    return repeat
+                await self._raise_wrong_version(con, appends)
+                # Every expectation holds now: a concurrent writer moved on in between; look again.
+        raise EventStoreError(f"append_many to {streams}: no stable outcome after repeated concurrent changes")
+
+    async def _raise_wrong_version(
+        self, con: asyncpg.Connection, appends: Sequence[tuple[str, Sequence[NewEvent], int]]
+    ) -> None:
+        """Raise WrongExpectedVersion for the first stream whose expectation does not hold (if any)."""
+        for stream_id, _, expected in appends:
+            actual = await self._version(con, stream_id)
+            holds = (
+                expected == ANY
+                or (expected == NO_STREAM and actual == -1)
+                or (expected == STREAM_EXISTS and actual >= 0)
+                or expected == actual
+            )
+            if not holds:
+                raise WrongExpectedVersion(stream_id, expected, actual)
+
+    @staticmethod
+    async def _already_stored_many(
+        con: asyncpg.Connection, appends: Sequence[tuple[str, Sequence[NewEvent], int]]
+    ) -> list[AppendResult] | None:
+        """The results of the original append when every id is stored, each in its own stream."""
+        wanted = {event.event_id: stream_id for stream_id, events, _ in appends for event in events}
+        rows = await con.fetch(
+            "SELECT event_id, stream_id, stream_version, global_position FROM events WHERE event_id = ANY($1::uuid[])",
+            list(wanted),
+        )
+        if not rows:
+            return None
+        if len(rows) != len(wanted) or any(wanted[row[0]] != row[1] for row in rows):
+            raise DuplicateEventId(f"append_many: {len(rows)} of {len(wanted)} event ids are already stored")
+        last: dict[str, tuple[int, int]] = {}
+        for row in rows:
+            if row[1] not in last or row[2] > last[row[1]][0]:
+                last[row[1]] = (int(row[2]), int(row[3]))
+        return [AppendResult(*last[stream_id], written=False) for stream_id, _, _ in appends]
 
     def _notify(self, result: AppendResult) -> None:
         self._appended.set()

@@ -6,10 +6,10 @@ strategy_execution fans out per portfolio so that several workers share a tick:
    publishes one work item per portfolio on ``<prefix>.work.strategy_execution`` (``Nats-Msg-Id`` =
    tick id + portfolio, so a redelivered tick publishes nothing new).
 2. Any worker of the service takes a work item, folds the portfolio, fetches the tick's market data (once
-   per tick and process), calls the pure ``decide_portfolio`` and appends: each OrderRequested to its
-   ``order-<client_order_id>`` stream, a halt to the portfolio stream, and the signals, refusals and a
-   closing ``PortfolioEvaluated`` to ``evaluation-<portfolio>@<tick>`` with NO_STREAM: a portfolio is
-   evaluated once per tick, whatever the redeliveries or the number of workers.
+   per tick and process), calls the pure ``decide_portfolio`` and appends, in one atomic append: each
+   OrderRequested to its ``order-<client_order_id>`` stream, a halt to the portfolio stream, and the
+   signals, refusals and a closing ``PortfolioEvaluated`` to ``evaluation-<portfolio>@<tick>`` with
+   NO_STREAM: a portfolio is evaluated once per tick, whatever the redeliveries or the number of workers.
 3. The tick's job waits until every portfolio has its PortfolioEvaluated, then records the counters.
 
 Below ``FAN_OUT_FROM`` portfolios the tick's worker evaluates them itself: the queue's round trip would
@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 from faststream.nats.annotations import NatsMessage
 
-from eventstore import NO_STREAM, DuplicateEventId, NewEvent, WrongExpectedVersion
+from eventstore import ANY, NO_STREAM, DuplicateEventId, NewEvent, WrongExpectedVersion
 from services.clock.calendar import exchange_date
 from services.core.events import new_event, registry
 from services.core.host import ServiceContext
@@ -252,12 +252,6 @@ async def evaluate_portfolio(
         TradingControls(global_halt=controls.global_halt, quarantined_symbols=controls.quarantined),
     )
     orders, portfolio_events, evaluation_events = _route(item.portfolio_id, item.tick_id, list(decisions.events))
-    # Orders first: their ids derive from (portfolio, tick, symbol, side), so a crash before the closing
-    # event and a re-evaluation cannot request a second order for the same symbol and side.
-    for order_stream_id, event in orders:
-        await store.append(order_stream_id, [event])
-    if portfolio_events:
-        await store.append(portfolio_stream(item.portfolio_id), portfolio_events)
     evaluated = PortfolioEvaluated(
         portfolio_id=item.portfolio_id,
         tick_id=item.tick_id,
@@ -269,10 +263,15 @@ async def evaluate_portfolio(
         halted=view.halted or decisions.halted_by_daily_loss,
         at=item.scheduled_at,
     )
+    # One atomic append (one commit): the orders, a halt, and the evaluation closed by PortfolioEvaluated
+    # with NO_STREAM. A second evaluation of the same portfolio and tick (a redelivery, another worker)
+    # writes nothing at all, not even orders its own view of the market would have made.
+    appends: list[tuple[str, list[NewEvent], int]] = [(order_id, [event], ANY) for order_id, event in orders]
+    if portfolio_events:
+        appends.append((portfolio_stream(item.portfolio_id), portfolio_events, ANY))
+    appends.append((stream, [*evaluation_events, new_event(evaluated, item.portfolio_id, item.tick_id)], NO_STREAM))
     try:
-        await store.append(
-            stream, [*evaluation_events, new_event(evaluated, item.portfolio_id, item.tick_id)], NO_STREAM
-        )
+        await store.append_many(appends)
     except (WrongExpectedVersion, DuplicateEventId):
         return None  # another worker finished the same evaluation first
     return evaluated

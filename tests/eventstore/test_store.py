@@ -237,3 +237,54 @@ async def test_subscribe_all_catches_up_then_follows(store: EventStore) -> None:
         await store.append("sub-1", [deposit()])
     await asyncio.wait_for(task, 5)
     assert received == list(range(8))
+
+
+async def test_append_many_writes_every_stream_in_one_transaction_or_nothing(store: EventStore) -> None:
+    await store.append("acct-a", [deposit()], NO_STREAM)
+    batch = [("acct-a", [deposit(), deposit()], 0), ("acct-b", [deposit()], NO_STREAM), ("acct-c", [deposit()], ANY)]
+    results = await store.append_many(batch)
+    assert [r.next_expected_version for r in results] == [2, 0, 0]
+    recorded = [e async for e in store.read_all()]
+    assert [(e.stream_id, e.version) for e in recorded] == [
+        ("acct-a", 0), ("acct-a", 1), ("acct-a", 2), ("acct-b", 0), ("acct-c", 0),
+    ]
+    assert results[-1].last_global_position == recorded[-1].global_position
+    async with store.pool.acquire() as con:  # one transaction: one transaction id for the whole batch
+        assert await con.fetchval("SELECT count(DISTINCT tx_id::text) FROM events WHERE stream_id <> 'acct-a'"
+                                  " OR stream_version > 0") == 1
+
+    # One expectation fails: nothing of the batch is written, and the error names that stream.
+    with pytest.raises(WrongExpectedVersion, match="'acct-b': expected NO_STREAM, found version 0"):
+        await store.append_many([("acct-d", [deposit()], NO_STREAM), ("acct-b", [deposit()], NO_STREAM)])
+    assert await store.stream_version("acct-d") == -1
+
+    # The same batch again is a success that writes nothing.
+    again = await store.append_many(batch)
+    assert [r.written for r in again] == [False, False, False]
+    assert [(r.next_expected_version, r.last_global_position) for r in again] == [
+        (r.next_expected_version, r.last_global_position) for r in results
+    ]
+    assert await store.count() == 5
+    # Part of it stored already: refused, nothing written.
+    with pytest.raises(DuplicateEventId):
+        await store.append_many([("acct-e", [deposit()], ANY), ("acct-b", [batch[1][1][0]], ANY)])
+    assert await store.count() == 5
+    with pytest.raises(ValueError, match="each stream may appear once"):
+        await store.append_many([("acct-f", [deposit()], ANY), ("acct-f", [deposit()], ANY)])
+    with pytest.raises(ValueError, match="at least one"):
+        await store.append_many([])
+
+
+async def test_concurrent_append_many_of_one_batch_writes_it_once(store: EventStore) -> None:
+    batch = [(f"race-{i}", [deposit()], NO_STREAM) for i in range(3)]
+
+    async def writer() -> str:
+        try:
+            results = await store.append_many(batch)
+        except WrongExpectedVersion:
+            return "refused"
+        return "wrote" if all(r.written for r in results) else "repeat"
+
+    outcomes = await asyncio.gather(*(writer() for _ in range(8)))
+    assert outcomes.count("wrote") == 1 and set(outcomes) <= {"wrote", "repeat", "refused"}
+    assert await store.count() == 3
