@@ -44,6 +44,7 @@ from services.strategy.decide import MarketData, PortfolioState, TradingControls
 from services.strategy.decide import Tick as DecisionTick
 from services.strategy.events import OrderRequested, PortfolioEvaluated, PortfolioHalted
 from services.strategy.portfolio import (
+    PortfolioView,
     evaluation_stream,
     global_halt,
     load_portfolio,
@@ -215,18 +216,28 @@ def _route(
 
 
 async def evaluate_portfolio(
-    ctx: ServiceContext, cache: MarketDataCache, controls_cache: TickControlsCache, item: WorkItem
+    ctx: ServiceContext,
+    cache: MarketDataCache,
+    controls_cache: TickControlsCache,
+    item: WorkItem,
+    view: PortfolioView | None = None,
 ) -> PortfolioEvaluated | None:
+    """``view``: the portfolio as the tick's prefetch read it (the tick's own worker); a work item from
+    the queue reads it here, and first checks whether the evaluation exists already (a redelivery)."""
     store = ctx.rt.store
     stream = evaluation_stream(item.portfolio_id, item.tick_id)
-    # Independent reads at once, each on its own connection.
-    version, view, controls = await asyncio.gather(
-        store.stream_version(stream),
-        load_portfolio(store, item.portfolio_id),
-        controls_cache.get(ctx, item.tick_id, item.scheduled_at),
-    )
-    if version >= 0:
-        return None  # evaluated already (a redelivery, or another worker)
+    if view is None:
+        # Independent reads at once, each on its own connection.
+        version, view, controls = await asyncio.gather(
+            store.stream_version(stream),
+            load_portfolio(store, item.portfolio_id),
+            controls_cache.get(ctx, item.tick_id, item.scheduled_at),
+        )
+        if version >= 0:
+            return None  # evaluated already (a redelivery, or another worker)
+    else:
+        # The atomic NO_STREAM append below still refuses a second evaluation.
+        controls = await controls_cache.get(ctx, item.tick_id, item.scheduled_at)
     if view is None:
         raise Reject(f"unknown portfolio {item.portfolio_id!r}")
     strategies = view.enabled_strategies
@@ -277,21 +288,35 @@ async def evaluate_portfolio(
     return evaluated
 
 
-async def prefetch_tick(ctx: ServiceContext, controls_cache: TickControlsCache, tick: Tick) -> list[str]:
+class Prefetched(msgspec.Struct, frozen=True):
+    portfolios: list[str]
+    # The portfolios themselves when the tick's worker evaluates them inline (fewer than FAN_OUT_FROM).
+    views: dict[str, PortfolioView | None]
+
+
+async def prefetch_tick(ctx: ServiceContext, controls_cache: TickControlsCache, tick: Tick) -> Prefetched:
     """What a strategy_execution run reads first, started as soon as its tick arrives (while the job
-    ledger records the start): the portfolios to evaluate and the tick's shared controls. Only reads."""
+    ledger records the start): the portfolios to evaluate, the tick's shared controls and, when the run
+    evaluates them itself, the portfolios' views. Only reads."""
     # The broker's clock moves to the tick first: the simulator settles its due fills in the background
     # meanwhile, rather than in the path of this tick's orders.
     await ctx.at(tick.scheduled_at)
-    # A task, not gather(): when a shutdown cancels both, a task ends cancelled, silently, where a gather
+    # Tasks, not gather(): when a shutdown cancels them, a task ends cancelled, silently, where a gather
     # would end with a CancelledError "never retrieved".
     controls = asyncio.ensure_future(controls_cache.get(ctx, tick.tick_id, tick.scheduled_at))
+    reads: list[asyncio.Future[PortfolioView | None]] = []
     try:
         portfolios = await portfolios_to_evaluate(ctx)
+        if len(portfolios) < FAN_OUT_FROM:
+            reads = [asyncio.ensure_future(load_portfolio(ctx.rt.store, pid)) for pid in portfolios]
+            views = {pid: await read for pid, read in zip(portfolios, reads, strict=True)}
+        else:
+            views = {}
         await controls
     finally:
-        controls.cancel()  # no-op once done
-    return portfolios
+        for pending in (controls, *reads):
+            pending.cancel()  # no-op once done
+    return Prefetched(portfolios, views)
 
 
 async def strategy_execution(
@@ -299,13 +324,17 @@ async def strategy_execution(
 ) -> dict[str, int]:
     tick = job.tick
     if job.prefetched is not None:
-        portfolios: list[str] = await job.prefetched
+        prefetched: Prefetched = await job.prefetched
     else:
-        portfolios = await prefetch_tick(ctx, controls_cache, tick)
+        prefetched = await prefetch_tick(ctx, controls_cache, tick)
+    portfolios = prefetched.portfolios
     items = [WorkItem(tick_id=tick.tick_id, scheduled_at=tick.scheduled_at, portfolio_id=pid) for pid in portfolios]
     if len(items) < FAN_OUT_FROM:
         # A few portfolios: evaluating them here is faster than a round trip through the work queue.
-        evaluated = [await evaluate_portfolio(ctx, cache, controls_cache, item) for item in items]
+        evaluated = [
+            await evaluate_portfolio(ctx, cache, controls_cache, item, prefetched.views.get(item.portfolio_id))
+            for item in items
+        ]
         if all(e is not None for e in evaluated):
             return _totals(e for e in evaluated if e is not None)
         # Some were evaluated before (a redelivered tick, or another worker): their results are in the log.
