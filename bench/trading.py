@@ -9,6 +9,10 @@
    orders service), p50 and p99. Each tick is published once the previous one is recorded whole (its run
    and its order's submission), as ticks of one job come minutes apart: a sample never queues behind
    the tail of the one before.
+3. The same day's floor for that path, with raw nats-py and asyncpg and no openbell code: a message
+   published on JetStream, taken by a durable pull consumer, one committed INSERT, a second JetStream
+   publish, a second consumer, a second committed INSERT (two durable hops and two commits, where the
+   real path has two hops and five commits). Figures drift with the machine; this one drifts with them.
 """
 
 from __future__ import annotations
@@ -187,6 +191,53 @@ async def tick_to_order(dsn: str, nats_url: str, ticks: int) -> dict[str, float]
     }
 
 
+async def raw_floor(dsn: str, nats_url: str, samples: int) -> dict[str, float]:
+    """p50 of the raw two-hop chain (see the module docstring)."""
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    con = await asyncpg.connect(dsn)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    try:
+        await con.execute("CREATE TABLE raw_chain (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text)")
+        await js.add_stream(name="RAWCHAIN", subjects=["rawchain.>"])
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT)
+        first = await js.pull_subscribe("rawchain.tick", durable="raw_first", stream="RAWCHAIN", config=config)
+        second = await js.pull_subscribe("rawchain.order", durable="raw_second", stream="RAWCHAIN", config=config)
+        done: asyncio.Queue[float] = asyncio.Queue()
+
+        async def hop(sub: Any, then: str | None) -> None:
+            while True:
+                try:
+                    messages = await sub.fetch(1, timeout=1.0)
+                except TimeoutError:
+                    continue
+                for message in messages:
+                    await con.execute("INSERT INTO raw_chain (body) VALUES ($1)", message.data.decode())
+                    if then is not None:
+                        await js.publish(then, message.data)
+                    else:
+                        await done.put(time.perf_counter())
+                    await message.ack()
+
+        tasks = [asyncio.create_task(hop(first, "rawchain.order")), asyncio.create_task(hop(second, None))]
+        latencies = []
+        for i in range(samples + 5):
+            start = time.perf_counter()
+            await js.publish("rawchain.tick", f"tick {i}".encode())
+            end = await asyncio.wait_for(done.get(), 30)
+            if i >= 5:
+                latencies.append((end - start) * 1000)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await nc.close()
+        await con.close()
+    return {"raw_two_hop_floor_p50_ms": statistics.median(latencies)}
+
+
 async def run(quick: bool) -> dict[str, float]:
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="openbell-bench-") as tmp:
@@ -194,11 +245,13 @@ async def run(quick: bool) -> dict[str, float]:
         nats_server = EmbeddedNats(Path(tmp) / "nats").start(reuse=False)
         try:
             admin = await asyncpg.connect(pg.dsn())
-            for database in ("bench_tick", "bench_latency"):
+            for database in ("bench_tick", "bench_latency", "bench_raw"):
                 await admin.execute(f"CREATE DATABASE {database}")
             await admin.close()
-            results.update(await big_tick(pg.dsn("bench_tick"), nats_server.url, 200 if quick else 1000, 20))
+            # The latency first: after the big tick, the server is still busy writing out its 50,000 rows.
+            results.update(await raw_floor(pg.dsn("bench_raw"), nats_server.url, 40 if quick else 200))
             results.update(await tick_to_order(pg.dsn("bench_latency"), nats_server.url, 40 if quick else 200))
+            results.update(await big_tick(pg.dsn("bench_tick"), nats_server.url, 200 if quick else 1000, 20))
         finally:
             nats_server.stop()
             pg.stop()
