@@ -215,15 +215,30 @@ def _route(
     return orders, portfolio, evaluation
 
 
+class Evaluation(msgspec.Struct, frozen=True):
+    """One portfolio's decision at one tick, ready to append: decided, nothing written yet."""
+
+    evaluated: PortfolioEvaluated
+    appends: list[tuple[str, list[NewEvent], int]]
+
+
 async def evaluate_portfolio(
+    ctx: ServiceContext, cache: MarketDataCache, controls_cache: TickControlsCache, item: WorkItem
+) -> PortfolioEvaluated | None:
+    evaluation = await decide_evaluation(ctx, cache, controls_cache, item)
+    return None if evaluation is None else await record_evaluation(ctx, evaluation)
+
+
+async def decide_evaluation(
     ctx: ServiceContext,
     cache: MarketDataCache,
     controls_cache: TickControlsCache,
     item: WorkItem,
     view: PortfolioView | None = None,
-) -> PortfolioEvaluated | None:
-    """``view``: the portfolio as the tick's prefetch read it (the tick's own worker); a work item from
-    the queue reads it here, and first checks whether the evaluation exists already (a redelivery)."""
+) -> Evaluation | None:
+    """Read what the portfolio's decision needs and decide (no effect). ``view``: the portfolio as the
+    tick's prefetch read it; otherwise it is read here, after checking whether the evaluation exists
+    already (None: a redelivery, or another worker's)."""
     store = ctx.rt.store
     stream = evaluation_stream(item.portfolio_id, item.tick_id)
     if view is None:
@@ -281,23 +296,30 @@ async def evaluate_portfolio(
     if portfolio_events:
         appends.append((portfolio_stream(item.portfolio_id), portfolio_events, ANY))
     appends.append((stream, [*evaluation_events, new_event(evaluated, item.portfolio_id, item.tick_id)], NO_STREAM))
+    return Evaluation(evaluated, appends)
+
+
+async def record_evaluation(ctx: ServiceContext, evaluation: Evaluation) -> PortfolioEvaluated | None:
     try:
-        await store.append_many(appends)
+        await ctx.rt.store.append_many(evaluation.appends)
     except (WrongExpectedVersion, DuplicateEventId):
         return None  # another worker finished the same evaluation first
-    return evaluated
+    return evaluation.evaluated
 
 
 class Prefetched(msgspec.Struct, frozen=True):
     portfolios: list[str]
-    # The portfolios themselves when the tick's worker evaluates them inline (fewer than FAN_OUT_FROM).
-    views: dict[str, PortfolioView | None]
+    # The decisions, when the tick's worker evaluates the portfolios inline (fewer than FAN_OUT_FROM).
+    evaluations: dict[str, Evaluation]
 
 
-async def prefetch_tick(ctx: ServiceContext, controls_cache: TickControlsCache, tick: Tick) -> Prefetched:
-    """What a strategy_execution run reads first, started as soon as its tick arrives (while the job
-    ledger records the start): the portfolios to evaluate, the tick's shared controls and, when the run
-    evaluates them itself, the portfolios' views. Only reads."""
+async def prefetch_tick(
+    ctx: ServiceContext, cache: MarketDataCache, controls_cache: TickControlsCache, tick: Tick
+) -> Prefetched:
+    """What a strategy_execution run reads and decides first, started as soon as its tick arrives (while
+    the job ledger records the start): the portfolios to evaluate, the tick's shared controls and, when
+    the run evaluates them itself, their decisions. Reads and pure decisions only: nothing is appended
+    before the run is recorded as started."""
     # The broker's clock moves to the tick first: the simulator settles its due fills in the background
     # meanwhile, rather than in the path of this tick's orders.
     await ctx.at(tick.scheduled_at)
@@ -307,16 +329,19 @@ async def prefetch_tick(ctx: ServiceContext, controls_cache: TickControlsCache, 
     reads: list[asyncio.Future[PortfolioView | None]] = []
     try:
         portfolios = await portfolios_to_evaluate(ctx)
+        evaluations: dict[str, Evaluation] = {}
         if len(portfolios) < FAN_OUT_FROM:
             reads = [asyncio.ensure_future(load_portfolio(ctx.rt.store, pid)) for pid in portfolios]
-            views = {pid: await read for pid, read in zip(portfolios, reads, strict=True)}
-        else:
-            views = {}
+            for pid, read in zip(portfolios, reads, strict=True):
+                item = WorkItem(tick_id=tick.tick_id, scheduled_at=tick.scheduled_at, portfolio_id=pid)
+                evaluation = await decide_evaluation(ctx, cache, controls_cache, item, await read)
+                if evaluation is not None:
+                    evaluations[pid] = evaluation
         await controls
     finally:
         for pending in (controls, *reads):
             pending.cancel()  # no-op once done
-    return Prefetched(portfolios, views)
+    return Prefetched(portfolios, evaluations)
 
 
 async def strategy_execution(
@@ -326,13 +351,18 @@ async def strategy_execution(
     if job.prefetched is not None:
         prefetched: Prefetched = await job.prefetched
     else:
-        prefetched = await prefetch_tick(ctx, controls_cache, tick)
+        prefetched = await prefetch_tick(ctx, cache, controls_cache, tick)
     portfolios = prefetched.portfolios
     items = [WorkItem(tick_id=tick.tick_id, scheduled_at=tick.scheduled_at, portfolio_id=pid) for pid in portfolios]
     if len(items) < FAN_OUT_FROM:
-        # A few portfolios: evaluating them here is faster than a round trip through the work queue.
+        # A few portfolios: evaluating them here is faster than a round trip through the work queue. The
+        # prefetch decided them already.
         evaluated = [
-            await evaluate_portfolio(ctx, cache, controls_cache, item, prefetched.views.get(item.portfolio_id))
+            await (
+                record_evaluation(ctx, prefetched.evaluations[item.portfolio_id])
+                if item.portfolio_id in prefetched.evaluations
+                else evaluate_portfolio(ctx, cache, controls_cache, item)
+            )
             for item in items
         ]
         if all(e is not None for e in evaluated):
@@ -440,7 +470,7 @@ async def setup(ctx: ServiceContext) -> None:
         job_type=JobType.STRATEGY_EXECUTION,
         runner=ctx.jobs,
         job=partial(strategy_execution, ctx, cache, controls_cache),
-        prefetch=partial(prefetch_tick, ctx, controls_cache),
+        prefetch=partial(prefetch_tick, ctx, cache, controls_cache),
         ack_wait=60.0,
     )
 
