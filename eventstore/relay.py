@@ -7,6 +7,13 @@
   statement less on the path of every event. A crash before the write republishes what went out since
   the last one; JetStream drops the repeats inside its dedupe window, and consumers are idempotent by
   event id anyway.
+- Early publish (``early_types``): an event of one of these types appended in the relay's own process is
+  published at once, from the append's result, without waiting for the tailing read (the order path:
+  an OrderRequested reaches the orders service a read sooner). The tailing read still meets it, in
+  order, and then only moves past it (or publishes it again, which JetStream drops as a repeat, if the
+  early publish was not acknowledged by then): the log stays the only source, and nothing is lost.
+  Only for types where no consumer depends on the stream's order across streams: the first event of a
+  stream of its own.
 - Exactly one relay is active per database and prefix: it holds a PostgreSQL advisory lock on a
   dedicated connection; others wait as standbys and take over when that connection dies.
 - NATS or PostgreSQL going away is waited out and retried; nothing is lost.
@@ -19,6 +26,7 @@ import collections
 import contextlib
 import logging
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -27,7 +35,7 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 
-from eventstore.store import EventStore, RecordedEvent, category_of
+from eventstore.store import AppendResult, EventStore, RecordedEvent, category_of
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +102,7 @@ class Relay:
         idle_poll: float = 0.05,
         ack_timeout: float = 5.0,
         checkpoint_every: float = 0.25,
+        early_types: Collection[str] = (),
     ) -> None:
         self.store = store
         self.nc = nc
@@ -112,7 +121,42 @@ class Relay:
         self._noticed: set[int] = set()
         self._recent: collections.deque[int] = collections.deque(maxlen=RECENT_POSITIONS)
         self._recent_set: set[int] = set()
-        store.add_append_listener(lambda result: self.notice(result.last_global_position))
+        # Event ids published early and acknowledged, until the tailing read meets them.
+        self.early_types = frozenset(early_types)
+        self._early: collections.OrderedDict[uuid.UUID, None] = collections.OrderedDict()
+        self._early_tasks: set[asyncio.Task[None]] = set()
+        store.add_append_listener(self._on_append)
+
+    def _on_append(self, result: AppendResult) -> None:
+        self.notice(result.last_global_position)
+        if self.early_types and self.is_leader.is_set():
+            early = [event for event in result.recorded if event.type in self.early_types]
+            if early:
+                task = asyncio.get_running_loop().create_task(self._publish_early(early))
+                self._early_tasks.add(task)
+                task.add_done_callback(self._early_tasks.discard)
+
+    def _not_published_early(self, events: list[RecordedEvent]) -> list[RecordedEvent]:
+        """The events of a page still to publish: those published early are only moved past (the
+        tailing read meets each id once, in log order, so its entry goes)."""
+        due = []
+        for event in events:
+            if event.event_id in self._early:
+                del self._early[event.event_id]
+            else:
+                due.append(event)
+        return due
+
+    async def _publish_early(self, events: list[RecordedEvent]) -> None:
+        try:
+            await self._publish(events)
+        except (NatsError, TimeoutError, OSError) as exc:
+            log.debug("relay: early publish failed (%s); the tailing read publishes them", exc)
+            return
+        for event in events:
+            self._early[event.event_id] = None
+        while len(self._early) > RECENT_POSITIONS:
+            self._early.popitem(last=False)
 
     def notice(self, global_position: int) -> None:
         """An append up to ``global_position`` was committed (in this process, or announced by another):
@@ -126,6 +170,13 @@ class Relay:
         self._wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._run(stop)
+        finally:
+            for task in list(self._early_tasks):
+                task.cancel()  # the tailing read publishes what they had not
+
+    async def _run(self, stop: asyncio.Event) -> None:
         delay = 0.1
         while not stop.is_set():
             try:
@@ -201,8 +252,10 @@ class Relay:
                 self._wakeup.clear()
                 page = await self.store.read_page(position, self.batch_size, con=lock_con, after_tx=tx)
                 if page.events:
+                    due = self._not_published_early(page.events)
                     try:
-                        await self._publish(page.events)
+                        if due:
+                            await self._publish(due)
                     except (NatsError, TimeoutError, OSError) as exc:
                         log.warning("relay: NATS publish failed (%s); retrying in %.1fs", exc, nats_delay)
                         await self._sleep(stop, nats_delay)

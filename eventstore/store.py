@@ -91,6 +91,9 @@ class AppendResult(msgspec.Struct, frozen=True):
     next_expected_version: int  # the version of the stream's last event after this append
     last_global_position: int
     written: bool = True  # False when every event id was already stored (an idempotent repeat)
+    # The events as written (empty for a repeat), for listeners in this process (the relay's early
+    # publish): their data is the JSON sent, which the database stores as the same value.
+    recorded: tuple[RecordedEvent, ...] = ()
 
 
 def category_of(stream_id: str) -> str:
@@ -115,7 +118,7 @@ FROM allowed,
      unnest($3::uuid[], $4::text[], $5::text[], $6::text[])
          WITH ORDINALITY AS n(event_id, event_type, data, metadata, ord)
 ORDER BY n.ord
-RETURNING stream_version, global_position
+RETURNING stream_version, global_position, recorded_at
 """
 
 # The same for the common single-event append: a simpler plan, measurably faster under concurrency.
@@ -129,7 +132,7 @@ WHERE CASE $2::bigint
     WHEN -4 THEN current.version >= 0
     ELSE current.version = $2::bigint
 END
-RETURNING stream_version, global_position
+RETURNING stream_version, global_position, recorded_at
 """
 
 # Several streams in one statement (one transaction, one commit): every stream's expectation holds, or
@@ -158,7 +161,7 @@ SELECT a.stream_id, a.version + n.k, n.event_id, n.event_type, n.data::jsonb, n.
 FROM numbered n JOIN allowed a ON a.idx = n.idx
 WHERE (SELECT count(*) FROM allowed) = (SELECT count(*) FROM wanted)
 ORDER BY n.ord
-RETURNING stream_id, stream_version, global_position
+RETURNING stream_id, stream_version, global_position, recorded_at
 """
 
 _COLUMNS = "global_position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at"
@@ -193,6 +196,24 @@ def _recorded(row: asyncpg.Record) -> RecordedEvent:
         row[5],
         {} if metadata == "{}" else _json_decoder.decode(metadata),  # most events carry none: skip the decoder
         row[7],
+    )
+
+
+def _metadata_of(text: str) -> dict[str, Any]:
+    return {} if text == "{}" else _json_decoder.decode(text)
+
+
+def _as_recorded(
+    stream_id: str, events: Sequence[NewEvent], args: tuple[Any, ...], rows: list[asyncpg.Record]
+) -> tuple[RecordedEvent, ...]:
+    """The events of one append as written: ``args`` are the append's statement arguments (the encoded
+    data and metadata at 4 and 5, one value or a list), ``rows`` what it returned (version, position,
+    recorded_at)."""
+    data, metadata = (args[4], args[5]) if len(events) > 1 else ([args[4]], [args[5]])
+    written = sorted(rows, key=lambda row: row[0])
+    return tuple(
+        RecordedEvent(int(row[1]), stream_id, int(row[0]), event.event_id, event.type, text, _metadata_of(meta), row[2])
+        for event, row, text, meta in zip(events, written, data, metadata, strict=True)
     )
 
 
@@ -285,7 +306,8 @@ class EventStore:
                     actual = await self._version(con, stream_id)
                     raise WrongExpectedVersion(stream_id, expected_version, actual) from None
                 if rows:
-                    result = AppendResult(rows[-1][0], rows[-1][1])
+                    recorded = _as_recorded(stream_id, events, args, rows)
+                    result = AppendResult(rows[-1][0], rows[-1][1], recorded=recorded)
                     self._notify(result)
                     return result
                 repeat = await self._already_stored(con, stream_id, ids)
@@ -341,11 +363,25 @@ class EventStore:
                     await self._raise_wrong_version(con, appends)
                     continue  # another writer took a version of an ANY / STREAM_EXISTS stream: again
                 if rows:
-                    last: dict[str, tuple[int, int]] = {}
+                    per_stream: dict[str, list[asyncpg.Record]] = {}
                     for row in rows:
-                        last[row[0]] = (int(row[1]), int(row[2]))
-                    results = [AppendResult(*last[stream_id]) for stream_id in streams]
-                    self._notify(max(results, key=lambda result: result.last_global_position))
+                        per_stream.setdefault(row[0], []).append(row)
+                    results = []
+                    offset = 0
+                    for stream_id, events, _ in appends:
+                        written = sorted(per_stream[stream_id], key=lambda row: row[1])
+                        encoded = (args[5][offset : offset + len(events)], args[6][offset : offset + len(events)])
+                        offset += len(events)
+                        recorded = tuple(
+                            RecordedEvent(
+                                int(row[2]), stream_id, int(row[1]), event.event_id, event.type, data,
+                                _metadata_of(metadata), row[3],
+                            )
+                            for event, row, data, metadata in zip(events, written, *encoded, strict=True)
+                        )
+                        results.append(AppendResult(int(written[-1][1]), int(written[-1][2]), recorded=recorded))
+                    for result in sorted(results, key=lambda result: result.last_global_position):
+                        self._notify(result)
                     return results
                 repeat = await self._already_stored_many(con, appends)
                 if repeat is not None:

@@ -8,9 +8,13 @@ from eventstore.relay import Relay
 from services.core.host import ServiceContext
 from services.core.runtime import parse_append_notice
 
+# Published as soon as they are appended in the relay's process (see eventstore.relay): an order request
+# is the first event of its own stream, and the orders service submits it a read sooner.
+EARLY_TYPES = ("OrderRequested",)
+
 
 async def setup(ctx: ServiceContext) -> None:
-    relay = Relay(ctx.rt.store, ctx.rt.nc, ctx.rt.subjects)
+    relay = Relay(ctx.rt.store, ctx.rt.nc, ctx.rt.subjects, early_types=EARLY_TYPES)
 
     async def on_appended(msg: Msg) -> None:
         instance, position = parse_append_notice(msg.data)

@@ -11,7 +11,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
 
-from eventstore import EventStore, NewEvent
+from eventstore import ANY, EventStore, NewEvent
 from eventstore.relay import Relay, envelope_decoder
 from services.core.embedded import EmbeddedNats, EmbeddedPostgres
 from services.core.subjects import Subjects
@@ -258,3 +258,49 @@ async def test_relay_checkpoint_is_stored_once_caught_up_and_a_lost_write_only_r
     messages = await stream_messages(nc, subjects)
     assert len(messages) == 20 and len({m.headers["Nats-Msg-Id"] for m in messages}) == 20  # type: ignore[index]
     assert await checkpoint() == positions[-1]
+
+
+async def test_early_types_are_published_from_the_append_and_counted_once(
+    store: EventStore, nc: NatsClient, subject_prefix: str
+) -> None:
+    """An event of an early type appended in the relay's process goes out from the append's result; the
+    tailing read then moves past it. Every event is in the stream once, with the stored content."""
+    subjects = Subjects(subject_prefix)
+    await subjects.ensure_streams(nc.jetstream())
+
+    early: list[str] = []
+
+    class Recording(Relay):
+        async def _publish_early(self, events: list) -> None:  # type: ignore[type-arg]
+            early.extend(str(e.event_id) for e in events)
+            await super()._publish_early(events)
+
+    relay = Recording(store, nc, subjects, early_types=["OrderPlaced"])
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    await asyncio.wait_for(relay.is_leader.wait(), 10)
+    placed = [order_placed(n) for n in range(5)]
+    other = NewEvent(type="OrderNoted", data={"n": 1}, event_id=uuid.uuid4())
+    for i, event in enumerate(placed):
+        await store.append(f"order-{i}", [event])
+    await store.append_many([("order-9", [other], ANY), ("order-10", [order_placed(10)], ANY)])
+
+    async def all_published() -> bool:
+        return relay.published == 7
+
+    await wait_until(all_published)
+    stop.set()
+    await task
+    assert relay.published == 7  # each event counted once, early or not
+    assert len(early) == 6 and str(other.event_id) not in early
+    messages = await stream_messages(nc, subjects)
+    assert len(messages) == 7 and len({m.headers["Nats-Msg-Id"] for m in messages}) == 7  # type: ignore[index]
+    stored = {str(e.event_id): e async for e in store.read_all()}
+    for message in messages:
+        envelope = envelope_decoder.decode(message.data)
+        recorded = stored[str(envelope.event_id)]
+        assert (envelope.stream_id, envelope.version, envelope.global_position) == (
+            recorded.stream_id, recorded.version, recorded.global_position,
+        )
+        assert envelope.recorded_at == recorded.recorded_at
+        assert msgspec.json.decode(envelope.data) == msgspec.json.decode(recorded.data)
