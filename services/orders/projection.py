@@ -1,4 +1,9 @@
-"""The ``trades`` read model (the seed's trade records): one row per order, from its stream's events."""
+"""The ``trades`` read model (the seed's trade records): one row per order, from its stream's events.
+
+``booked_qty`` is how much of the order's filled quantity the positions service has booked into the
+portfolio's books (its FillApplied events): an order with ``status`` open or ``filled_qty > booked_qty``
+still commits cash or shares that the books do not show yet (the strategy's risk checks count them).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,10 @@ from services.orders.events import (
     OrderSubmitted,
     OrderSubmitUnknown,
 )
+from services.positions.events import FillApplied
 from services.strategy.events import OrderRequested
+
+OPEN_STATUSES = ("requested", "submitted", "unknown", "partially_filled")
 
 
 class TradesProjection(Projection):
@@ -34,6 +42,7 @@ class TradesProjection(Projection):
             "OrderFilled",
             "OrderCanceled",
             "OrderExpired",
+            "FillApplied",
         }
     )
 
@@ -67,6 +76,20 @@ class TradesProjection(Projection):
             CREATE INDEX IF NOT EXISTS trades_portfolio ON trades (portfolio_id, requested_at);
             """
         )
+        if not await con.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = 'trades' AND column_name = 'booked_qty')"
+        ):
+            # A read model from before the column: its fills were booked long ago, as far as it can tell (a
+            # rebuild with `openbell replay` gives the exact figures).
+            await con.execute(
+                "ALTER TABLE trades ADD COLUMN IF NOT EXISTS booked_qty numeric NOT NULL DEFAULT 0;"
+                " UPDATE trades SET booked_qty = filled_qty"
+            )
+        await con.execute(
+            "CREATE INDEX IF NOT EXISTS trades_uncommitted ON trades (portfolio_id) WHERE filled_qty > booked_qty"
+            " OR status IN ('requested', 'submitted', 'unknown', 'partially_filled')"
+        )
 
     async def apply(self, con: asyncpg.Connection, events: list[RecordedEvent]) -> None:
         for recorded in events:
@@ -74,6 +97,12 @@ class TradesProjection(Projection):
             position = recorded.global_position
             coid = event.client_order_id
             match event:
+                case FillApplied():
+                    await con.execute(
+                        "UPDATE trades SET booked_qty = GREATEST(booked_qty, $2) WHERE client_order_id = $1",
+                        coid,
+                        event.cumulative_qty,
+                    )
                 case OrderRequested():
                     await con.execute(
                         """

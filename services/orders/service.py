@@ -47,6 +47,7 @@ from services.orders.lifecycle import (
     resolve_unknown,
     submit_unknown,
 )
+from services.orders.projection import OPEN_STATUSES
 from services.orders.types import OrderType
 from services.strategy.events import OrderRequested
 from services.strategy.portfolio import order_stream
@@ -54,7 +55,6 @@ from services.strategy.portfolio import order_stream
 log = logging.getLogger(__name__)
 
 SERVICE = "orders"
-OPEN_STATUSES = ("requested", "submitted", "unknown", "partially_filled")
 
 
 def fold_order(events: Sequence[RecordedEvent]) -> OrderState | None:

@@ -49,6 +49,37 @@ class Tick(msgspec.Struct, frozen=True, kw_only=True):
         require_aware(self.scheduled_at, "Tick.scheduled_at")
 
 
+class PendingOrder(msgspec.Struct, frozen=True, kw_only=True):
+    """What an order of an earlier tick still commits beyond the books: the unfilled rest of an open
+    order, or filled quantity not booked into the books yet (the books would show it as still free)."""
+
+    symbol: str
+    side: Side
+    qty: Decimal
+    price: Decimal | None  # the limit or fill price; None (a market order): valued at the current price
+
+
+def pending_of_order(
+    *,
+    symbol: str,
+    side: Side,
+    qty: Decimal,
+    filled_qty: Decimal,
+    booked_qty: Decimal,
+    limit_price: Decimal | None,
+    avg_fill_price: Decimal | None,
+    is_open: bool,
+) -> list[PendingOrder]:
+    """What one order still commits beyond the books: its unbooked fills, and while it is open the
+    unfilled rest (a closed order's rest is released: it will never fill)."""
+    pending = []
+    if filled_qty > booked_qty:
+        pending.append(PendingOrder(symbol=symbol, side=side, qty=filled_qty - booked_qty, price=avg_fill_price))
+    if is_open and qty > filled_qty:
+        pending.append(PendingOrder(symbol=symbol, side=side, qty=qty - filled_qty, price=limit_price))
+    return pending
+
+
 class PortfolioState(msgspec.Struct, frozen=True, kw_only=True):
     portfolio_id: str
     cash: Decimal
@@ -57,6 +88,8 @@ class PortfolioState(msgspec.Struct, frozen=True, kw_only=True):
     strategies: tuple[StrategySpec, ...]
     halted: bool = False
     day_start_equity: Decimal | None = None  # equity at the day's start, for the daily loss limit
+    # Cash promised to pending buys is not available; shares promised to pending sales are not held.
+    pending: tuple[PendingOrder, ...] = ()
 
 
 class MarketData(msgspec.Struct, frozen=True, kw_only=True):
@@ -161,9 +194,15 @@ def decide_portfolio(
         halt = PortfolioHalted(portfolio_id=pid, reason=reason, rule=risk.DAILY_LOSS_LIMIT, at=at)
         events.append(new_event(halt, pid, tick.tick_id))
 
-    # What this tick's accepted orders have done so far (checks of later orders see them).
+    # What earlier ticks' orders still commit, and this tick's accepted orders so far (checks of later
+    # orders see them): a buy cannot spend cash that an open buy will, a sale cannot sell shares twice.
     available_cash = portfolio.cash
     position_qty = {symbol: p.qty for symbol, p in portfolio.positions.items()}
+    for pending in portfolio.pending:
+        if pending.side is Side.BUY:
+            available_cash -= pending.qty * (pending.price or market.prices.get(pending.symbol) or ZERO)
+        else:
+            position_qty[pending.symbol] = position_qty.get(pending.symbol, ZERO) - pending.qty
     ordered_symbols: set[str] = set()
 
     decisions: list[Decision] = []

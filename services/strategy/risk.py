@@ -9,7 +9,8 @@ The rules, in the order they are checked:
 - ``max_orders_per_tick``: this portfolio already requested its maximum this tick;
 - ``short_selling``: the sale would leave the portfolio short, and shorting is not allowed;
 - ``max_order_notional``: qty x price above the limit;
-- ``insufficient_cash``: a buy costs more than the cash not yet committed this tick (no margin);
+- ``insufficient_cash``: a buy costs more than the cash not yet committed (no margin): committed are
+  this tick's accepted buys and what earlier ticks' orders still promise beyond the books;
 - ``max_position_weight``: after the order the position would be a larger fraction of equity than
   allowed (only for orders that increase the exposure; reducing an oversized position is always fine);
   with unknown equity (an unpriced holding) such orders are refused as ``equity_unknown``.

@@ -38,9 +38,18 @@ from services.core.jobs.consumer import Delivery, Reject, subscribe_durable, sub
 from services.core.jobs.runner import JobContext
 from services.core.jobs.types import JobType, Tick
 from services.orders.broker_views import bar_view
+from services.orders.projection import OPEN_STATUSES
+from services.orders.types import Side
 from services.strategy import commands
 from services.strategy.config import ConfigError, parse_portfolio_spec
-from services.strategy.decide import MarketData, PortfolioState, TradingControls, decide_portfolio
+from services.strategy.decide import (
+    MarketData,
+    PendingOrder,
+    PortfolioState,
+    TradingControls,
+    decide_portfolio,
+    pending_of_order,
+)
 from services.strategy.decide import Tick as DecisionTick
 from services.strategy.events import OrderRequested, PortfolioEvaluated, PortfolioHalted
 from services.strategy.portfolio import (
@@ -88,16 +97,19 @@ async def portfolios_to_evaluate(ctx: ServiceContext) -> list[str]:
 
 
 class TickControls(msgspec.Struct, frozen=True):
-    """What every portfolio of one tick shares: the global halt, the quarantined symbols and the equity
-    each portfolio had at the day's start (the last snapshot before the tick's trading day)."""
+    """What every portfolio of one tick shares: the global halt, the quarantined symbols, the equity
+    each portfolio had at the day's start (the last snapshot before the tick's trading day) and the
+    orders of earlier ticks not yet in the books."""
 
     global_halt: bool
     quarantined: frozenset[str]
     day_start_equity: dict[str, Decimal]
+    # Per portfolio: what earlier ticks' orders still commit beyond the books (open or unbooked).
+    pending: dict[str, tuple[PendingOrder, ...]]
 
 
 class TickControlsCache:
-    """Loaded once per tick and process (three queries), not once per portfolio."""
+    """Loaded once per tick and process (four queries), not once per portfolio."""
 
     def __init__(self, keep: int = 4) -> None:
         self.keep = keep
@@ -125,10 +137,38 @@ async def _table_exists(con: Any, table: str) -> bool:
 
 
 async def _load_controls(ctx: ServiceContext, at: datetime) -> TickControls:
-    halted, quarantined, equity = await asyncio.gather(
-        global_halt(ctx.rt.store), _quarantined_symbols(ctx), _day_start_equity(ctx, at)
+    halted, quarantined, equity, pending = await asyncio.gather(
+        global_halt(ctx.rt.store), _quarantined_symbols(ctx), _day_start_equity(ctx, at), _pending_orders(ctx)
     )
-    return TickControls(halted[0], quarantined, equity)
+    return TickControls(halted[0], quarantined, equity, pending)
+
+
+async def _pending_orders(ctx: ServiceContext) -> dict[str, tuple[PendingOrder, ...]]:
+    """Every portfolio's orders that still commit cash or shares the books do not show: open ones, and
+    fills the positions service has not booked yet (from the trades read model, caught up first)."""
+    await ctx.catch_up("trades")
+    async with ctx.rt.store.pool.acquire() as con:
+        rows = await con.fetch(
+            "SELECT portfolio_id, symbol, side, qty, filled_qty, booked_qty, limit_price, avg_fill_price,"
+            " status = ANY($1::text[]) AS is_open FROM trades"
+            " WHERE filled_qty > booked_qty OR status = ANY($1::text[])",
+            list(OPEN_STATUSES),
+        )
+    pending: dict[str, list[PendingOrder]] = {}
+    for row in rows:
+        pending.setdefault(row["portfolio_id"], []).extend(
+            pending_of_order(
+                symbol=row["symbol"],
+                side=Side(row["side"]),
+                qty=row["qty"],
+                filled_qty=row["filled_qty"],
+                booked_qty=row["booked_qty"],
+                limit_price=row["limit_price"],
+                avg_fill_price=row["avg_fill_price"],
+                is_open=row["is_open"],
+            )
+        )
+    return {pid: tuple(orders) for pid, orders in pending.items()}
 
 
 async def _quarantined_symbols(ctx: ServiceContext) -> frozenset[str]:
@@ -270,6 +310,7 @@ async def decide_evaluation(
         halted=view.halted,
         # The last snapshot before this trading day; the starting cash before the first snapshot.
         day_start_equity=controls.day_start_equity.get(view.portfolio_id, view.starting_cash),
+        pending=controls.pending.get(view.portfolio_id, ()),
     )
     decisions = decide_portfolio(
         state,

@@ -99,6 +99,19 @@ async def test_virtual_trading_week(pg_dsn: str, nats_url: str, subject_prefix: 
         )
 
         assert await books_settle_to_fills(store, specs) > 0
+        # No margin: no portfolio ever spent cash it did not have, counting orders still open or not yet
+        # booked at each tick (market orders fill a little away from the price they were sized at).
+        fills = await rows(
+            store,
+            "SELECT data->>'portfolio_id' AS pid, (data->>'cash_change')::numeric AS change FROM events"
+            " WHERE event_type = 'FillApplied' ORDER BY global_position",
+        )
+        cash = {spec.name: spec.starting_cash for spec in specs}
+        for fill in fills:
+            cash[fill["pid"]] += fill["change"]
+            assert cash[fill["pid"]] >= -Decimal("0.01") * next(s.starting_cash for s in specs if s.name == fill["pid"])
+        # Every fill is booked: nothing still commits cash or shares.
+        assert await rows(store, "SELECT 1 FROM trades WHERE filled_qty <> booked_qty") == []
         # One shared broker account: its positions are the sum of the portfolios' books.
         ours: dict[str, Decimal] = defaultdict(Decimal)
         for spec in specs:
