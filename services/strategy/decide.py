@@ -50,34 +50,14 @@ class Tick(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PendingOrder(msgspec.Struct, frozen=True, kw_only=True):
-    """What an order of an earlier tick still commits beyond the books: the unfilled rest of an open
-    order, or filled quantity not booked into the books yet (the books would show it as still free)."""
+    """What orders of earlier ticks still commit beyond the books, in one symbol and side: the unfilled
+    rest of open orders, or filled quantity not booked into the books yet (the books would show it as
+    still free)."""
 
     symbol: str
     side: Side
     qty: Decimal
-    price: Decimal | None  # the limit or fill price; None (a market order): valued at the current price
-
-
-def pending_of_order(
-    *,
-    symbol: str,
-    side: Side,
-    qty: Decimal,
-    filled_qty: Decimal,
-    booked_qty: Decimal,
-    limit_price: Decimal | None,
-    avg_fill_price: Decimal | None,
-    is_open: bool,
-) -> list[PendingOrder]:
-    """What one order still commits beyond the books: its unbooked fills, and while it is open the
-    unfilled rest (a closed order's rest is released: it will never fill)."""
-    pending = []
-    if filled_qty > booked_qty:
-        pending.append(PendingOrder(symbol=symbol, side=side, qty=filled_qty - booked_qty, price=avg_fill_price))
-    if is_open and qty > filled_qty:
-        pending.append(PendingOrder(symbol=symbol, side=side, qty=qty - filled_qty, price=limit_price))
-    return pending
+    notional: Decimal | None  # at their limit or fill prices; None (market orders): at the current price
 
 
 class PortfolioState(msgspec.Struct, frozen=True, kw_only=True):
@@ -200,7 +180,10 @@ def decide_portfolio(
     position_qty = {symbol: p.qty for symbol, p in portfolio.positions.items()}
     for pending in portfolio.pending:
         if pending.side is Side.BUY:
-            available_cash -= pending.qty * (pending.price or market.prices.get(pending.symbol) or ZERO)
+            if pending.notional is not None:
+                available_cash -= pending.notional
+            else:
+                available_cash -= pending.qty * market.prices.get(pending.symbol, ZERO)
         else:
             position_qty[pending.symbol] = position_qty.get(pending.symbol, ZERO) - pending.qty
     ordered_symbols: set[str] = set()

@@ -31,6 +31,7 @@ import msgspec
 from faststream.nats.annotations import NatsMessage
 
 from eventstore import ANY, NO_STREAM, DuplicateEventId, NewEvent, WrongExpectedVersion
+from eventstore.projections import checkpoint_name
 from services.clock.calendar import exchange_date
 from services.core.events import new_event, registry
 from services.core.host import ServiceContext
@@ -48,7 +49,6 @@ from services.strategy.decide import (
     PortfolioState,
     TradingControls,
     decide_portfolio,
-    pending_of_order,
 )
 from services.strategy.decide import Tick as DecisionTick
 from services.strategy.events import OrderRequested, PortfolioEvaluated, PortfolioHalted
@@ -144,31 +144,58 @@ async def _load_controls(ctx: ServiceContext, at: datetime) -> TickControls:
 
 
 async def _pending_orders(ctx: ServiceContext) -> dict[str, tuple[PendingOrder, ...]]:
-    """Every portfolio's orders that still commit cash or shares the books do not show: open ones, and
-    fills the positions service has not booked yet (from the trades read model, caught up first)."""
-    await ctx.catch_up("trades")
     async with ctx.rt.store.pool.acquire() as con:
-        rows = await con.fetch(
-            "SELECT portfolio_id, symbol, side, qty, filled_qty, booked_qty, limit_price, avg_fill_price,"
-            " status = ANY($1::text[]) AS is_open FROM trades"
-            " WHERE filled_qty > booked_qty OR status = ANY($1::text[])",
-            list(OPEN_STATUSES),
-        )
+        if not await _table_exists(con, "trades"):
+            await ctx.catch_up("trades")  # creates it
+        return await read_pending_orders(con)
+
+
+async def read_pending_orders(con: Any) -> dict[str, tuple[PendingOrder, ...]]:
+    """Every portfolio's orders that still commit cash or shares the books do not show: open ones, and
+    fills the positions service has not booked yet, summed per symbol and side, apart for the market
+    orders' rest (valued at the tick's price).
+
+    From the trades read model as projected, and, in the same statement (one snapshot), the order
+    requests the projection has not reached yet, counted whole: no catch-up transaction on the path of
+    every tick. Other events not projected yet (fills, cancels, bookings) can only make these figures
+    too high for a moment, never too low: a check may refuse an order that would just have fitted,
+    never let through one that does not."""
     pending: dict[str, list[PendingOrder]] = {}
-    for row in rows:
-        pending.setdefault(row["portfolio_id"], []).extend(
-            pending_of_order(
-                symbol=row["symbol"],
-                side=Side(row["side"]),
-                qty=row["qty"],
-                filled_qty=row["filled_qty"],
-                booked_qty=row["booked_qty"],
-                limit_price=row["limit_price"],
-                avg_fill_price=row["avg_fill_price"],
-                is_open=row["is_open"],
-            )
-        )
+    for row in await con.fetch(_PENDING, list(OPEN_STATUSES), checkpoint_name("trades")):
+        orders = pending.setdefault(row["portfolio_id"], [])
+        symbol, side = row["symbol"], Side(row["side"])
+        if row["priced_qty"]:
+            orders.append(PendingOrder(symbol=symbol, side=side, qty=row["priced_qty"], notional=row["notional"]))
+        if row["market_qty"]:
+            orders.append(PendingOrder(symbol=symbol, side=side, qty=row["market_qty"], notional=None))
     return {pid: tuple(orders) for pid, orders in pending.items()}
+
+
+# Per portfolio, symbol and side: what is filled but not booked (at the fill price), what open limit
+# orders may still take (at their limits), and what open market orders may still take (no price yet);
+# the requests after the projection's checkpoint are open orders with nothing filled.
+_PENDING = """
+WITH checkpoint AS (
+    SELECT coalesce(max(position), 0) AS position, coalesce(max(tx), 0) AS tx
+    FROM eventstore_checkpoints WHERE name = $2
+), parts AS (
+    SELECT portfolio_id, symbol, side, filled_qty - booked_qty AS qty, (filled_qty - booked_qty) * avg_fill_price
+        AS notional FROM trades WHERE filled_qty > booked_qty
+    UNION ALL
+    SELECT portfolio_id, symbol, side, qty - filled_qty, (qty - filled_qty) * limit_price FROM trades
+    WHERE status = ANY($1::text[]) AND qty > filled_qty
+    UNION ALL
+    SELECT e.data->>'portfolio_id', e.data->>'symbol', e.data->>'side', (e.data->>'qty')::numeric,
+        (e.data->>'qty')::numeric * (e.data->>'limit_price')::numeric
+    FROM events e, checkpoint c
+    WHERE e.event_type = 'OrderRequested' AND (e.tx_id, e.global_position) > (c.tx::text::xid8, c.position)
+)
+SELECT portfolio_id, symbol, side,
+    coalesce(sum(qty) FILTER (WHERE notional IS NOT NULL), 0) AS priced_qty,
+    coalesce(sum(notional), 0) AS notional,
+    coalesce(sum(qty) FILTER (WHERE notional IS NULL), 0) AS market_qty
+FROM parts GROUP BY portfolio_id, symbol, side
+"""
 
 
 async def _quarantined_symbols(ctx: ServiceContext) -> frozenset[str]:

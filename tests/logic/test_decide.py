@@ -18,7 +18,6 @@ from services.strategy.decide import (
     TradingControls,
     decide_portfolio,
     limit_price_for,
-    pending_of_order,
 )
 from services.strategy.events import OrderRejectedByRisk, OrderRequested, PortfolioHalted, SignalGenerated
 from services.strategy.risk import RiskLimits
@@ -192,8 +191,8 @@ def test_cash_promised_to_earlier_open_buys_is_not_spent_again() -> None:
     # 100,000 cash in the books; an open buy of 950 AAPL at the market (100) and unbooked fills of 40
     # MSFT at 201 promise 95,000 + 8,040: a buy of 10 AAPL (1,000) no longer fits.
     pending = (
-        PendingOrder(symbol="AAPL", side=Side.BUY, qty=D(950), price=None),
-        PendingOrder(symbol="MSFT", side=Side.BUY, qty=D(40), price=D(201)),
+        PendingOrder(symbol="AAPL", side=Side.BUY, qty=D(950), notional=None),
+        PendingOrder(symbol="MSFT", side=Side.BUY, qty=D(40), notional=D(8040)),
     )
     refused = of_type(decide(state(always("a", ["AAPL"]), pending=pending)), OrderRejectedByRisk)
     assert [r.rule for r in refused] == [risk.INSUFFICIENT_CASH]
@@ -204,21 +203,8 @@ def test_cash_promised_to_earlier_open_buys_is_not_spent_again() -> None:
 
 def test_shares_promised_to_an_earlier_sale_are_not_sold_twice() -> None:
     held = {"AAPL": Position(symbol="AAPL", qty=D(10), cost_basis=D(900))}
-    pending = (PendingOrder(symbol="AAPL", side=Side.SELL, qty=D(10), price=D(99)),)
+    pending = (PendingOrder(symbol="AAPL", side=Side.SELL, qty=D(10), notional=D(990)),)
     result = decide(state(always("a", ["AAPL"], action="sell"), positions=held, pending=pending))
     assert of_type(result, OrderRequested) == []
     assert len(of_type(result, OrderRejectedByRisk)) == 1
     assert len(of_type(decide(state(always("a", ["AAPL"], action="sell"), positions=held)), OrderRequested)) == 1
-
-
-def test_pending_of_an_order_counts_unbooked_fills_and_only_an_open_orders_rest() -> None:
-    common = {"symbol": "AAPL", "side": Side.BUY, "qty": D(10), "limit_price": D(101), "avg_fill_price": D(100)}
-    assert pending_of_order(**common, filled_qty=D(4), booked_qty=D(1), is_open=True) == [
-        PendingOrder(symbol="AAPL", side=Side.BUY, qty=D(3), price=D(100)),
-        PendingOrder(symbol="AAPL", side=Side.BUY, qty=D(6), price=D(101)),
-    ]
-    # Canceled after 4 filled: the rest is released; once the 4 are booked nothing is pending.
-    assert pending_of_order(**common, filled_qty=D(4), booked_qty=D(1), is_open=False) == [
-        PendingOrder(symbol="AAPL", side=Side.BUY, qty=D(3), price=D(100)),
-    ]
-    assert pending_of_order(**common, filled_qty=D(4), booked_qty=D(4), is_open=False) == []
