@@ -204,9 +204,10 @@ class JobRunner:
         """Run ``job`` for ``tick`` at most once to completion; record everything in the log.
 
         ``prefetch(tick)``, when given, starts at once, alongside the ledger's reads and its start event,
-        and reaches the job as ``JobContext.prefetched``: reads the job needs first (they are on the path
-        from every tick to its effects). It must only read: it runs before the run is known to be ours,
-        and is cancelled when the tick turns out to be a repeat, skipped or another worker's."""
+        and reaches the job as ``JobContext.prefetched``: what the job reads and computes first (it is on
+        the path from every tick to its effects). It must have no effect (reads, pure decisions): it runs
+        before the run is known to be ours, and is cancelled when the tick turns out to be a repeat,
+        skipped or another worker's. The run's duration counts from its recorded start."""
         prefetched = asyncio.ensure_future(prefetch(tick)) if prefetch is not None else None
         try:
             return await self._run(tick, job, prefetched)
