@@ -79,9 +79,9 @@ def _spec(event: StrategyAttached | StrategyReconfigured, enabled: bool) -> Stra
     )
 
 
-def fold_portfolio(events: list[tuple[int, Any]]) -> PortfolioView | None:
-    """The view after ``(version, event)`` pairs of one portfolio stream; None before PortfolioOpened."""
-    view: PortfolioView | None = None
+def fold_portfolio(events: list[tuple[int, Any]], view: PortfolioView | None = None) -> PortfolioView | None:
+    """The view after ``(version, event)`` pairs of one portfolio stream, from ``view`` (the view before
+    them; None: from the stream's start); None before PortfolioOpened."""
     for version, event in events:
         if isinstance(event, PortfolioOpened):
             view = PortfolioView(
@@ -119,9 +119,43 @@ def fold_portfolio(events: list[tuple[int, Any]]) -> PortfolioView | None:
     return view
 
 
-async def load_portfolio(store: EventStore, portfolio_id: str) -> PortfolioView | None:
-    events = [(e.version, registry.decode(e)) async for e in store.read_stream(portfolio_stream(portfolio_id))]
-    return fold_portfolio(events)
+async def load_portfolio(
+    store: EventStore, portfolio_id: str, cache: PortfolioViewCache | None = None
+) -> PortfolioView | None:
+    """The portfolio's view from its stream; with ``cache``, only the events after the cached view are
+    read and folded onto it (a portfolio stream grows with every fill: read whole at every tick, a
+    year of trading would cost every evaluation thousands of events)."""
+    known = cache.get(portfolio_id) if cache is not None else None
+    start = known.version + 1 if known is not None else 0
+    events = [
+        (e.version, registry.decode(e))
+        async for e in store.read_stream(portfolio_stream(portfolio_id), from_version=start)
+    ]
+    view = fold_portfolio(events, known) if events else known
+    if cache is not None and view is not None:
+        cache.put(view)
+    return view
+
+
+class PortfolioViewCache:
+    """The latest view of each portfolio this process has read. A view is immutable and a stream only
+    grows, so a cached view is always the stream's state at its version: the next load reads what came
+    after it (written by any process) and nothing is ever stale for longer than that read."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._views: dict[str, PortfolioView] = {}
+
+    def get(self, portfolio_id: str) -> PortfolioView | None:
+        return self._views.get(portfolio_id)
+
+    def put(self, view: PortfolioView) -> None:
+        known = self._views.get(view.portfolio_id)
+        if known is not None and known.version >= view.version:
+            return  # a concurrent load that read less
+        if known is None and len(self._views) >= self.size:
+            self._views.pop(next(iter(self._views)))
+        self._views[view.portfolio_id] = view
 
 
 async def global_halt(store: EventStore) -> tuple[bool, int]:

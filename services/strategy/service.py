@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -54,6 +55,7 @@ from services.strategy.decide import Tick as DecisionTick
 from services.strategy.events import OrderRequested, PortfolioEvaluated, PortfolioHalted
 from services.strategy.portfolio import (
     PortfolioView,
+    PortfolioViewCache,
     evaluation_stream,
     global_halt,
     load_portfolio,
@@ -261,6 +263,15 @@ class MarketDataCache:
         }
 
 
+@dataclass(frozen=True)
+class Caches:
+    """What one strategy process keeps across ticks: bar history, each tick's controls, portfolio views."""
+
+    market: MarketDataCache = field(default_factory=lambda: MarketDataCache())
+    controls: TickControlsCache = field(default_factory=lambda: TickControlsCache())
+    views: PortfolioViewCache = field(default_factory=lambda: PortfolioViewCache())
+
+
 # --------------------------------------------------------------------------------------- evaluation
 
 
@@ -289,19 +300,13 @@ class Evaluation(msgspec.Struct, frozen=True):
     appends: list[tuple[str, list[NewEvent], int]]
 
 
-async def evaluate_portfolio(
-    ctx: ServiceContext, cache: MarketDataCache, controls_cache: TickControlsCache, item: WorkItem
-) -> PortfolioEvaluated | None:
-    evaluation = await decide_evaluation(ctx, cache, controls_cache, item)
+async def evaluate_portfolio(ctx: ServiceContext, caches: Caches, item: WorkItem) -> PortfolioEvaluated | None:
+    evaluation = await decide_evaluation(ctx, caches, item)
     return None if evaluation is None else await record_evaluation(ctx, evaluation)
 
 
 async def decide_evaluation(
-    ctx: ServiceContext,
-    cache: MarketDataCache,
-    controls_cache: TickControlsCache,
-    item: WorkItem,
-    view: PortfolioView | None = None,
+    ctx: ServiceContext, caches: Caches, item: WorkItem, view: PortfolioView | None = None
 ) -> Evaluation | None:
     """Read what the portfolio's decision needs and decide (no effect). ``view``: the portfolio as the
     tick's prefetch read it; otherwise it is read here, after checking whether the evaluation exists
@@ -312,21 +317,21 @@ async def decide_evaluation(
         # Independent reads at once, each on its own connection.
         version, view, controls = await asyncio.gather(
             store.stream_version(stream),
-            load_portfolio(store, item.portfolio_id),
-            controls_cache.get(ctx, item.tick_id, item.scheduled_at),
+            load_portfolio(store, item.portfolio_id, caches.views),
+            caches.controls.get(ctx, item.tick_id, item.scheduled_at),
         )
         if version >= 0:
             return None  # evaluated already (a redelivery, or another worker)
     else:
         # The atomic NO_STREAM append below still refuses a second evaluation.
-        controls = await controls_cache.get(ctx, item.tick_id, item.scheduled_at)
+        controls = await caches.controls.get(ctx, item.tick_id, item.scheduled_at)
     if view is None:
         raise Reject(f"unknown portfolio {item.portfolio_id!r}")
     strategies = view.enabled_strategies
     symbols = {s for strategy in strategies for s in strategy.universe} | {
         s for s, p in view.book.positions.items() if not p.is_flat
     }
-    bars = await cache.bars(ctx, item.tick_id, item.scheduled_at, symbols)
+    bars = await caches.market.bars(ctx, item.tick_id, item.scheduled_at, symbols)
     prices = {s: b[-1].close for s, b in bars.items() if b}
     state = PortfolioState(
         portfolio_id=view.portfolio_id,
@@ -381,9 +386,7 @@ class Prefetched(msgspec.Struct, frozen=True):
     evaluations: dict[str, Evaluation]
 
 
-async def prefetch_tick(
-    ctx: ServiceContext, cache: MarketDataCache, controls_cache: TickControlsCache, tick: Tick
-) -> Prefetched:
+async def prefetch_tick(ctx: ServiceContext, caches: Caches, tick: Tick) -> Prefetched:
     """What a strategy_execution run reads and decides first, started as soon as its tick arrives (while
     the job ledger records the start): the portfolios to evaluate, the tick's shared controls and, when
     the run evaluates them itself, their decisions. Reads and pure decisions only: nothing is appended
@@ -393,16 +396,16 @@ async def prefetch_tick(
     await ctx.at(tick.scheduled_at)
     # Tasks, not gather(): when a shutdown cancels them, a task ends cancelled, silently, where a gather
     # would end with a CancelledError "never retrieved".
-    controls = asyncio.ensure_future(controls_cache.get(ctx, tick.tick_id, tick.scheduled_at))
+    controls = asyncio.ensure_future(caches.controls.get(ctx, tick.tick_id, tick.scheduled_at))
     reads: list[asyncio.Future[PortfolioView | None]] = []
     try:
         portfolios = await portfolios_to_evaluate(ctx)
         evaluations: dict[str, Evaluation] = {}
         if len(portfolios) < FAN_OUT_FROM:
-            reads = [asyncio.ensure_future(load_portfolio(ctx.rt.store, pid)) for pid in portfolios]
+            reads = [asyncio.ensure_future(load_portfolio(ctx.rt.store, pid, caches.views)) for pid in portfolios]
             for pid, read in zip(portfolios, reads, strict=True):
                 item = WorkItem(tick_id=tick.tick_id, scheduled_at=tick.scheduled_at, portfolio_id=pid)
-                evaluation = await decide_evaluation(ctx, cache, controls_cache, item, await read)
+                evaluation = await decide_evaluation(ctx, caches, item, await read)
                 if evaluation is not None:
                     evaluations[pid] = evaluation
         await controls
@@ -412,14 +415,12 @@ async def prefetch_tick(
     return Prefetched(portfolios, evaluations)
 
 
-async def strategy_execution(
-    ctx: ServiceContext, cache: MarketDataCache, controls_cache: TickControlsCache, job: JobContext
-) -> dict[str, int]:
+async def strategy_execution(ctx: ServiceContext, caches: Caches, job: JobContext) -> dict[str, int]:
     tick = job.tick
     if job.prefetched is not None:
         prefetched: Prefetched = await job.prefetched
     else:
-        prefetched = await prefetch_tick(ctx, cache, controls_cache, tick)
+        prefetched = await prefetch_tick(ctx, caches, tick)
     portfolios = prefetched.portfolios
     items = [WorkItem(tick_id=tick.tick_id, scheduled_at=tick.scheduled_at, portfolio_id=pid) for pid in portfolios]
     if len(items) < FAN_OUT_FROM:
@@ -429,7 +430,7 @@ async def strategy_execution(
             await (
                 record_evaluation(ctx, prefetched.evaluations[item.portfolio_id])
                 if item.portfolio_id in prefetched.evaluations
-                else evaluate_portfolio(ctx, cache, controls_cache, item)
+                else evaluate_portfolio(ctx, caches, item)
             )
             for item in items
         ]
@@ -528,8 +529,7 @@ def _text(data: dict[str, Any], key: str) -> str:
 
 async def setup(ctx: ServiceContext) -> None:
     subjects = ctx.rt.subjects
-    cache = MarketDataCache()
-    controls_cache = TickControlsCache()
+    caches = Caches()
 
     subscribe_ticks(
         ctx.bus,
@@ -537,8 +537,8 @@ async def setup(ctx: ServiceContext) -> None:
         service=SERVICE,
         job_type=JobType.STRATEGY_EXECUTION,
         runner=ctx.jobs,
-        job=partial(strategy_execution, ctx, cache, controls_cache),
-        prefetch=partial(prefetch_tick, ctx, cache, controls_cache),
+        job=partial(strategy_execution, ctx, caches),
+        prefetch=partial(prefetch_tick, ctx, caches),
         ack_wait=60.0,
     )
 
@@ -547,7 +547,7 @@ async def setup(ctx: ServiceContext) -> None:
             item = _work_decoder.decode(delivery.data)
         except msgspec.DecodeError as exc:
             raise Reject(f"malformed work item: {exc}") from None
-        await evaluate_portfolio(ctx, cache, controls_cache, item)
+        await evaluate_portfolio(ctx, caches, item)
 
     subscribe_durable(
         ctx.bus,
