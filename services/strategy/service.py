@@ -270,6 +270,8 @@ class Caches:
     market: MarketDataCache = field(default_factory=lambda: MarketDataCache())
     controls: TickControlsCache = field(default_factory=lambda: TickControlsCache())
     views: PortfolioViewCache = field(default_factory=lambda: PortfolioViewCache())
+    # The portfolios the last tick evaluated here: the next tick starts reading their views at once.
+    last_portfolios: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -397,20 +399,28 @@ async def prefetch_tick(ctx: ServiceContext, caches: Caches, tick: Tick) -> Pref
     # Tasks, not gather(): when a shutdown cancels them, a task ends cancelled, silently, where a gather
     # would end with a CancelledError "never retrieved".
     controls = asyncio.ensure_future(caches.controls.get(ctx, tick.tick_id, tick.scheduled_at))
-    reads: list[asyncio.Future[PortfolioView | None]] = []
+
+    def read(pid: str) -> asyncio.Future[PortfolioView | None]:
+        return asyncio.ensure_future(load_portfolio(ctx.rt.store, pid, caches.views))
+
+    # The views of the portfolios evaluated here last time are read while the list is (it rarely changes).
+    reads = {pid: read(pid) for pid in caches.last_portfolios}
     try:
         portfolios = await portfolios_to_evaluate(ctx)
         evaluations: dict[str, Evaluation] = {}
         if len(portfolios) < FAN_OUT_FROM:
-            reads = [asyncio.ensure_future(load_portfolio(ctx.rt.store, pid, caches.views)) for pid in portfolios]
-            for pid, read in zip(portfolios, reads, strict=True):
+            for pid in portfolios:
+                if pid not in reads:
+                    reads[pid] = read(pid)
+            for pid in portfolios:
                 item = WorkItem(tick_id=tick.tick_id, scheduled_at=tick.scheduled_at, portfolio_id=pid)
-                evaluation = await decide_evaluation(ctx, caches, item, await read)
+                evaluation = await decide_evaluation(ctx, caches, item, await reads[pid])
                 if evaluation is not None:
                     evaluations[pid] = evaluation
+        caches.last_portfolios[:] = portfolios if len(portfolios) < FAN_OUT_FROM else []
         await controls
     finally:
-        for pending in (controls, *reads):
+        for pending in (controls, *reads.values()):
             pending.cancel()  # no-op once done
     return Prefetched(portfolios, evaluations)
 
