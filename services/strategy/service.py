@@ -549,6 +549,9 @@ async def setup(ctx: ServiceContext) -> None:
         runner=ctx.jobs,
         job=partial(strategy_execution, ctx, caches),
         prefetch=partial(prefetch_tick, ctx, caches),
+        # Every evaluation is one atomic NO_STREAM append per portfolio and tick: a second run of a tick
+        # writes nothing, so the job need not wait for its start to be recorded.
+        idempotent_effects=True,
         ack_wait=60.0,
     )
 

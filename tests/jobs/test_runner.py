@@ -312,3 +312,32 @@ async def test_a_failing_prefetch_is_a_failed_run(store: EventStore) -> None:
 
     outcome = await runner.run(tick(1), job, prefetch=prefetch)
     assert outcome.status is RunStatus.FAILED and "read model unavailable" in (outcome.error or "")
+
+
+async def test_a_job_with_idempotent_effects_runs_while_its_start_is_recorded(store: EventStore) -> None:
+    """Two workers get the same tick at once: both may run the job (its effects are idempotent by their
+    own ids), but the log records one start and one outcome."""
+    calls: list[str] = []
+
+    async def job(ctx: JobContext) -> dict[str, int]:
+        calls.append(ctx.tick.tick_id)
+        await asyncio.sleep(0.01)
+        return {"n": 1}
+
+    a, b = JobRunner(store, worker="a"), JobRunner(store, worker="b")
+    outcomes = await asyncio.gather(
+        a.run(tick(0), job, idempotent_effects=True), b.run(tick(0), job, idempotent_effects=True)
+    )
+    statuses = sorted(o.status.value for o in outcomes)
+    assert statuses.count("completed") == 1, statuses
+    assert set(statuses) <= {"completed", "superseded", "in_progress", "duplicate"}
+    assert await types_in(store, jobrun_stream(tick(0).tick_id)) == ["JobExecutionStarted", "JobExecutionCompleted"]
+    assert 1 <= len(calls) <= 2
+
+    failing = Job()
+    failing.failing = True
+    failed = await a.run(tick(1), failing, idempotent_effects=True)
+    assert failed.status is RunStatus.FAILED
+    assert await types_in(store, jobrun_stream(tick(1).tick_id)) == ["JobExecutionStarted", "JobExecutionFailed"]
+    again = await a.run(tick(0), job, idempotent_effects=True)  # a redelivery: not run
+    assert again.status is RunStatus.DUPLICATE and len(calls) <= 2

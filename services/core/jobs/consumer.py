@@ -212,9 +212,10 @@ def tick_handler(
     *,
     retry_delay: float = 1.0,
     prefetch: Prefetch | None = None,
+    idempotent_effects: bool = False,
 ) -> Handler:
     """The handler of ``<prefix>.tick.<job_type>``: validate the tick, run the job through the ledger
-    (``prefetch``: see ``JobRunner.run``)."""
+    (``prefetch``, ``idempotent_effects``: see ``JobRunner.run``)."""
 
     async def handle(delivery: Delivery) -> None:
         try:
@@ -223,7 +224,7 @@ def tick_handler(
             raise Reject(str(exc)) from None
         if tick.job_type is not job_type:
             raise Reject(f"tick for {tick.job_type} delivered to the {job_type} consumer")
-        outcome = await runner.run(tick, job, prefetch=prefetch)
+        outcome = await runner.run(tick, job, prefetch=prefetch, idempotent_effects=idempotent_effects)
         if outcome.status is RunStatus.IN_PROGRESS:
             raise Retry(f"{tick.tick_id} is being run by another worker", delay=retry_delay)
 
@@ -243,6 +244,7 @@ def subscribe_ticks(
     ack_wait: float = 30.0,
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
     prefetch: Prefetch | None = None,
+    idempotent_effects: bool = False,
 ) -> object:
     """Consume ``<prefix>.tick.<job_type>`` with a durable consumer shared by the service's workers."""
     subject = subjects.tick(job_type.value)
@@ -252,7 +254,7 @@ def subscribe_ticks(
         service=service,
         subject=subject,
         stream=subjects.ticks_stream,
-        handler=tick_handler(runner, job_type, job, prefetch=prefetch),
+        handler=tick_handler(runner, job_type, job, prefetch=prefetch, idempotent_effects=idempotent_effects),
         durable=f"{service}_{job_type.value}",
         max_deliver=max_deliver,
         backoff=backoff,

@@ -37,7 +37,7 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NatsClient
 
-from eventstore import NO_STREAM, DuplicateEventId, EventStore, RecordedEvent, WrongExpectedVersion
+from eventstore import NO_STREAM, AppendResult, DuplicateEventId, EventStore, RecordedEvent, WrongExpectedVersion
 from services.core.events import new_event, registry
 from services.core.jobs import breaker
 from services.core.jobs.breaker import DEFAULT_THRESHOLD, JobHealth
@@ -200,23 +200,33 @@ class JobRunner:
 
     # ---------------------------------------------------------------------------------------- run
 
-    async def run(self, tick: Tick, job: JobFunc, *, prefetch: Prefetch | None = None) -> RunOutcome:
+    async def run(
+        self, tick: Tick, job: JobFunc, *, prefetch: Prefetch | None = None, idempotent_effects: bool = False
+    ) -> RunOutcome:
         """Run ``job`` for ``tick`` at most once to completion; record everything in the log.
 
         ``prefetch(tick)``, when given, starts at once, alongside the ledger's reads and its start event,
         and reaches the job as ``JobContext.prefetched``: what the job reads and computes first (it is on
         the path from every tick to its effects). It must have no effect (reads, pure decisions): it runs
         before the run is known to be ours, and is cancelled when the tick turns out to be a repeat,
-        skipped or another worker's. The run's duration counts from its recorded start."""
+        skipped or another worker's. The run's duration counts from its recorded start.
+
+        ``idempotent_effects``: the job's effects carry ids of their own that make a second run of the
+        tick write nothing (strategy_execution: one evaluation per portfolio and tick). Such a job starts
+        as soon as the ledger has checked the tick (not a repeat, not in progress elsewhere, breaker
+        closed), while its start is being recorded; if another worker's start wins that append, this
+        run's outcome is dropped (its effects, if any, were the same)."""
         prefetched = asyncio.ensure_future(prefetch(tick)) if prefetch is not None else None
         try:
-            return await self._run(tick, job, prefetched)
+            return await self._run(tick, job, prefetched, idempotent_effects)
         finally:
             if prefetched is not None:
                 prefetched.cancel()  # no-op once done
                 prefetched.add_done_callback(_consume_outcome)
 
-    async def _run(self, tick: Tick, job: JobFunc, prefetched: asyncio.Future[Any] | None) -> RunOutcome:
+    async def _run(
+        self, tick: Tick, job: JobFunc, prefetched: asyncio.Future[Any] | None, idempotent_effects: bool
+    ) -> RunOutcome:
         stream = jobrun_stream(tick.tick_id)
         for _ in range(10):
             # Both reads at once (two connections): they are on the path from every tick to its job.
@@ -249,12 +259,19 @@ class JobRunner:
                     job_type=tick.job_type.value, tick_id=tick.tick_id, scheduled_for=tick.scheduled_at,
                     reason=tick.reason.value, attempt=attempt, started_at=self.clock(), worker=self.worker,
                 )
-                result = await self.store.append(stream, [new_event(started, tick.tick_id, str(attempt))], version)
+                start = self.store.append(stream, [new_event(started, tick.tick_id, str(attempt))], version)
+                if idempotent_effects:
+                    eager = asyncio.ensure_future(start)
+                    eager.add_done_callback(_consume_outcome)  # awaited below, unless the job is cancelled
+                    return await self._execute(tick, job, started, eager, prefetched)
+                result = await start
             except WrongExpectedVersion:
                 continue  # another worker moved this tick on: look again
             if not result.written:
                 continue  # our own start, stored before a crash: look again (now it is "open")
-            return await self._execute(tick, job, started, result.next_expected_version, prefetched)
+            recorded_start: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+            recorded_start.set_result(result)
+            return await self._execute(tick, job, started, recorded_start, prefetched)
         raise RuntimeError(f"{tick.tick_id}: could not settle the run after repeated concurrent changes")
 
     async def _execute(
@@ -262,9 +279,10 @@ class JobRunner:
         tick: Tick,
         job: JobFunc,
         started: JobExecutionStarted,
-        version: int,
+        start: asyncio.Future[AppendResult],
         prefetched: asyncio.Future[Any] | None = None,
     ) -> RunOutcome:
+        """Run the job while (or once) ``start`` records its start; then record how it ended."""
         stream = jobrun_stream(tick.tick_id)
         attempt = started.attempt
         t0 = time.perf_counter()
@@ -277,6 +295,15 @@ class JobRunner:
             error = safe_error(exc)
             log.warning("job %s failed (attempt %d): %s", tick.tick_id, attempt, error)
         duration_ms = round((time.perf_counter() - t0) * 1000.0, 3)
+        try:
+            recorded_start = await start
+        except WrongExpectedVersion:
+            log.info("%s: another worker recorded its start first; this run's outcome is dropped", tick.tick_id)
+            return RunOutcome(RunStatus.SUPERSEDED, tick.tick_id, attempt)
+        if not recorded_start.written:
+            # Our own start from before a crash: the run is "open" in the log; a later delivery takes it over.
+            return RunOutcome(RunStatus.IN_PROGRESS, tick.tick_id, attempt)
+        version = recorded_start.next_expected_version
         ended_at = self.clock()
         terminal: JobExecutionCompleted | JobExecutionFailed
         if error is None:
