@@ -87,6 +87,11 @@ HIDDEN_RETRY_FOR = 1.0
 RECENT_POSITIONS = 4096
 
 
+def _look_at(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _lock_key(prefix: str) -> str:
     return f"openbell-relay:{prefix}"
 
@@ -313,4 +318,10 @@ class Relay:
             futures.append(
                 await self.js.publish_async(subject, envelope_of(event), headers={"Nats-Msg-Id": str(event.event_id)})
             )
-        await asyncio.wait_for(asyncio.gather(*futures), self.ack_timeout)
+        acks = asyncio.gather(*futures)
+        try:
+            await asyncio.wait_for(acks, self.ack_timeout)
+        finally:
+            # On a shutdown the client cancels the pending acks before wait_for looks at them: their
+            # outcome is then looked at here, not reported as "never retrieved".
+            acks.add_done_callback(_look_at)
