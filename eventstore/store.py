@@ -204,16 +204,19 @@ def _metadata_of(text: str) -> dict[str, Any]:
 
 
 def _as_recorded(
-    stream_id: str, events: Sequence[NewEvent], args: tuple[Any, ...], rows: list[asyncpg.Record]
+    stream_id: str,
+    events: Sequence[NewEvent],
+    data: Sequence[str],
+    metadata: Sequence[str],
+    written: Sequence[tuple[int, int, datetime]],
 ) -> tuple[RecordedEvent, ...]:
-    """The events of one append as written: ``args`` are the append's statement arguments (the encoded
-    data and metadata at 4 and 5, one value or a list), ``rows`` what it returned (version, position,
-    recorded_at)."""
-    data, metadata = (args[4], args[5]) if len(events) > 1 else ([args[4]], [args[5]])
-    written = sorted(rows, key=lambda row: row[0])
+    """The events of one stream's append as written: their encoded data and metadata, and what the
+    statement returned for them as (version, global position, recorded_at)."""
     return tuple(
-        RecordedEvent(int(row[1]), stream_id, int(row[0]), event.event_id, event.type, text, _metadata_of(meta), row[2])
-        for event, row, text, meta in zip(events, written, data, metadata, strict=True)
+        RecordedEvent(position, stream_id, version, event.event_id, event.type, text, _metadata_of(meta), at)
+        for event, (version, position, at), text, meta in zip(
+            events, sorted(written, key=lambda row: row[0]), data, metadata, strict=True
+        )
     )
 
 
@@ -306,7 +309,9 @@ class EventStore:
                     actual = await self._version(con, stream_id)
                     raise WrongExpectedVersion(stream_id, expected_version, actual) from None
                 if rows:
-                    recorded = _as_recorded(stream_id, events, args, rows)
+                    data, metadata = (args[4], args[5]) if len(events) > 1 else ([args[4]], [args[5]])
+                    written = [(int(row[0]), int(row[1]), row[2]) for row in rows]
+                    recorded = _as_recorded(stream_id, events, data, metadata, written)
                     result = AppendResult(rows[-1][0], rows[-1][1], recorded=recorded)
                     self._notify(result)
                     return result
@@ -363,23 +368,18 @@ class EventStore:
                     await self._raise_wrong_version(con, appends)
                     continue  # another writer took a version of an ANY / STREAM_EXISTS stream: again
                 if rows:
-                    per_stream: dict[str, list[asyncpg.Record]] = {}
+                    per_stream: dict[str, list[tuple[int, int, datetime]]] = {}
                     for row in rows:
-                        per_stream.setdefault(row[0], []).append(row)
+                        per_stream.setdefault(row[0], []).append((int(row[1]), int(row[2]), row[3]))
                     results = []
                     offset = 0
                     for stream_id, events, _ in appends:
-                        written = sorted(per_stream[stream_id], key=lambda row: row[1])
-                        encoded = (args[5][offset : offset + len(events)], args[6][offset : offset + len(events)])
-                        offset += len(events)
-                        recorded = tuple(
-                            RecordedEvent(
-                                int(row[2]), stream_id, int(row[1]), event.event_id, event.type, data,
-                                _metadata_of(metadata), row[3],
-                            )
-                            for event, row, data, metadata in zip(events, written, *encoded, strict=True)
-                        )
-                        results.append(AppendResult(int(written[-1][1]), int(written[-1][2]), recorded=recorded))
+                        end = offset + len(events)
+                        recorded = _as_recorded(stream_id, events, args[5][offset:end], args[6][offset:end],
+                                                per_stream[stream_id])
+                        offset = end
+                        last = recorded[-1]
+                        results.append(AppendResult(last.version, last.global_position, recorded=recorded))
                     for result in sorted(results, key=lambda result: result.last_global_position):
                         self._notify(result)
                     return results

@@ -267,9 +267,9 @@ class MarketDataCache:
 class Caches:
     """What one strategy process keeps across ticks: bar history, each tick's controls, portfolio views."""
 
-    market: MarketDataCache = field(default_factory=lambda: MarketDataCache())
-    controls: TickControlsCache = field(default_factory=lambda: TickControlsCache())
-    views: PortfolioViewCache = field(default_factory=lambda: PortfolioViewCache())
+    market: MarketDataCache = field(default_factory=MarketDataCache)
+    controls: TickControlsCache = field(default_factory=TickControlsCache)
+    views: PortfolioViewCache = field(default_factory=PortfolioViewCache)
     # The portfolios the last tick evaluated here: the next tick starts reading their views at once.
     last_portfolios: list[str] = field(default_factory=list)
 

@@ -11,7 +11,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
 
-from eventstore import ANY, EventStore, NewEvent
+from eventstore import ANY, EventStore, NewEvent, RecordedEvent
 from eventstore.relay import Relay, envelope_decoder
 from services.core.embedded import EmbeddedNats, EmbeddedPostgres
 from services.core.subjects import Subjects
@@ -271,7 +271,7 @@ async def test_early_types_are_published_from_the_append_and_counted_once(
     early: list[str] = []
 
     class Recording(Relay):
-        async def _publish_early(self, events: list) -> None:  # type: ignore[type-arg]
+        async def _publish_early(self, events: list[RecordedEvent]) -> None:
             early.extend(str(e.event_id) for e in events)
             await super()._publish_early(events)
 
