@@ -154,6 +154,49 @@ async def test_background_settle_books_fills_before_the_next_call(pg_dsn: str) -
         await broker.aclose()
 
 
+async def test_many_fills_in_one_settle_book_each_fill(pg_dsn: str) -> None:
+    """Fills of several orders, in one symbol and across symbols, settled together (one write): the
+    positions, their average prices and the cash are those of the fills one after another, and a symbol
+    sold out leaves no position behind."""
+    clock = ManualClock(START)
+    broker = await SimBroker.connect(pg_dsn, SimConfig(seed=9, fill_policy=FillPolicy(timedelta(seconds=2))), clock)
+    try:
+        opening = [("m-1", "AAPL", OrderSide.BUY, 3), ("m-2", "MSFT", OrderSide.BUY, 2)]
+        for coid, symbol, side, qty in opening:
+            await broker.submit_order(OrderRequest(client_order_id=coid, symbol=symbol, side=side, qty=Decimal(qty)))
+        await broker.advance_to(START + timedelta(seconds=5))
+        later = [
+            ("m-3", "AAPL", OrderSide.BUY, 5),
+            ("m-4", "MSFT", OrderSide.SELL, 2),
+            ("m-5", "AAPL", OrderSide.SELL, 1),
+        ]
+        for i, (coid, symbol, side, qty) in enumerate(later):
+            # Half a second apart (the fills in this order), all before the first of them is due.
+            clock.set(START + timedelta(seconds=5 + i / 2))
+            await broker.submit_order(OrderRequest(client_order_id=coid, symbol=symbol, side=side, qty=Decimal(qty)))
+        clock.set(START + timedelta(seconds=10))
+        await broker.settle_soon()  # the three later orders fill in this one settle
+        orders = {o.client_order_id: o for o in await broker.list_orders("all")}
+        assert all(o.status is OrderStatus.FILLED for o in orders.values())
+        cash = Decimal(100000)
+        held: dict[str, tuple[Decimal, Decimal]] = {}
+        for coid, symbol, side, qty in [*opening, *later]:
+            price = orders[coid].filled_avg_price
+            assert price is not None
+            quantity, average = held.get(symbol, (Decimal(0), Decimal(0)))
+            signed = Decimal(qty) if side is OrderSide.BUY else -Decimal(qty)
+            if signed > 0:
+                average = ((average * quantity + price * signed) / (quantity + signed)).quantize(Decimal("0.0001"))
+            held[symbol] = (quantity + signed, average)
+            cash -= signed * price
+        positions = {p.symbol: (p.qty, p.avg_entry_price) for p in await broker.list_positions()}
+        assert positions == {"AAPL": held["AAPL"]}  # MSFT sold out: no row left
+        assert positions["AAPL"][0] == 7
+        assert (await broker.get_account()).cash == cash
+    finally:
+        await broker.aclose()
+
+
 async def test_concurrent_connects_create_the_schema_once(pg_dsn: str) -> None:
     brokers = await asyncio.gather(*(SimBroker.connect(pg_dsn, SimConfig(), ManualClock(START)) for _ in range(4)))
     try:

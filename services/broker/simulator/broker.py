@@ -20,7 +20,6 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-import msgspec
 
 from services.broker.errors import (
     AmbiguousSubmit,
@@ -160,6 +159,18 @@ class _Settled:
     # With an order being submitted: the order already sent with its client order id, and the position.
     duplicate: Order | None = None
     position_qty: Decimal = Decimal(0)
+    changes: _Changes = field(default_factory=lambda: _Changes())
+
+
+@dataclass(slots=True)
+class _Changes:
+    """What a settle (and a submit or cancel) writes, in one statement: orders with how far their fill
+    attempts are decided, positions as the fills leave them (a quantity of zero removes the row), and
+    the change of cash."""
+
+    orders: list[tuple[Order, datetime]] = field(default_factory=list)
+    positions: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
+    cash_delta: Decimal = Decimal(0)
 
 
 class SimBroker:
@@ -265,6 +276,7 @@ class SimBroker:
     async def _settle(self, conn: asyncpg.Connection) -> None:
         async with conn.transaction():
             settled = await self._settle_in_transaction(conn)
+            await _write(conn, settled.changes)
         self._publish(settled.updates)
 
     def _publish(self, updates: list[TradeUpdate]) -> None:
@@ -277,32 +289,32 @@ class SimBroker:
     ) -> _Settled:
         """Progress every open order up to now; the caller holds a transaction (and so the account lock).
 
-        ``submitting``: an order about to be submitted. The same read (after the lock, so that it sees
-        every committed change) then also finds the order already sent with its client order id and the
-        position in its symbol, both as they are after this settle."""
+        Three statements whatever the number of fills: the account lock (with the cash), one read of the
+        open orders with the positions in their symbols, and, when anything changed, one write of the
+        changed orders, positions and cash (see ``_write``). ``submitting``: an order about to be
+        submitted. The same read (after the lock, so that it sees every committed change) then also
+        finds the order already sent with its client order id and the position in its symbol, both as
+        they are after this settle; the caller writes the new order with the settle's changes."""
         now = self.now
         updates: list[TradeUpdate] = []
         cash: Decimal = await conn.fetchval("SELECT cash FROM sim_account WHERE id = 1 FOR UPDATE")
+        found = await conn.fetch(
+            _SETTLE_READ,
+            submitting.client_order_id if submitting is not None else None,
+            submitting.symbol if submitting is not None else None,
+        )
         still_open: list[Order] = []
         duplicate: Order | None = None
-        position: Decimal = Decimal(0)
-        if submitting is None:
-            rows = await conn.fetch(
-                "SELECT *, false AS duplicate FROM sim_orders WHERE is_open ORDER BY submitted_at, id"
-            )
-        else:
-            found = await conn.fetch(
-                "SELECT o.*, o.client_order_id = $1 AS duplicate,"
-                " (SELECT qty FROM sim_positions WHERE symbol = $2) AS position_qty"
-                " FROM (SELECT 1) AS one LEFT JOIN sim_orders o ON o.is_open OR o.client_order_id = $1"
-                " ORDER BY o.submitted_at, o.id",
-                submitting.client_order_id,
-                submitting.symbol,
-            )
-            if found[0]["position_qty"] is not None:
-                position = found[0]["position_qty"]
-            rows = [row for row in found if row["id"] is not None]
-        for row in rows:
+        position = found[0]["submit_position_qty"] or Decimal(0)
+        # symbol -> (qty, average entry price), as the fills of this settle leave them
+        positions: dict[str, tuple[Decimal, Decimal]] = {}
+        changes = _Changes()
+        for row in found:
+            if row["id"] is not None and row["position_qty"] is not None:
+                positions.setdefault(row["symbol"], (row["position_qty"], row["position_avg"]))
+        for row in found:
+            if row["id"] is None:
+                continue  # no open order and no duplicate: the one row that carries the position
             order = _order_from_row(row)
             if row["duplicate"]:
                 duplicate = order
@@ -318,7 +330,13 @@ class SimBroker:
             for event in step.events:
                 position_qty = None
                 if event.qty is not None and event.price is not None:
-                    position_qty, cash_delta = await self._apply_fill(conn, event.order, event.qty, event.price)
+                    held, average = positions.get(event.order.symbol, (Decimal(0), Decimal(0)))
+                    position_qty, new_average, cash_delta = engine.apply_fill(
+                        held, average, event.order.side, event.qty, event.price
+                    )
+                    positions[event.order.symbol] = (position_qty, new_average)
+                    changes.positions[event.order.symbol] = (position_qty, new_average)
+                    changes.cash_delta += cash_delta
                     cash += cash_delta
                     if submitting is not None and event.order.symbol == submitting.symbol:
                         position = position_qty
@@ -332,28 +350,8 @@ class SimBroker:
                         position_qty=position_qty,
                     )
                 )
-            await _save_order(conn, step.order, step.checked_until)
-        return _Settled(updates, cash, still_open, duplicate, position)
-
-    async def _apply_fill(
-        self, conn: asyncpg.Connection, order: Order, qty: Decimal, price: Decimal
-    ) -> tuple[Decimal, Decimal]:
-        """Book one fill; returns the symbol's new position and the change of cash."""
-        row = await conn.fetchrow("SELECT qty, avg_entry_price FROM sim_positions WHERE symbol = $1", order.symbol)
-        held, average = (row["qty"], row["avg_entry_price"]) if row else (Decimal(0), Decimal(0))
-        new_qty, new_average, cash_delta = engine.apply_fill(held, average, order.side, qty, price)
-        if new_qty == 0:
-            await conn.execute("DELETE FROM sim_positions WHERE symbol = $1", order.symbol)
-        else:
-            await conn.execute(
-                "INSERT INTO sim_positions (symbol, qty, avg_entry_price) VALUES ($1, $2, $3)"
-                " ON CONFLICT (symbol) DO UPDATE SET qty = EXCLUDED.qty, avg_entry_price = EXCLUDED.avg_entry_price",
-                order.symbol,
-                new_qty,
-                new_average,
-            )
-        await conn.execute("UPDATE sim_account SET cash = cash + $1 WHERE id = 1", cash_delta)
-        return new_qty, cash_delta
+            changes.orders.append((step.order, step.checked_until))
+        return _Settled(updates, cash, still_open, duplicate, position, changes)
 
     # -- orders --------------------------------------------------------------------------------------
     async def submit_order(self, request: OrderRequest) -> Order:
@@ -380,7 +378,8 @@ class SimBroker:
                     now=now,
                 )
                 order = engine.new_order(request, engine.order_id_for(self.config.seed, request.client_order_id), now)
-                await _save_order(conn, order, now)
+                settled.changes.orders.append((order, now))
+                await _write(conn, settled.changes)
             self._publish(settled.updates)
         count = self._calls["submit_order"]
         if hash_unit(self.config.seed, "fault-lost", count) < self.config.faults.lost_submit_response_rate:
@@ -435,7 +434,7 @@ class SimBroker:
                         f"order is not cancelable (status {row['status']})", status=422, code=42210000
                     )
                 order, event = result
-                await _save_order(conn, order, self.now)
+                await _write(conn, _Changes(orders=[(order, self.now)]))
         update = TradeUpdate(event=event.event, order=order, timestamp=event.timestamp)
         for queue in self._subscribers:
             queue.put_nowait(update)
@@ -554,36 +553,75 @@ def _order_from_row(row: asyncpg.Record | Mapping[str, Any]) -> Order:
     )
 
 
-async def _save_order(conn: asyncpg.Connection, order: Order, checked_until: datetime) -> None:
-    fields = msgspec.structs.asdict(order)
+# The open orders (and the order sent before with the submitted client order id, $1), each with the
+# position in its symbol, and the position in the submitted symbol ($2). One row with no order when there
+# is none, so that the submitted symbol's position is always there.
+_SETTLE_READ = """
+SELECT o.*, coalesce(o.client_order_id = $1::text, false) AS duplicate,
+    p.qty AS position_qty, p.avg_entry_price AS position_avg,
+    (SELECT qty FROM sim_positions WHERE symbol = $2::text) AS submit_position_qty
+FROM (SELECT 1) AS one
+LEFT JOIN sim_orders o ON o.is_open OR o.client_order_id = $1::text
+LEFT JOIN sim_positions p ON p.symbol = o.symbol
+ORDER BY o.submitted_at, o.id
+"""
+
+# Every change at once: data-modifying CTEs all run, on different rows (one row per symbol and order).
+_WRITE = """
+WITH kept AS (
+    INSERT INTO sim_positions (symbol, qty, avg_entry_price)
+    SELECT * FROM unnest($1::text[], $2::numeric[], $3::numeric[])
+    ON CONFLICT (symbol) DO UPDATE SET qty = EXCLUDED.qty, avg_entry_price = EXCLUDED.avg_entry_price
+), flat AS (
+    DELETE FROM sim_positions WHERE symbol = ANY($4::text[])
+), account AS (
+    UPDATE sim_account SET cash = cash + $5::numeric WHERE id = 1 AND $5::numeric <> 0
+)
+INSERT INTO sim_orders (id, client_order_id, symbol, side, type, time_in_force, qty, limit_price, status,
+    filled_qty, filled_avg_price, submitted_at, updated_at, filled_at, canceled_at, expired_at, failed_at,
+    checked_until, is_open)
+SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::numeric[],
+    $13::numeric[], $14::text[], $15::numeric[], $16::numeric[], $17::timestamptz[], $18::timestamptz[],
+    $19::timestamptz[], $20::timestamptz[], $21::timestamptz[], $22::timestamptz[], $23::timestamptz[],
+    $24::boolean[])
+ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, filled_qty = EXCLUDED.filled_qty,
+    filled_avg_price = EXCLUDED.filled_avg_price, updated_at = EXCLUDED.updated_at,
+    filled_at = EXCLUDED.filled_at, canceled_at = EXCLUDED.canceled_at, expired_at = EXCLUDED.expired_at,
+    failed_at = EXCLUDED.failed_at, checked_until = EXCLUDED.checked_until, is_open = EXCLUDED.is_open
+"""
+
+
+async def _write(conn: asyncpg.Connection, changes: _Changes) -> None:
+    """Store ``changes`` in one statement (none when there are none)."""
+    if not changes.orders and not changes.positions and not changes.cash_delta:
+        return
+    kept = [(s, q, a) for s, (q, a) in changes.positions.items() if q != 0]
+    flat = [s for s, (q, _) in changes.positions.items() if q == 0]
+    orders = [o for o, _ in changes.orders]
     await conn.execute(
-        """
-        INSERT INTO sim_orders (id, client_order_id, symbol, side, type, time_in_force, qty, limit_price, status,
-            filled_qty, filled_avg_price, submitted_at, updated_at, filled_at, canceled_at, expired_at, failed_at,
-            checked_until, is_open)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
-        ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, filled_qty = EXCLUDED.filled_qty,
-            filled_avg_price = EXCLUDED.filled_avg_price, updated_at = EXCLUDED.updated_at,
-            filled_at = EXCLUDED.filled_at, canceled_at = EXCLUDED.canceled_at, expired_at = EXCLUDED.expired_at,
-            failed_at = EXCLUDED.failed_at, checked_until = EXCLUDED.checked_until, is_open = EXCLUDED.is_open
-        """,
-        fields["id"],
-        fields["client_order_id"],
-        fields["symbol"],
-        str(order.side),
-        str(order.type),
-        str(order.time_in_force),
-        order.qty,
-        order.limit_price,
-        str(order.status),
-        order.filled_qty,
-        order.filled_avg_price,
-        order.submitted_at,
-        order.updated_at,
-        order.filled_at,
-        order.canceled_at,
-        order.expired_at,
-        order.failed_at,
-        checked_until,
-        order.is_open,
+        _WRITE,
+        [s for s, _, _ in kept],
+        [q for _, q, _ in kept],
+        [a for _, _, a in kept],
+        flat,
+        changes.cash_delta,
+        [o.id for o in orders],
+        [o.client_order_id for o in orders],
+        [o.symbol for o in orders],
+        [str(o.side) for o in orders],
+        [str(o.type) for o in orders],
+        [str(o.time_in_force) for o in orders],
+        [o.qty for o in orders],
+        [o.limit_price for o in orders],
+        [str(o.status) for o in orders],
+        [o.filled_qty for o in orders],
+        [o.filled_avg_price for o in orders],
+        [o.submitted_at for o in orders],
+        [o.updated_at for o in orders],
+        [o.filled_at for o in orders],
+        [o.canceled_at for o in orders],
+        [o.expired_at for o in orders],
+        [o.failed_at for o in orders],
+        [checked_until for _, checked_until in changes.orders],
+        [o.is_open for o in orders],
     )
