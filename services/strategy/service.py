@@ -435,7 +435,13 @@ async def strategy_execution(ctx: ServiceContext, caches: Caches, job: JobContex
     items = [WorkItem(tick_id=tick.tick_id, scheduled_at=tick.scheduled_at, portfolio_id=pid) for pid in portfolios]
     if len(items) < FAN_OUT_FROM:
         # A few portfolios: evaluating them here is faster than a round trip through the work queue. The
-        # prefetch decided them already.
+        # prefetch decided them already: all of them, and the run's completion, in one atomic append when
+        # the run's start is recorded by now (one commit for the whole tick).
+        decided = [prefetched.evaluations[pid] for pid in portfolios if pid in prefetched.evaluations]
+        if items and len(decided) == len(items) and job.complete is not None:
+            totals = _totals(evaluation.evaluated for evaluation in decided)
+            if await job.complete([append for evaluation in decided for append in evaluation.appends], totals):
+                return totals
         evaluated = [
             await (
                 record_evaluation(ctx, prefetched.evaluations[item.portfolio_id])

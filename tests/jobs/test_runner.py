@@ -4,17 +4,19 @@ operator actions, takeover of abandoned attempts, and the read models (live == r
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from eventstore import EventStore
+from eventstore import NO_STREAM, EventStore, NewEvent
 from eventstore.projections import ProjectionRunner
-from services.core.events import new_event, registry
+from services.core.events import event_id_for, new_event, registry
 from services.core.jobs.breaker import JobHealth
 from services.core.jobs.events import (
     JobExecutionFailed,
@@ -341,3 +343,139 @@ async def test_a_job_with_idempotent_effects_runs_while_its_start_is_recorded(st
     assert await types_in(store, jobrun_stream(tick(1).tick_id)) == ["JobExecutionStarted", "JobExecutionFailed"]
     again = await a.run(tick(0), job, idempotent_effects=True)  # a redelivery: not run
     assert again.status is RunStatus.DUPLICATE and len(calls) <= 2
+
+
+def effect(stream: str, n: int = 0) -> tuple[str, list[NewEvent], int]:
+    """One effect for ``JobContext.complete``: a single event, its id derived from its stream."""
+    return (stream, [NewEvent(type="EffectWritten", data={"n": n}, event_id=event_id_for("effect", stream))], NO_STREAM)
+
+
+async def commits_of(dsn: str, streams: list[str]) -> dict[str, int]:
+    """The transaction that wrote each stream's events (one id per stream: they are written once)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT DISTINCT stream_id, tx_id::text::bigint AS tx FROM events WHERE stream_id = ANY($1)", streams
+        )
+    finally:
+        await conn.close()
+    assert len(rows) == len({r["stream_id"] for r in rows}), "a stream was written by several commits"
+    return {r["stream_id"]: r["tx"] for r in rows}
+
+
+async def test_complete_records_start_effects_and_completion_in_one_commit(store: EventStore, pg_dsn: str) -> None:
+    """A job with idempotent effects that ends through ``complete`` within the grace: its start, its last
+    effects and its completion are one commit, and the counters it gave are the run's."""
+    runner = JobRunner(store, worker="a", start_grace=5.0)
+    answers: list[bool] = []
+
+    async def job(ctx: JobContext) -> dict[str, int]:
+        assert ctx.complete is not None
+        # nothing of the run is in the log yet: its start waits for the completion
+        assert await types_in(store, jobrun_stream(ctx.tick.tick_id)) == []
+        answers.append(await ctx.complete([effect("effect-a"), effect("effect-b")], {"n": 2}))
+        return {"n": 2}
+
+    outcome = await runner.run(tick(0), job, idempotent_effects=True)
+    assert outcome.status is RunStatus.COMPLETED and outcome.counters == {"n": 2} and answers == [True]
+    run = jobrun_stream(tick(0).tick_id)
+    assert await types_in(store, run) == ["JobExecutionStarted", "JobExecutionCompleted"]
+    commits = await commits_of(pg_dsn, [run, "effect-a", "effect-b"])
+    assert len(set(commits.values())) == 1, commits
+    assert (await runner.run(tick(0), job, idempotent_effects=True)).status is RunStatus.DUPLICATE
+    assert answers == [True]
+
+
+async def test_complete_after_the_grace_appends_to_the_recorded_start(store: EventStore, pg_dsn: str) -> None:
+    """A run longer than the grace is recorded as started on its own; ``complete`` then appends the effects
+    and the completion after that start, in one commit of their own."""
+    runner = JobRunner(store, worker="a", start_grace=0.05)
+    run = jobrun_stream(tick(1).tick_id)
+
+    async def job(ctx: JobContext) -> dict[str, int]:
+        assert ctx.complete is not None
+        for _ in range(200):  # the start is appended once the grace ends
+            if await types_in(store, run) == ["JobExecutionStarted"]:
+                break
+            await asyncio.sleep(0.01)
+        assert await types_in(store, run) == ["JobExecutionStarted"]
+        assert await ctx.complete([effect("effect-late")], {"n": 1})
+        return {"n": 1}
+
+    outcome = await runner.run(tick(1), job, idempotent_effects=True)
+    assert outcome.status is RunStatus.COMPLETED and outcome.counters == {"n": 1}
+    events = [e async for e in store.read_stream(run)]
+    assert [e.type for e in events] == ["JobExecutionStarted", "JobExecutionCompleted"]
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        tx = {
+            r["stream_id"] + "/" + r["event_type"]: r["tx"]
+            for r in await conn.fetch("SELECT stream_id, event_type, tx_id::text::bigint AS tx FROM events")
+        }
+    finally:
+        await conn.close()
+    assert tx[f"{run}/JobExecutionCompleted"] == tx["effect-late/EffectWritten"]
+    assert tx[f"{run}/JobExecutionStarted"] != tx["effect-late/EffectWritten"]
+
+
+async def test_complete_declines_when_an_effect_exists_and_the_run_records_as_usual(store: EventStore) -> None:
+    """An effect whose stream exists already (another run wrote it differently): nothing of the atomic
+    append is written, ``complete`` answers False, and the run is recorded as the job ends."""
+    await store.append("effect-taken", [NewEvent(type="EffectWritten", data={"n": 9}, event_id=uuid.uuid4())])
+    runner = JobRunner(store, worker="a", start_grace=5.0)
+    answers: list[bool] = []
+
+    async def job(ctx: JobContext) -> dict[str, int]:
+        assert ctx.complete is not None
+        answers.append(await ctx.complete([effect("effect-free"), effect("effect-taken")], {"n": 2}))
+        return {"n": 0}
+
+    outcome = await runner.run(tick(2), job, idempotent_effects=True)
+    assert answers == [False]
+    assert outcome.status is RunStatus.COMPLETED and outcome.counters == {"n": 0}
+    assert await store.stream_version("effect-free") == -1  # atomic: the free stream was not written either
+    events = [registry.decode(e) async for e in store.read_stream(jobrun_stream(tick(2).tick_id))]
+    assert [type(e).__name__ for e in events] == ["JobExecutionStarted", "JobExecutionCompleted"]
+    assert events[1].counters == {"n": 0}
+
+
+async def test_two_workers_completing_the_same_tick_write_it_once(store: EventStore) -> None:
+    """Two workers run the same tick at once, each ending through ``complete`` with the same effects: the
+    log holds one start, one completion and the effects once; one run completes, the other is dropped."""
+    both_running = asyncio.Barrier(2)
+
+    async def job(ctx: JobContext) -> dict[str, int]:
+        assert ctx.complete is not None
+        await both_running.wait()
+        await ctx.complete([effect("effect-shared")], {"n": 1})
+        return {"n": 1}
+
+    a, b = JobRunner(store, worker="a", start_grace=5.0), JobRunner(store, worker="b", start_grace=5.0)
+    outcomes = await asyncio.gather(
+        a.run(tick(3), job, idempotent_effects=True), b.run(tick(3), job, idempotent_effects=True)
+    )
+    statuses = sorted(o.status.value for o in outcomes)
+    assert statuses == ["completed", "superseded"], statuses
+    assert await types_in(store, jobrun_stream(tick(3).tick_id)) == ["JobExecutionStarted", "JobExecutionCompleted"]
+    assert await types_in(store, "effect-shared") == ["EffectWritten"]
+
+
+async def test_a_cancelled_run_in_its_grace_records_nothing(store: EventStore) -> None:
+    """A shutdown during the grace: the start was never appended, so the tick's next delivery runs it."""
+    runner = JobRunner(store, worker="a", start_grace=5.0)
+    entered = asyncio.Event()
+
+    async def hanging(ctx: JobContext) -> dict[str, int]:
+        entered.set()
+        await asyncio.sleep(60)
+        return {}
+
+    task = asyncio.create_task(runner.run(tick(4), hanging, idempotent_effects=True))
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.05)
+    assert await types_in(store, jobrun_stream(tick(4).tick_id)) == []
+    job = Job()
+    assert (await runner.run(tick(4), job, idempotent_effects=True)).status is RunStatus.COMPLETED

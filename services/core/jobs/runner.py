@@ -28,7 +28,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -37,7 +37,15 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NatsClient
 
-from eventstore import NO_STREAM, AppendResult, DuplicateEventId, EventStore, RecordedEvent, WrongExpectedVersion
+from eventstore import (
+    NO_STREAM,
+    AppendResult,
+    DuplicateEventId,
+    EventStore,
+    NewEvent,
+    RecordedEvent,
+    WrongExpectedVersion,
+)
 from services.core.events import new_event, registry
 from services.core.jobs import breaker
 from services.core.jobs.breaker import DEFAULT_THRESHOLD, JobHealth
@@ -60,12 +68,20 @@ log = logging.getLogger(__name__)
 Counters = Mapping[str, int]
 
 
+Append = tuple[str, Sequence[NewEvent], int]  # (stream_id, events, expected_version), as EventStore.append_many
+
+
 @dataclass(frozen=True, slots=True)
 class JobContext:
     tick: Tick
     attempt: int
     # What the job's ``prefetch`` (see JobRunner.run) read while the run was being recorded as started.
     prefetched: asyncio.Future[Any] | None = None
+    # ``await complete(appends, counters)``: append the job's last effects and the run's completion with
+    # these counters in one atomic append (one commit). True: both are stored, and the job returns the
+    # same counters. False: nothing was written (the run's start is not recorded yet, the run is not ours,
+    # or an effect's expectation failed): the job goes on as without it. See JobRunner._completer.
+    complete: Callable[[Sequence[Append], Counters], Awaitable[bool]] | None = None
 
     @property
     def job_type(self) -> JobType:
@@ -158,6 +174,57 @@ _encoder = msgspec.json.Encoder()
 _TERMINAL = (JobExecutionCompleted, JobExecutionFailed, JobExecutionSkipped)
 
 
+class StartRecord:
+    """The append of a run's ``JobExecutionStarted``: begun at once, or (a job with idempotent effects)
+    held back for up to ``grace`` seconds, so that a run that completes sooner records its start with its
+    completion and last effects in one commit (see ``JobRunner._completer``). A longer run is recorded as
+    started once the grace ends, and every run's start is recorded before its outcome."""
+
+    def __init__(self, store: EventStore, stream: str, event: NewEvent, expected: int, grace: float = 0.0) -> None:
+        self.store = store
+        self.stream = stream
+        self.event = event
+        self.expected = expected
+        self._future: asyncio.Future[AppendResult] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        if grace > 0:
+            self._timer = asyncio.get_running_loop().call_later(grace, self.begin)
+        else:
+            self.begin()
+
+    def begin(self) -> asyncio.Future[AppendResult]:
+        """Start the append now (if not begun); its future (WrongExpectedVersion: another worker's start)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._future is None:
+            self._future = asyncio.ensure_future(self.store.append(self.stream, [self.event], self.expected))
+            self._future.add_done_callback(_consume_outcome)  # awaited by the run, unless it is cancelled
+        return self._future
+
+    def take(self) -> bool:
+        """True when the append has not begun: the caller appends the start itself, and calls ``begin``
+        if that append wrote nothing."""
+        if self._future is not None:
+            return False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return True
+
+    def recorded(self) -> AppendResult | None:
+        """The start's append result when it is stored (by this record) already; None otherwise."""
+        future = self._future
+        if future is None or not future.done() or future.cancelled() or future.exception() is not None:
+            return None
+        return future.result()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class JobRunner:
     def __init__(
         self,
@@ -169,8 +236,11 @@ class JobRunner:
         threshold: int = DEFAULT_THRESHOLD,
         takeover_after: timedelta = timedelta(seconds=120),
         clock: Callable[[], datetime] = utc_now,
+        start_grace: float = 1.0,
     ) -> None:
-        """``clock`` only timestamps measurements (started_at, durations); decisions use the tick."""
+        """``clock`` only timestamps measurements (started_at, durations); decisions use the tick.
+        ``start_grace``: how long a job with idempotent effects may run before its start is recorded on
+        its own (a run that completes sooner records start, completion and last effects in one commit)."""
         if threshold < 1:
             raise ValueError("threshold must be >= 1")
         self.store = store
@@ -180,6 +250,7 @@ class JobRunner:
         self.threshold = threshold
         self.takeover_after = takeover_after
         self.clock = clock
+        self.start_grace = start_grace
 
     # ------------------------------------------------------------------------------------- loading
 
@@ -214,8 +285,10 @@ class JobRunner:
         ``idempotent_effects``: the job's effects carry ids of their own that make a second run of the
         tick write nothing (strategy_execution: one evaluation per portfolio and tick). Such a job starts
         as soon as the ledger has checked the tick (not a repeat, not in progress elsewhere, breaker
-        closed), while its start is being recorded; if another worker's start wins that append, this
-        run's outcome is dropped (its effects, if any, were the same)."""
+        closed). Its start is recorded with its completion and last effects when the job ends through
+        ``JobContext.complete`` within ``start_grace``, and on its own otherwise (after the grace, or when
+        the job returns); if another worker's start wins, this run's outcome is dropped (its effects, if
+        any, were the same)."""
         prefetched = asyncio.ensure_future(prefetch(tick)) if prefetch is not None else None
         try:
             return await self._run(tick, job, prefetched, idempotent_effects)
@@ -259,19 +332,18 @@ class JobRunner:
                     job_type=tick.job_type.value, tick_id=tick.tick_id, scheduled_for=tick.scheduled_at,
                     reason=tick.reason.value, attempt=attempt, started_at=self.clock(), worker=self.worker,
                 )
-                start = self.store.append(stream, [new_event(started, tick.tick_id, str(attempt))], version)
+                start_event = new_event(started, tick.tick_id, str(attempt))
                 if idempotent_effects:
-                    eager = asyncio.ensure_future(start)
-                    eager.add_done_callback(_consume_outcome)  # awaited below, unless the job is cancelled
-                    return await self._execute(tick, job, started, eager, prefetched)
-                result = await start
+                    # The job starts now; its start is recorded with its completion, or after the grace.
+                    start = StartRecord(self.store, stream, start_event, version, self.start_grace)
+                    return await self._execute(tick, job, started, start, prefetched)
+                start = StartRecord(self.store, stream, start_event, version)
+                result = await start.begin()
             except WrongExpectedVersion:
                 continue  # another worker moved this tick on: look again
             if not result.written:
                 continue  # our own start, stored before a crash: look again (now it is "open")
-            recorded_start: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-            recorded_start.set_result(result)
-            return await self._execute(tick, job, started, recorded_start, prefetched)
+            return await self._execute(tick, job, started, start, prefetched)
         raise RuntimeError(f"{tick.tick_id}: could not settle the run after repeated concurrent changes")
 
     async def _execute(
@@ -279,7 +351,7 @@ class JobRunner:
         tick: Tick,
         job: JobFunc,
         started: JobExecutionStarted,
-        start: asyncio.Future[AppendResult],
+        start: StartRecord,
         prefetched: asyncio.Future[Any] | None = None,
     ) -> RunOutcome:
         """Run the job while (or once) ``start`` records its start; then record how it ended."""
@@ -288,41 +360,62 @@ class JobRunner:
         t0 = time.perf_counter()
         error: str | None = None
         counters: dict[str, int] = {}
+        # Set by the job's ``complete``: the completion it recorded, or None when another worker's run of the
+        # same attempt had recorded the same events first.
+        completed: list[tuple[JobExecutionCompleted, dict[str, int]] | None] = []
+        complete = self._completer(tick, started, start, t0, completed)
         try:
-            returned = await job(JobContext(tick=tick, attempt=attempt, prefetched=prefetched))
+            returned = await job(JobContext(tick=tick, attempt=attempt, prefetched=prefetched, complete=complete))
             counters = {str(k): int(v) for k, v in (returned or {}).items()}
         except Exception as exc:  # noqa: BLE001 - any error of the job is a failed run, recorded
             error = safe_error(exc)
-            log.warning("job %s failed (attempt %d): %s", tick.tick_id, attempt, error)
-        duration_ms = round((time.perf_counter() - t0) * 1000.0, 3)
-        try:
-            recorded_start = await start
-        except WrongExpectedVersion:
-            log.info("%s: another worker recorded its start first; this run's outcome is dropped", tick.tick_id)
-            return RunOutcome(RunStatus.SUPERSEDED, tick.tick_id, attempt)
-        if not recorded_start.written:
-            # Our own start from before a crash: the run is "open" in the log; a later delivery takes it over.
-            return RunOutcome(RunStatus.IN_PROGRESS, tick.tick_id, attempt)
-        version = recorded_start.next_expected_version
-        ended_at = self.clock()
+            if not completed:
+                log.warning("job %s failed (attempt %d): %s", tick.tick_id, attempt, error)
+        except BaseException:
+            start.cancel()  # cancelled (a shutdown): a start not begun is not recorded; the tick comes again
+            raise
         terminal: JobExecutionCompleted | JobExecutionFailed
-        if error is None:
-            terminal = JobExecutionCompleted(
-                job_type=tick.job_type.value, tick_id=tick.tick_id, scheduled_for=tick.scheduled_at,
-                attempt=attempt, started_at=started.started_at, completed_at=ended_at,
-                duration_ms=duration_ms, counters=counters,
-            )
-        else:
-            terminal = JobExecutionFailed(
-                job_type=tick.job_type.value, tick_id=tick.tick_id, scheduled_for=tick.scheduled_at,
-                attempt=attempt, started_at=started.started_at, failed_at=ended_at,
-                duration_ms=duration_ms, error=error,
-            )
-        try:
-            await self.store.append(stream, [new_event(terminal, tick.tick_id, str(attempt))], version)
-        except WrongExpectedVersion:
-            log.warning("%s attempt %d was taken over by another worker; its result is dropped", tick.tick_id, attempt)
+        if completed and completed[0] is None:
+            log.info("%s: another worker recorded the same run first; this run's outcome is dropped", tick.tick_id)
             return RunOutcome(RunStatus.SUPERSEDED, tick.tick_id, attempt)
+        if completed:
+            # The completion is in the log, with the effects it was appended with: what the job did after
+            # it changes nothing there (an error after it is only logged).
+            terminal, counters = completed[0]  # type: ignore[misc]  # None is handled above
+            if error is not None:
+                log.error("job %s raised after recording its completion (kept): %s", tick.tick_id, error)
+                error = None
+            duration_ms = terminal.duration_ms
+        else:
+            duration_ms = round((time.perf_counter() - t0) * 1000.0, 3)
+            try:
+                recorded_start = await start.begin()
+            except WrongExpectedVersion:
+                log.info("%s: another worker recorded its start first; this run's outcome is dropped", tick.tick_id)
+                return RunOutcome(RunStatus.SUPERSEDED, tick.tick_id, attempt)
+            if not recorded_start.written:
+                # Our own start from before a crash: the run is "open" in the log; a later delivery takes it over.
+                return RunOutcome(RunStatus.IN_PROGRESS, tick.tick_id, attempt)
+            version = recorded_start.next_expected_version
+            ended_at = self.clock()
+            if error is None:
+                terminal = JobExecutionCompleted(
+                    job_type=tick.job_type.value, tick_id=tick.tick_id, scheduled_for=tick.scheduled_at,
+                    attempt=attempt, started_at=started.started_at, completed_at=ended_at,
+                    duration_ms=duration_ms, counters=counters,
+                )
+            else:
+                terminal = JobExecutionFailed(
+                    job_type=tick.job_type.value, tick_id=tick.tick_id, scheduled_for=tick.scheduled_at,
+                    attempt=attempt, started_at=started.started_at, failed_at=ended_at,
+                    duration_ms=duration_ms, error=error,
+                )
+            try:
+                await self.store.append(stream, [new_event(terminal, tick.tick_id, str(attempt))], version)
+            except WrongExpectedVersion:
+                log.warning("%s attempt %d was taken over by another worker; its result is dropped", tick.tick_id,
+                            attempt)
+                return RunOutcome(RunStatus.SUPERSEDED, tick.tick_id, attempt)
         await self._record_health(terminal)
         status = RunStatus.COMPLETED if error is None else RunStatus.FAILED
         await self._feed(JobFeed(
@@ -330,6 +423,48 @@ class JobRunner:
             duration_ms=duration_ms, counters=counters, error=error,
         ))
         return RunOutcome(status, tick.tick_id, attempt, counters, error, duration_ms)
+
+    def _completer(
+        self,
+        tick: Tick,
+        started: JobExecutionStarted,
+        start: StartRecord,
+        t0: float,
+        completed: list[tuple[JobExecutionCompleted, dict[str, int]] | None],
+    ) -> Callable[[Sequence[Append], Counters], Awaitable[bool]]:
+        """The run's ``JobContext.complete``: the job's last effects and the completion in one commit, with
+        the start too when it is not recorded yet (one commit for the whole run; a crash cannot leave
+        effects without the completion). It never waits for a start being appended: it declines then."""
+
+        async def complete(appends: Sequence[Append], counters: Counters) -> bool:
+            if completed:
+                return False
+            stream = jobrun_stream(tick.tick_id)
+            totals = {str(k): int(v) for k, v in counters.items()}
+            terminal = JobExecutionCompleted(
+                job_type=tick.job_type.value, tick_id=tick.tick_id, scheduled_for=tick.scheduled_at,
+                attempt=started.attempt, started_at=started.started_at, completed_at=self.clock(),
+                duration_ms=round((time.perf_counter() - t0) * 1000.0, 3), counters=totals,
+            )
+            closing_event = new_event(terminal, tick.tick_id, str(started.attempt))
+            if start.take():
+                closing: Append = (stream, [start.event, closing_event], start.expected)
+            elif (recorded_start := start.recorded()) is not None and recorded_start.written:
+                closing = (stream, [closing_event], recorded_start.next_expected_version)
+            else:
+                return False  # the start is being appended (or is not ours): the job appends as usual
+            try:
+                results = await self.store.append_many([*appends, closing])
+            except (WrongExpectedVersion, DuplicateEventId):
+                start.begin()  # nothing was written; if the start was ours to write, it is begun now
+                return False  # an effect exists already, or the run was taken over
+            if not results[-1].written:
+                completed.append(None)  # the same events were stored before: another worker's run
+                return True
+            completed.append((terminal, totals))
+            return True
+
+        return complete
 
     # ------------------------------------------------------------------------------------- health
 
