@@ -148,7 +148,15 @@ def _prepare_client(client: Any, settings: AlpacaSettings, limiter: RateLimiter)
         limiter.update_from_headers(response.headers, response.status_code)
 
     session.hooks["response"].append(on_response)
-    # alpaca-py exposes neither the session nor retry settings on TradingClient: set its attributes.
+    # alpaca-py exposes neither the session nor retry settings on TradingClient: set its attributes. Should
+    # a release rename them, setting them would change nothing, and its blind retries of order POSTs and
+    # its requests without a timeout would come back unnoticed: refuse to run on such a client instead.
+    missing = [name for name in ("_session", "_retry") if not hasattr(client, name)]
+    if missing:
+        raise BrokerConfigError(
+            f"unsupported alpaca-py client {type(client).__name__}: no {', '.join(missing)} attribute"
+            " (openbell needs it to set request timeouts and turn off blind retries)"
+        )
     client._session = session
     client._retry = 0  # never retry blindly, POST least of all; 429s are handled in AlpacaBroker._call
 

@@ -250,6 +250,29 @@ async def test_live_trading_must_be_enabled_explicitly(fake_alpaca: FakeAlpaca) 
     assert API_SECRET not in str(info.value)
 
 
+def test_a_client_without_the_attributes_openbell_sets_is_refused(fake_alpaca: FakeAlpaca) -> None:
+    """Should an alpaca-py release rename the attributes that carry the request timeout and the retry count,
+    the adapter refuses that client rather than run with blind order retries and no timeout."""
+    from alpaca.trading.client import TradingClient
+
+    from services.broker.alpaca import _prepare_client
+
+    settings = alpaca_settings_for(fake_alpaca)
+    client = TradingClient(API_KEY, API_SECRET, paper=True, url_override=fake_alpaca.url)
+    _prepare_client(client, settings, RateLimiter())
+    assert client._retry == 0 and client._session.default_timeout == (
+        settings.alpaca_connect_timeout,
+        settings.alpaca_read_timeout,
+    )
+
+    class RenamedClient:
+        _session = None  # a release that kept the session but renamed the retry count
+
+    with pytest.raises(BrokerConfigError, match="_retry") as info:
+        _prepare_client(RenamedClient(), settings, RateLimiter())
+    assert API_SECRET not in str(info.value)
+
+
 async def test_settings_and_factory_from_the_environment(
     fake_alpaca: FakeAlpaca, monkeypatch: pytest.MonkeyPatch
 ) -> None:
