@@ -277,7 +277,7 @@ async def setup(ctx: ServiceContext) -> None:
 
     ctx.background(unsubscribe_on_stop(), "alerts-commands")
     subscribe_ticks(
-        ctx.bus, subjects=ctx.rt.subjects, service=SERVICE, job_type=JobType.ALERT_PRICE_CHECK,
+        ctx.consumers, subjects=ctx.rt.subjects, service=SERVICE, job_type=JobType.ALERT_PRICE_CHECK,
         runner=ctx.jobs, job=service.alert_price_check,
     )
 

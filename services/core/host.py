@@ -1,8 +1,9 @@
 """The service host: runs one or more openbell services in one process.
 
-Every service is a module with ``async def setup(ctx: ServiceContext) -> None`` that registers its
-FastStream subscribers on ``ctx.bus`` and its background loops with ``ctx.background``. The host then
-starts the bus and runs until stopped. ``openbell serve <names>`` and ``openbell demo`` both use it; the
+Every service is a module with ``async def setup(ctx: ServiceContext) -> None`` that registers its durable
+JetStream consumers on ``ctx.consumers``, its request/reply commands (FastStream subscribers) on
+``ctx.bus`` and its background loops with ``ctx.background``. The host then starts them and runs until
+stopped. ``openbell serve <names>`` and ``openbell demo`` both use it; the
 compose stack runs one service per container, and more copies of a service share its durable consumers.
 """
 
@@ -19,10 +20,10 @@ from typing import Any
 
 from faststream.nats import NatsBroker
 
-import services.core.compat  # noqa: F401 - library compatibility, applied on import
 from eventstore.projections import ProjectionRunner
 from services.broker.protocol import Broker
 from services.broker.simulator.broker import ManualClock, SimBroker
+from services.core.jobs.consumer import DurableConsumers
 from services.core.jobs.runner import JobRunner
 from services.core.projections import known_projections
 from services.core.runtime import Runtime, connect_runtime
@@ -54,7 +55,8 @@ class TickTime(ManualClock):
 @dataclass
 class ServiceContext:
     rt: Runtime
-    bus: NatsBroker
+    bus: NatsBroker  # request/reply commands
+    consumers: DurableConsumers  # durable JetStream consumers: ticks, events, work items
     jobs: JobRunner
     projections: ProjectionRunner
     stop: asyncio.Event
@@ -145,6 +147,7 @@ async def hosted(
         ctx = ServiceContext(
             rt=runtime,
             bus=bus,
+            consumers=DurableConsumers(runtime.servers.nats_url, name=f"openbell-{'+'.join(services)}-consumers"),
             jobs=JobRunner(
                 runtime.store,
                 nc=runtime.nc,
@@ -162,6 +165,11 @@ async def hosted(
             module = importlib.import_module(SERVICES[name])
             await module.setup(ctx)
         await bus.start()
+        try:
+            await ctx.consumers.start()
+        except BaseException:
+            await bus.stop()
+            raise
         log.info("services running: %s", ", ".join(services))
         try:
             yield ctx
@@ -171,6 +179,7 @@ async def hosted(
                 task.cancel()
             # Crashes were already logged by _log_crash; cancellation is how they end here.
             await asyncio.gather(*ctx._tasks, return_exceptions=True)
+            await ctx.consumers.stop()
             await bus.stop()
             if ctx._broker is not None:
                 await ctx._broker.aclose()

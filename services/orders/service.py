@@ -256,7 +256,7 @@ async def setup(ctx: ServiceContext) -> None:
         await submit_requested(ctx, request.client_order_id, request.at)
 
     subscribe_durable(
-        ctx.bus,
+        ctx.consumers,
         subjects=subjects,
         service=SERVICE,
         subject=subjects.event("order", "OrderRequested"),
@@ -267,7 +267,7 @@ async def setup(ctx: ServiceContext) -> None:
         ack_wait=ctx.settings.ack_wait_seconds,
     )
     subscribe_ticks(
-        ctx.bus,
+        ctx.consumers,
         subjects=subjects,
         service=SERVICE,
         job_type=JobType.ORDER_STATUS_CHECK,

@@ -454,7 +454,7 @@ async def setup(ctx: ServiceContext) -> None:
     subjects = ctx.rt.subjects
     for event_type in FILL_EVENT_TYPES:
         subscribe_durable(
-            ctx.bus,
+            ctx.consumers,
             subjects=subjects,
             service=SERVICE,
             subject=subjects.event("order", event_type),
@@ -467,4 +467,4 @@ async def setup(ctx: ServiceContext) -> None:
         JobType.PORTFOLIO_SNAPSHOT: service.portfolio_snapshot,
     }
     for job_type, job in jobs.items():
-        subscribe_ticks(ctx.bus, subjects=subjects, service=SERVICE, job_type=job_type, runner=ctx.jobs, job=job)
+        subscribe_ticks(ctx.consumers, subjects=subjects, service=SERVICE, job_type=job_type, runner=ctx.jobs, job=job)

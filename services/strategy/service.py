@@ -548,7 +548,7 @@ async def setup(ctx: ServiceContext) -> None:
     caches = Caches()
 
     subscribe_ticks(
-        ctx.bus,
+        ctx.consumers,
         subjects=subjects,
         service=SERVICE,
         job_type=JobType.STRATEGY_EXECUTION,
@@ -569,7 +569,7 @@ async def setup(ctx: ServiceContext) -> None:
         await evaluate_portfolio(ctx, caches, item)
 
     subscribe_durable(
-        ctx.bus,
+        ctx.consumers,
         subjects=subjects,
         service=SERVICE,
         subject=subjects.work(WORK_QUEUE),

@@ -8,7 +8,6 @@ from collections import Counter
 from datetime import UTC, date, datetime
 
 import pytest
-from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
 
 from eventstore import EventStore
@@ -16,7 +15,7 @@ from eventstore.projections import ProjectionRunner
 from services.clock import calendar, schedule
 from services.clock.schedule import JobType
 from services.clock.virtual import VirtualClock, VirtualClockStalled
-from services.core.jobs.consumer import subscribe_ticks
+from services.core.jobs.consumer import DurableConsumers, subscribe_ticks
 from services.core.jobs.projection import JobsProjection, job_stats
 from services.core.jobs.runner import JobContext, JobRunner
 from services.core.subjects import Subjects
@@ -40,7 +39,7 @@ async def test_virtual_week(pg_dsn: str, nats_url: str, nc: NatsClient, subject_
         decided_at.append(ctx.scheduled_at)
         return {"items": 1}
 
-    broker = NatsBroker(nats_url, logger=None)
+    broker = DurableConsumers(nats_url)
     for job_type in JobType:
         subscribe_ticks(broker, subjects=subjects, service="sim", job_type=job_type, runner=runner, job=job)
     await broker.start()

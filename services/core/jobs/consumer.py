@@ -1,4 +1,4 @@
-"""Generic FastStream wiring for JetStream durable pull consumers (ticks and events alike).
+"""Durable JetStream pull consumers (ticks and events alike), on a nats-py connection of their own.
 
 - Explicit ack: a handler that returns acks the message.
 - A message that can never be handled (bad JSON, unknown type, missing fields) raises :class:`Reject`:
@@ -9,15 +9,24 @@
   is alive.
 - All workers of one service use the same durable name, so they share one consumer: starting more copies
   scales out (each message goes to one of them).
+- A fetched batch is handled concurrently, and the next fetch waits for the whole batch: consumers whose
+  messages must be handled in order per key fetch one at a time (the default).
+
+These consumers are on the path from every tick to its orders (two hops: the tick, then the order
+request), so they are a plain fetch loop on nats-py: FastStream's per-message machinery (its task group,
+dependency injection and middleware) cost 0.3-0.6 ms per hop there (bench/README.md). FastStream wires the
+request/reply commands (``ServiceContext.bus``).
 
 Usage::
 
-    broker = NatsBroker(nats_url)
-    subscribe_ticks(broker, subjects=s, service="positions", job_type=JobType.PRICE_UPDATE,
+    consumers = DurableConsumers(nats_url)
+    subscribe_ticks(consumers, subjects=s, service="positions", job_type=JobType.PRICE_UPDATE,
                     runner=JobRunner(store, nc=nc, subjects=s), job=price_update)
-    subscribe_durable(broker, subjects=s, service="alerts", subject=s.event("price", "PriceUpdated"),
+    subscribe_durable(consumers, subjects=s, service="alerts", subject=s.event("price", "PriceUpdated"),
                       stream=s.events_stream, handler=on_price)   # handler(delivery: Delivery) -> None
-    await broker.start()
+    await consumers.start()
+    ...
+    await consumers.stop()
 """
 
 from __future__ import annotations
@@ -28,13 +37,13 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
 
-from faststream import AckPolicy
-from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsBroker, PullSub
-from faststream.nats.annotations import NatsMessage
-from faststream.nats.message import NatsMessage as NatsStreamMessage
+import nats
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.core.jobs.runner import JobFunc, JobRunner, Prefetch, RunStatus
 from services.core.jobs.types import InvalidTick, JobType, decode_tick
@@ -89,21 +98,178 @@ def durable_name(service: str, subject: str) -> str:
     return f"{service}_{tail}_{digest}"
 
 
-async def _the_message_itself(message: NatsStreamMessage) -> NatsStreamMessage:
-    """FastStream decoder: the handler receives the message object itself as its argument.
-
-    Asking for it with the ``NatsMessage`` annotation instead resolves it through a synchronous context
-    field, which fast_depends runs in a worker thread: a thread round trip on every delivery, about 0.3 ms
-    of latency per hop under load. An async decoder stays on the event loop."""
-    return message
-
-
 def _delay_for(attempt: int, backoff: Sequence[float]) -> float:
     return backoff[min(max(attempt, 1), len(backoff)) - 1] if backoff else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Consumer:
+    service: str
+    subject: str
+    stream: str
+    durable: str
+    handler: Handler
+    dlq_subject: str
+    dlq_stream: str
+    max_deliver: int
+    backoff: Sequence[float]
+    ack_wait: float
+    deliver_policy: DeliverPolicy
+    batch_size: int
+    fetch_timeout: float
+
+
+class DurableConsumers:
+    """The durable pull consumers of one process: registered by ``subscribe_durable`` / ``subscribe_ticks``,
+    run from ``start`` (one fetch loop each, on a connection of their own that reconnects forever) until
+    ``stop``."""
+
+    def __init__(self, nats_url: str, *, name: str = "openbell-consumers") -> None:
+        self.nats_url = nats_url
+        self.name = name
+        self._consumers: list[_Consumer] = []
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def add(self, consumer: _Consumer) -> None:
+        if self._nc is not None:
+            raise RuntimeError("consumers are registered before start()")
+        self._consumers.append(consumer)
+
+    async def start(self) -> None:
+        """Connect, create (or bind to) every durable consumer, and start fetching."""
+        self._nc = await nats.connect(self.nats_url, name=self.name, max_reconnect_attempts=-1)
+        self._js = self._nc.jetstream()
+        try:
+            for consumer in self._consumers:
+                config = ConsumerConfig(
+                    ack_policy=AckPolicy.EXPLICIT,
+                    # One delivery more than we handle: the last failure is dead-lettered by us, never silently
+                    # dropped by the server, even if the worker dies during the last attempt.
+                    max_deliver=consumer.max_deliver + 1,
+                    ack_wait=consumer.ack_wait,
+                    deliver_policy=consumer.deliver_policy,
+                )
+                subscription = await self._js.pull_subscribe(
+                    consumer.subject, durable=consumer.durable, stream=consumer.stream, config=config
+                )
+                task = asyncio.create_task(self._fetch_loop(consumer, subscription), name=consumer.durable)
+                self._tasks.append(task)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop fetching; a message being handled is cancelled unacknowledged (JetStream redelivers it)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._nc is not None:
+            with contextlib.suppress(NatsError, OSError):
+                await self._nc.close()
+            self._nc = self._js = None
+
+    async def _fetch_loop(self, consumer: _Consumer, subscription: JetStreamContext.PullSubscription) -> None:
+        delay = 0.1
+        while True:
+            try:
+                messages = await subscription.fetch(consumer.batch_size, timeout=consumer.fetch_timeout)
+            except TimeoutError:  # nothing to deliver (nats-py's own TimeoutError is one too)
+                continue
+            except (NatsError, OSError) as exc:  # disconnected, or JetStream unavailable: the client reconnects
+                log.warning("%s: fetch failed (%s); retrying in %.1fs", consumer.durable, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.1
+            if len(messages) == 1:
+                await self._handle(consumer, messages[0])
+            else:
+                await asyncio.gather(*(self._handle(consumer, message) for message in messages))
+
+    async def _handle(self, consumer: _Consumer, raw: Msg) -> None:
+        """One delivery: the handler, then ack, nak with a delay, or terminate and dead-letter. It never
+        raises (but for cancellation): a failure to settle the message leaves it to JetStream's redelivery."""
+        try:
+            await self._settle(consumer, raw)
+        except (NatsError, OSError) as exc:
+            log.warning("%s: could not settle %s (%s); JetStream redelivers it", consumer.service, raw.subject, exc)
+        except Exception:  # a bug here must not stop the fetch loop; it is logged in full
+            log.exception("%s: unexpected error settling %s", consumer.service, raw.subject)
+
+    async def _settle(self, consumer: _Consumer, raw: Msg) -> None:
+        meta = raw.metadata
+        delivery = Delivery(
+            subject=raw.subject,
+            data=raw.data,
+            headers=dict(raw.headers or {}),
+            num_delivered=meta.num_delivered,
+            stream_sequence=meta.sequence.stream,
+            msg_id=(raw.headers or {}).get("Nats-Msg-Id"),
+        )
+        beat = asyncio.create_task(_heartbeat(raw, consumer.ack_wait))
+        try:
+            await consumer.handler(delivery)
+        except Reject as exc:
+            log.warning("%s: rejected %s #%d: %s", consumer.service, raw.subject, delivery.stream_sequence, exc.reason)
+            await self._dead_letter(consumer, raw, exc.reason, delivery.num_delivered)
+            await raw.term()
+            return
+        except Exception as exc:  # noqa: BLE001 - a failing handler must never stop the consumer
+            reason = exc.reason if isinstance(exc, Retry) else f"{type(exc).__name__}: {exc}"
+            if delivery.num_delivered >= consumer.max_deliver:
+                log.error("%s: giving up on %s after %d deliveries: %s", consumer.service, raw.subject,
+                          delivery.num_delivered, reason)
+                await self._dead_letter(consumer, raw, f"gave up after {delivery.num_delivered} deliveries: {reason}",
+                                        delivery.num_delivered)
+                await raw.term()
+                return
+            delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None else _delay_for(
+                delivery.num_delivered, consumer.backoff
+            )
+            if not isinstance(exc, Retry):
+                log.warning("%s: %s failed (delivery %d), retrying in %.1fs: %s", consumer.service, raw.subject,
+                            delivery.num_delivered, delay, reason)
+            await raw.nak(delay=delay)
+            return
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+        await raw.ack()
+
+    async def _dead_letter(self, consumer: _Consumer, raw: Msg, reason: str, deliveries: int) -> None:
+        assert self._js is not None and self._nc is not None
+        headers = {
+            H_REASON: reason[:1000],
+            H_SUBJECT: raw.subject,
+            H_STREAM_SEQ: str(raw.metadata.sequence.stream),
+            H_DELIVERIES: str(deliveries),
+            H_SERVICE: consumer.service,
+            # one copy per original message, even if the termination itself is repeated
+            "Nats-Msg-Id": f"dlq:{consumer.service}:{raw.metadata.stream}:{raw.metadata.sequence.stream}",
+        }
+        try:
+            await self._js.publish(consumer.dlq_subject, raw.data, headers=headers, stream=consumer.dlq_stream)
+        except (NatsError, TimeoutError) as exc:  # the DLQ stream may be missing: fall back to core NATS
+            log.error("%s: JetStream DLQ publish failed (%s), publishing on core NATS", consumer.service, exc)
+            await self._nc.publish(consumer.dlq_subject, raw.data, headers=headers)
+
+
+async def _heartbeat(raw: Msg, ack_wait: float) -> None:
+    """Tell JetStream the message is still being worked on, so it is not redelivered meanwhile."""
+    while True:
+        await asyncio.sleep(max(ack_wait / 3, 0.1))
+        try:
+            await raw.in_progress()
+        except (NatsError, OSError) as exc:  # disconnected: the next beat tries again
+            log.debug("in-progress notice for %s failed: %s", raw.subject, exc)
+
+
 def subscribe_durable(
-    broker: NatsBroker,
+    consumers: DurableConsumers,
     *,
     subjects: Subjects,
     service: str,
@@ -117,92 +283,30 @@ def subscribe_durable(
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
     batch_size: int = 1,
     fetch_timeout: float = 1.0,
-) -> object:
-    """Register ``handler`` as a durable pull consumer of ``subject`` on ``stream``; returns the FastStream
-    subscriber (``await sub.start()`` if the broker is already running)."""
+) -> None:
+    """Register ``handler`` as a durable pull consumer of ``subject`` on ``stream`` (it runs from
+    ``consumers.start()``)."""
     if max_deliver < 1:
         raise ValueError("max_deliver must be >= 1")
-    dlq_subject = subjects.dlq(service)
-
-    async def dead_letter(raw: Msg, reason: str, deliveries: int) -> None:
-        headers = {
-            H_REASON: reason[:1000],
-            H_SUBJECT: raw.subject,
-            H_STREAM_SEQ: str(raw.metadata.sequence.stream),
-            H_DELIVERIES: str(deliveries),
-            H_SERVICE: service,
-            # one copy per original message, even if the termination itself is repeated
-            "Nats-Msg-Id": f"dlq:{service}:{raw.metadata.stream}:{raw.metadata.sequence.stream}",
-        }
-        try:
-            await broker.publish(raw.data, dlq_subject, headers=headers, stream=subjects.dlq_stream)
-        except Exception:  # the DLQ stream may be missing: fall back to core NATS
-            log.exception("%s: JetStream DLQ publish failed, publishing on core NATS", service)
-            await broker.publish(raw.data, dlq_subject, headers=headers)
-
-    async def heartbeat(message: NatsMessage) -> None:
-        while True:
-            await asyncio.sleep(max(ack_wait / 3, 0.1))
-            await message.in_progress()
-
-    # ``Any``: the message object from _the_message_itself, passed through unvalidated (a class annotation
-    # would make FastStream try to validate it as a pydantic field).
-    async def on_message(message: Any) -> None:
-        message = cast(NatsStreamMessage, message)
-        raw: Msg = message.raw_message
-        meta = raw.metadata
-        delivery = Delivery(
-            subject=raw.subject,
-            data=raw.data,
-            headers=dict(raw.headers or {}),
-            num_delivered=meta.num_delivered,
-            stream_sequence=meta.sequence.stream,
-            msg_id=(raw.headers or {}).get("Nats-Msg-Id"),
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    consumers.add(
+        _Consumer(
+            service=service,
+            subject=subject,
+            stream=stream,
+            durable=durable or durable_name(service, subject),
+            handler=handler,
+            dlq_subject=subjects.dlq(service),
+            dlq_stream=subjects.dlq_stream,
+            max_deliver=max_deliver,
+            backoff=tuple(backoff),
+            ack_wait=ack_wait,
+            deliver_policy=deliver_policy,
+            batch_size=batch_size,
+            fetch_timeout=fetch_timeout,
         )
-        beat = asyncio.create_task(heartbeat(message))
-        try:
-            await handler(delivery)
-        except Reject as exc:
-            log.warning("%s: rejected %s #%d: %s", service, raw.subject, delivery.stream_sequence, exc.reason)
-            await dead_letter(raw, exc.reason, delivery.num_delivered)
-            await message.reject()
-            return
-        except Exception as exc:  # noqa: BLE001 - a failing handler must never stop the consumer
-            reason = exc.reason if isinstance(exc, Retry) else f"{type(exc).__name__}: {exc}"
-            if delivery.num_delivered >= max_deliver:
-                log.error("%s: giving up on %s after %d deliveries: %s", service, raw.subject,
-                          delivery.num_delivered, reason)
-                await dead_letter(raw, f"gave up after {delivery.num_delivered} deliveries: {reason}",
-                                  delivery.num_delivered)
-                await message.reject()
-                return
-            delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None else _delay_for(
-                delivery.num_delivered, backoff
-            )
-            if not isinstance(exc, Retry):
-                log.warning("%s: %s failed (delivery %d), retrying in %.1fs: %s", service, raw.subject,
-                            delivery.num_delivered, delay, reason)
-            await message.nack(delay=delay)
-            return
-        finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
-        await message.ack()
-
-    sub = broker.subscriber(
-        subject,
-        stream=JStream(stream, declare=False),
-        durable=durable or durable_name(service, subject),
-        pull_sub=PullSub(batch_size=batch_size, timeout=fetch_timeout),
-        # One delivery more than we handle: the last failure is dead-lettered by us, never silently
-        # dropped by the server, even if the worker dies during the last attempt.
-        config=ConsumerConfig(max_deliver=max_deliver + 1, ack_wait=ack_wait, deliver_policy=deliver_policy),
-        ack_policy=AckPolicy.MANUAL,
-        decoder=_the_message_itself,
     )
-    sub(on_message)
-    return sub
 
 
 def tick_handler(
@@ -232,7 +336,7 @@ def tick_handler(
 
 
 def subscribe_ticks(
-    broker: NatsBroker,
+    consumers: DurableConsumers,
     *,
     subjects: Subjects,
     service: str,
@@ -245,11 +349,11 @@ def subscribe_ticks(
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
     prefetch: Prefetch | None = None,
     idempotent_effects: bool = False,
-) -> object:
+) -> None:
     """Consume ``<prefix>.tick.<job_type>`` with a durable consumer shared by the service's workers."""
     subject = subjects.tick(job_type.value)
-    return subscribe_durable(
-        broker,
+    subscribe_durable(
+        consumers,
         subjects=subjects,
         service=service,
         subject=subject,
