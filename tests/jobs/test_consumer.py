@@ -241,3 +241,39 @@ async def test_consumers_keep_fetching_across_a_nats_restart(private_nats: Embed
     finally:
         await consumers.stop()
         await nc.close()
+
+
+async def test_stop_lets_a_handler_finish_then_cuts_a_hanging_one_short(
+    nats_url: str, nc: NatsClient, subjects: Subjects
+) -> None:
+    """Stopping a service does not cut short the message it is handling (an order half submitted is
+    finished and acknowledged); one that outlasts the drain is cancelled unacknowledged, for redelivery."""
+    js = nc.jetstream()
+    subject = subjects.event("order", "OrderRequested")
+    entered = asyncio.Event()
+    finished: list[bytes] = []
+
+    async def handler(delivery: Delivery) -> None:
+        entered.set()
+        await asyncio.sleep(0.3 if delivery.data == b"slow" else 60)
+        finished.append(delivery.data)
+
+    durable = durable_name("orders", subject)
+    for payload, drain, acked in ((b"slow", 5.0, True), (b"hangs", 0.2, False)):
+        entered.clear()
+        consumers = DurableConsumers(nats_url, drain_seconds=drain)
+        subscribe_durable(consumers, subjects=subjects, service="orders", subject=subject,
+                          stream=subjects.events_stream, handler=handler)
+        await consumers.start()
+        await js.publish(subject, payload)
+        await asyncio.wait_for(entered.wait(), 10)
+        t0 = time.monotonic()
+        await consumers.stop()
+        took = time.monotonic() - t0
+        info = await js.consumer_info(subjects.events_stream, durable)
+        if acked:
+            assert finished == [b"slow"] and 0.2 < took < 2.0
+            assert info.num_ack_pending == 0
+        else:
+            assert finished == [b"slow"] and took < 2.0
+            assert info.num_ack_pending == 1  # JetStream delivers it again after ack_wait

@@ -37,6 +37,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -124,13 +125,16 @@ class DurableConsumers:
     run from ``start`` (one fetch loop each, on a connection of their own that reconnects forever) until
     ``stop``."""
 
-    def __init__(self, nats_url: str, *, name: str = "openbell-consumers") -> None:
+    def __init__(self, nats_url: str, *, name: str = "openbell-consumers", drain_seconds: float = 5.0) -> None:
         self.nats_url = nats_url
         self.name = name
+        # On stop, how long the messages being handled may take to finish before they are cancelled.
+        self.drain_seconds = drain_seconds
         self._consumers: list[_Consumer] = []
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight: set[asyncio.Future[Any]] = set()
 
     def add(self, consumer: _Consumer) -> None:
         if self._nc is not None:
@@ -161,11 +165,17 @@ class DurableConsumers:
             raise
 
     async def stop(self) -> None:
-        """Stop fetching; a message being handled is cancelled unacknowledged (JetStream redelivers it)."""
+        """Stop fetching, let the messages being handled finish (up to ``drain_seconds``; then they are
+        cancelled unacknowledged, and JetStream redelivers them), and close the connection."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._in_flight:
+            _, late = await asyncio.wait(self._in_flight, timeout=self.drain_seconds)
+            for handling in late:
+                handling.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self._nc is not None:
             with contextlib.suppress(NatsError, OSError):
                 await self._nc.close()
@@ -184,10 +194,15 @@ class DurableConsumers:
                 delay = min(delay * 2, 2.0)
                 continue
             delay = 0.1
-            if len(messages) == 1:
-                await self._handle(consumer, messages[0])
-            else:
-                await asyncio.gather(*(self._handle(consumer, message) for message in messages))
+            handling: asyncio.Future[Any] = (
+                asyncio.ensure_future(self._handle(consumer, messages[0]))
+                if len(messages) == 1
+                else asyncio.gather(*(self._handle(consumer, message) for message in messages))
+            )
+            self._in_flight.add(handling)
+            handling.add_done_callback(self._in_flight.discard)
+            # Shielded: stopping the loop does not cut a handler short (stop() lets it finish first).
+            await asyncio.shield(handling)
 
     async def _handle(self, consumer: _Consumer, raw: Msg) -> None:
         """One delivery: the handler, then ack, nak with a delay, or terminate and dead-letter. It never
