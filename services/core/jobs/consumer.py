@@ -39,7 +39,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -48,6 +47,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.core.jobs.runner import JobFunc, JobRunner, Prefetch, RunStatus
 from services.core.jobs.types import InvalidTick, JobType, decode_tick
+from services.core.runtime import connect_nats
 from services.core.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class DurableConsumers:
 
     async def start(self) -> None:
         """Connect, create (or bind to) every durable consumer, and start fetching."""
-        self._nc = await nats.connect(self.nats_url, name=self.name, max_reconnect_attempts=-1)
+        self._nc = await connect_nats(self.nats_url, self.name)
         self._js = self._nc.jetstream()
         try:
             for consumer in self._consumers:
