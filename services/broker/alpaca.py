@@ -344,6 +344,8 @@ def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
 class AlpacaBroker:
     """Implements services.broker.protocol.Broker on alpaca-py."""
 
+    wall_clock = True
+
     def __init__(self, settings: AlpacaSettings, rate_limiter: RateLimiter | None = None) -> None:
         check_settings(settings)
         self.settings = settings

@@ -28,6 +28,10 @@ ORDERS_PAGE_LIMIT = 500
 
 @runtime_checkable
 class Broker(Protocol):
+    # True when the broker's market moves with the wall clock (Alpaca); False for the simulator, whose
+    # market moves with the ticks' times (offline runs, demos, replays).
+    wall_clock: bool
+
     async def submit_order(self, request: OrderRequest) -> Order:
         """Submit once, with our client order id. Raises OrderRejected (definite), DuplicateClientOrderId
         (an order with this id existed before this call; ``existing`` attached), AmbiguousSubmit (outcome

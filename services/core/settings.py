@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # keeps extending it), and how long a job run started by a worker that died blocks its tick.
     ack_wait_seconds: float = Field(default=30.0, gt=0)
     job_takeover_seconds: float = Field(default=120.0, gt=0)
+    # An order request that reaches submission longer than this after its tick (by the wall clock, with a
+    # broker that trades in real time: Alpaca) is not sent: it was decided on the prices of that tick.
+    order_max_age_seconds: float = Field(default=300.0, gt=0)
 
     @field_validator("nats_url")
     @classmethod

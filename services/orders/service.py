@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -46,6 +46,7 @@ from services.orders.lifecycle import (
     rejected,
     resolve_unknown,
     submit_unknown,
+    too_old_to_send,
 )
 from services.orders.projection import OPEN_STATUSES
 from services.orders.types import OrderType
@@ -112,6 +113,20 @@ async def submit_requested(ctx: ServiceContext, client_order_id: str, at: dateti
         return []  # submitted already (redelivery, or another worker)
     broker = await ctx.at(at)
     events: list[NewEvent]
+    if broker.wall_clock:
+        # A broker trading in real time: the simulator's market moves with the ticks' times instead, and
+        # an offline run (a demo, a replay) must give the same orders however fast each service keeps up.
+        now = datetime.now(UTC)
+        refusal = too_old_to_send(state, now, timedelta(seconds=ctx.settings.order_max_age_seconds))
+        if refusal is not None:
+            # A worker that died after the broker accepted it, before recording so, left it "requested":
+            # only an order the broker does not have is refused.
+            existing = await broker.get_order_by_client_id(client_order_id)
+            events = apply_broker_order(state, order_view(existing)) if existing is not None else [refusal]
+            if existing is None:
+                log.warning("order %s not sent: %s", client_order_id, refusal.data.reason)
+            await append_order_events(store, client_order_id, events, version)
+            return [e.type for e in events]
     try:
         order = await broker.submit_order(broker_request(state))
         events = apply_broker_order(state, order_view(order))

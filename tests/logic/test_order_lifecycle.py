@@ -25,6 +25,7 @@ from services.orders.lifecycle import (
     fill_event_id,
     resolve_unknown,
     submit_unknown,
+    too_old_to_send,
 )
 from services.orders.types import Side
 from services.positions.accounting import Book
@@ -251,3 +252,20 @@ def test_any_interleaving_of_poll_and_stream_counts_each_fill_once(
     assert book.position("AAPL").qty == final.filled_qty
     ids = [event.event_id for event in appended]
     assert len(ids) == len(set(ids)), "an event id was produced twice"
+
+
+def test_a_request_too_old_to_send_is_refused_not_sent() -> None:
+    requested = order_state("10", status=OrderStatus.REQUESTED)
+    limit = timedelta(minutes=5)
+    assert too_old_to_send(requested, T0 + timedelta(seconds=2), limit) is None
+    assert too_old_to_send(requested, T0 + limit, limit) is None  # the limit itself is still in time
+    refusal = too_old_to_send(requested, T0 + timedelta(hours=1), limit)
+    assert refusal is not None and isinstance(refusal.data, OrderRejected)
+    assert refusal.data.definite is False and refusal.data.at == T0 + timedelta(hours=1)
+    assert "3600 s after its tick" in refusal.data.reason and "300 s" in refusal.data.reason
+    assert fold(requested, [refusal]).status is OrderStatus.REJECTED
+    # Sent already (or unknown: resolved by lookup, never refused for its age).
+    for status in (OrderStatus.SUBMITTED, OrderStatus.UNKNOWN):
+        assert too_old_to_send(order_state("10", status=status), T0 + timedelta(hours=1), limit) is None
+    with pytest.raises(ValueError):
+        too_old_to_send(requested, (T0 + timedelta(hours=1)).replace(tzinfo=None), limit)

@@ -176,6 +176,8 @@ class _Changes:
 class SimBroker:
     """Implements services.broker.protocol.Broker against the simulated market."""
 
+    wall_clock = False  # its market moves with the clock it is given (the ticks' times)
+
     def __init__(
         self,
         pool: asyncpg.Pool,
