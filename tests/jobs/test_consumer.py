@@ -134,7 +134,7 @@ async def test_transient_errors_are_retried_then_dead_lettered(
     async def flaky(delivery: Delivery) -> None:
         attempts.setdefault(delivery.data, []).append(delivery.num_delivered)
         if delivery.data == b"always" or (delivery.data == b"twice" and delivery.num_delivered <= 2):
-            raise ConnectionError("database unavailable")
+            raise ConnectionError("database unavailable: postgresql://openbell:hunter2@db:5432/openbell")
         if delivery.data == b"poison":
             raise Reject("cannot parse")
 
@@ -156,6 +156,7 @@ async def test_transient_errors_are_retried_then_dead_lettered(
     reasons = {payload: headers[H_REASON] for payload, headers in dead}
     assert set(reasons) == {b"always", b"poison"}
     assert reasons[b"always"].startswith("gave up after 3 deliveries: ConnectionError")
+    assert "hunter2" not in reasons[b"always"] and "postgresql://***@db" in reasons[b"always"]
     assert reasons[b"poison"] == "cannot parse"
 
 

@@ -45,7 +45,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from services.core.jobs.runner import JobFunc, JobRunner, Prefetch, RunStatus
+from services.core.jobs.runner import JobFunc, JobRunner, Prefetch, RunStatus, safe_error
 from services.core.jobs.types import InvalidTick, JobType, decode_tick
 from services.core.runtime import connect_nats
 from services.core.subjects import Subjects
@@ -233,7 +233,8 @@ class DurableConsumers:
             await raw.term()
             return
         except Exception as exc:  # noqa: BLE001 - a failing handler must never stop the consumer
-            reason = exc.reason if isinstance(exc, Retry) else f"{type(exc).__name__}: {exc}"
+            # Logged and, on the last delivery, sent with the dead letter: credentials redacted.
+            reason = exc.reason if isinstance(exc, Retry) else safe_error(exc)
             if delivery.num_delivered >= consumer.max_deliver:
                 log.error("%s: giving up on %s after %d deliveries: %s", consumer.service, raw.subject,
                           delivery.num_delivered, reason)
