@@ -160,18 +160,15 @@ async def hosted(
             broker_factory=broker_factory,
             virtual=virtual,
         )
-        await ctx.projections.setup()
-        for name in services:
-            module = importlib.import_module(SERVICES[name])
-            await module.setup(ctx)
-        await bus.start()
         try:
+            # Inside the try: a setup or a start that fails still stops what was started before it.
+            await ctx.projections.setup()
+            for name in services:
+                module = importlib.import_module(SERVICES[name])
+                await module.setup(ctx)
+            await bus.start()
             await ctx.consumers.start()
-        except BaseException:
-            await bus.stop()
-            raise
-        log.info("services running: %s", ", ".join(services))
-        try:
+            log.info("services running: %s", ", ".join(services))
             yield ctx
         finally:
             ctx.stop.set()
