@@ -25,6 +25,7 @@ from services.broker.protocol import Broker
 from services.broker.simulator.broker import ManualClock, SimBroker
 from services.core.jobs.consumer import DurableConsumers
 from services.core.jobs.runner import JobRunner
+from services.core.metrics import serve_metrics
 from services.core.projections import known_projections
 from services.core.runtime import Runtime, connect_runtime
 from services.core.settings import Settings
@@ -186,7 +187,15 @@ async def serve_forever(names: Sequence[str], settings: Settings | None = None) 
     import signal
 
     async with hosted(names, settings) as ctx:
+        stop_metrics: Callable[[], None] | None = None
+        if (port := ctx.settings.metrics_port) is not None:
+            port, stop_metrics = serve_metrics(port, ctx.settings.metrics_address)
+            log.info("metrics on http://%s:%d/metrics", ctx.settings.metrics_address, port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, ctx.stop.set)
-        await ctx.stop.wait()
+        try:
+            await ctx.stop.wait()
+        finally:
+            if stop_metrics is not None:
+                stop_metrics()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from nats.aio.msg import Msg
 
 from eventstore.relay import Relay
+from services.core import metrics
 from services.core.host import ServiceContext
 from services.core.runtime import parse_append_notice
 
@@ -27,4 +28,15 @@ async def setup(ctx: ServiceContext) -> None:
 
     # Appends in other processes announce themselves on core NATS: wake at once instead of polling.
     await ctx.rt.nc.subscribe(ctx.rt.appended_subject, cb=on_appended)
-    ctx.background(relay.run(ctx.stop), "relay")
+    def published() -> int:
+        return relay.published
+
+    metrics.watch_relay(published)
+
+    async def run() -> None:
+        try:
+            await relay.run(ctx.stop)
+        finally:
+            metrics.unwatch_relay(published)
+
+    ctx.background(run(), "relay")

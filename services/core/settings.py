@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # An order request that reaches submission longer than this after its tick (by the wall clock, with a
     # broker that trades in real time: Alpaca) is not sent: it was decided on the prices of that tick.
     order_max_age_seconds: float = Field(default=300.0, gt=0)
+    # `openbell serve` exposes Prometheus metrics on this port (unset: no metrics server).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_address: str = "127.0.0.1"
 
     @field_validator("nats_url")
     @classmethod

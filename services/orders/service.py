@@ -32,6 +32,7 @@ from services.broker.errors import (
 from services.broker.models import Order, OrderSide, TimeInForce
 from services.broker.models import OrderRequest as BrokerOrderRequest
 from services.broker.models import OrderType as BrokerOrderType
+from services.core import metrics
 from services.core.events import registry
 from services.core.host import ServiceContext
 from services.core.jobs.consumer import Delivery, Reject, Retry, subscribe_durable, subscribe_ticks
@@ -125,8 +126,7 @@ async def submit_requested(ctx: ServiceContext, client_order_id: str, at: dateti
             events = apply_broker_order(state, order_view(existing)) if existing is not None else [refusal]
             if existing is None:
                 log.warning("order %s not sent: %s", client_order_id, refusal.data.reason)
-            await append_order_events(store, client_order_id, events, version)
-            return [e.type for e in events]
+            return await _record_submission(store, client_order_id, events, version)
     try:
         order = await broker.submit_order(broker_request(state))
         events = apply_broker_order(state, order_view(order))
@@ -152,7 +152,16 @@ async def submit_requested(ctx: ServiceContext, client_order_id: str, at: dateti
         raise Retry(f"rate limited submitting {client_order_id}", delay=delay) from None
     except (AmbiguousSubmit, BrokerUnavailable) as exc:
         events = [submit_unknown(state, exc.message, at)]
-    await append_order_events(store, client_order_id, events, version)
+    return await _record_submission(store, client_order_id, events, version)
+
+
+async def _record_submission(
+    store: EventStore, client_order_id: str, events: list[NewEvent], version: int
+) -> list[str]:
+    """Append what the submission found, count it (once: not when another worker recorded it first)."""
+    if await append_order_events(store, client_order_id, events, version):
+        for event in events:
+            metrics.ORDER_SUBMISSIONS.labels(event.type).inc()
     return [e.type for e in events]
 
 

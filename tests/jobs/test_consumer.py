@@ -14,6 +14,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
 
 from eventstore import EventStore
 from services.core.embedded import EmbeddedNats
@@ -143,6 +144,13 @@ async def test_transient_errors_are_retried_then_dead_lettered(
     subject = subjects.event("price", "PriceUpdated")
     subscribe_durable(broker, subjects=subjects, service="alerts", subject=subject, stream=subjects.events_stream,
                       handler=flaky, max_deliver=3, backoff=(0.05, 0.1))
+    consumer = durable_name("alerts", subject)
+
+    def counted(outcome: str) -> float:
+        labels = {"consumer": consumer, "outcome": outcome}
+        return REGISTRY.get_sample_value("openbell_consumer_messages_total", labels) or 0.0
+
+    before = {outcome: counted(outcome) for outcome in ("acked", "retried", "dead_lettered")}
     await broker.start()
     js = nc.jetstream()
     for payload in (b"twice", b"always", b"poison", b"fine"):
@@ -158,6 +166,9 @@ async def test_transient_errors_are_retried_then_dead_lettered(
     assert reasons[b"always"].startswith("gave up after 3 deliveries: ConnectionError")
     assert "hunter2" not in reasons[b"always"] and "postgresql://***@db" in reasons[b"always"]
     assert reasons[b"poison"] == "cannot parse"
+    # twice: acked on its third delivery; always: retried twice, then dead-lettered; poison: dead-lettered
+    after = {outcome: counted(outcome) - before[outcome] for outcome in before}
+    assert after == {"acked": 2, "retried": 4, "dead_lettered": 2}
 
 
 async def test_workers_share_one_durable_consumer(

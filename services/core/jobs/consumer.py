@@ -45,6 +45,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from services.core import metrics
 from services.core.jobs.runner import JobFunc, JobRunner, Prefetch, RunStatus, safe_error
 from services.core.jobs.types import InvalidTick, JobType, decode_tick
 from services.core.runtime import connect_nats
@@ -231,6 +232,7 @@ class DurableConsumers:
             log.warning("%s: rejected %s #%d: %s", consumer.service, raw.subject, delivery.stream_sequence, exc.reason)
             await self._dead_letter(consumer, raw, exc.reason, delivery.num_delivered)
             await raw.term()
+            metrics.MESSAGES.labels(consumer.durable, "dead_lettered").inc()
             return
         except Exception as exc:  # noqa: BLE001 - a failing handler must never stop the consumer
             # Logged and, on the last delivery, sent with the dead letter: credentials redacted.
@@ -241,6 +243,7 @@ class DurableConsumers:
                 await self._dead_letter(consumer, raw, f"gave up after {delivery.num_delivered} deliveries: {reason}",
                                         delivery.num_delivered)
                 await raw.term()
+                metrics.MESSAGES.labels(consumer.durable, "dead_lettered").inc()
                 return
             delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None else _delay_for(
                 delivery.num_delivered, consumer.backoff
@@ -249,12 +252,14 @@ class DurableConsumers:
                 log.warning("%s: %s failed (delivery %d), retrying in %.1fs: %s", consumer.service, raw.subject,
                             delivery.num_delivered, delay, reason)
             await raw.nak(delay=delay)
+            metrics.MESSAGES.labels(consumer.durable, "retried").inc()
             return
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
         await raw.ack()
+        metrics.MESSAGES.labels(consumer.durable, "acked").inc()
 
     async def _dead_letter(self, consumer: _Consumer, raw: Msg, reason: str, deliveries: int) -> None:
         assert self._js is not None and self._nc is not None

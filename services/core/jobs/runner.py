@@ -46,6 +46,7 @@ from eventstore import (
     RecordedEvent,
     WrongExpectedVersion,
 )
+from services.core import metrics
 from services.core.events import new_event, registry
 from services.core.jobs import breaker
 from services.core.jobs.breaker import DEFAULT_THRESHOLD, JobHealth
@@ -291,7 +292,11 @@ class JobRunner:
         any, were the same)."""
         prefetched = asyncio.ensure_future(prefetch(tick)) if prefetch is not None else None
         try:
-            return await self._run(tick, job, prefetched, idempotent_effects)
+            outcome = await self._run(tick, job, prefetched, idempotent_effects)
+            metrics.JOB_RUNS.labels(tick.job_type.value, outcome.status.value).inc()
+            if outcome.duration_ms is not None:
+                metrics.JOB_RUN_SECONDS.labels(tick.job_type.value).observe(outcome.duration_ms / 1000.0)
+            return outcome
         finally:
             if prefetched is not None:
                 prefetched.cancel()  # no-op once done

@@ -1,0 +1,78 @@
+"""Prometheus metrics of an openbell process, served on ``OPENBELL_METRICS_PORT`` by ``openbell serve``.
+
+What an operator watches while openbell trades unattended: job runs and their durations (a breaker about
+to trip shows as failures first), what the durable consumers did with each message (retries and dead
+letters), what became of each order submission, and how far the relay has published the event log.
+
+The metrics live in the process's default registry; every openbell service in the process adds to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+JOB_RUNS = Counter(
+    "openbell_job_runs",
+    "Job runs by job type and outcome (completed, failed, skipped, duplicate, in_progress, superseded).",
+    ["job_type", "status"],
+)
+JOB_RUN_SECONDS = Histogram(
+    "openbell_job_run_seconds",
+    "Duration of the job runs this process completed or failed, from their recorded start.",
+    ["job_type"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+MESSAGES = Counter(
+    "openbell_consumer_messages",
+    "Messages handled by the durable consumers, by consumer and outcome (acked, retried, dead_lettered).",
+    ["consumer", "outcome"],
+)
+ORDER_SUBMISSIONS = Counter(
+    "openbell_order_submissions",
+    "What each order submission recorded: OrderSubmitted, OrderRejected, OrderSubmitUnknown, or a fill"
+    " when the broker had the order already.",
+    ["event"],
+)
+
+
+class _RelayCollector(Collector):
+    """The events published by the relays of this process (read when scraped)."""
+
+    def __init__(self) -> None:
+        self.sources: list[Callable[[], int]] = []
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily("openbell_relay_published_events", "Events the relay published to NATS.")
+        family.add_metric([], sum(source() for source in self.sources))
+        yield family
+
+
+_relays = _RelayCollector()
+REGISTRY.register(_relays)
+
+
+def watch_relay(published: Callable[[], int]) -> None:
+    """Count a relay's published events (``published`` reads its running total)."""
+    _relays.sources.append(published)
+
+
+def unwatch_relay(published: Callable[[], int]) -> None:
+    if published in _relays.sources:
+        _relays.sources.remove(published)
+
+
+def serve_metrics(port: int, address: str = "127.0.0.1") -> tuple[int, Callable[[], None]]:
+    """Serve ``/metrics`` over HTTP from a background thread (port 0: a free port). Returns the port and
+    the function that stops serving."""
+    server, thread = start_http_server(port, addr=address)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return int(server.server_port), stop
