@@ -7,12 +7,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from services.orders.lifecycle import OrderStatus
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def orders(
         portfolio: Annotated[str | None, typer.Option("--portfolio", "-p", help="Only this portfolio.")] = None,
-        status: Annotated[str | None, typer.Option("--status", help="Only this status (e.g. filled, unknown).")] = None,
+        status: Annotated[OrderStatus | None, typer.Option("--status", help="Only orders with this status.")] = None,
         limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many.")] = 50,
     ) -> None:
         """Orders with their status, quantities, average fill price and broker ids."""
@@ -29,7 +31,7 @@ def register(app: typer.Typer) -> None:
                         "SELECT * FROM trades WHERE ($1::text IS NULL OR portfolio_id = $1)"
                         " AND ($2::text IS NULL OR status = $2) ORDER BY requested_at DESC, client_order_id LIMIT $3",
                         portfolio,
-                        status,
+                        None if status is None else status.value,
                         limit,
                     )
 

@@ -46,6 +46,14 @@ async def test_demo_runs_and_summarizes(pg_dsn: str, nats_url: str, subject_pref
     finally:
         await con.close()
 
+    # The trades read model, filtered by status; an unknown status is refused with the known ones.
+    filled = run_cli(["orders", "--status", "filled", "--limit", "500"], pg_dsn, nats_url, subject_prefix)
+    assert filled.returncode == 0, filled.stderr[-2000:]
+    cells = [line.split("│")[8].strip() for line in filled.stdout.splitlines() if line.count("│") == 12]
+    assert "filled" in cells and set(cells) <= {"filled", ""}, cells  # "": a cell wrapped onto a second line
+    bogus = run_cli(["orders", "--status", "bogus"], pg_dsn, nats_url, subject_prefix)
+    assert bogus.returncode == 2 and "'bogus' is not one of" in bogus.stderr and "partially_filled" in bogus.stderr
+
     again = run_cli(["demo", "--days", "1"], pg_dsn, nats_url, subject_prefix)
     assert again.returncode == 1
     assert "already holds" in again.stderr and "--reset" in again.stderr
