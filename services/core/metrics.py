@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -25,6 +25,16 @@ JOB_RUN_SECONDS = Histogram(
     "Duration of the job runs this process completed or failed, from their recorded start.",
     ["job_type"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+JOB_CONSECUTIVE_FAILURES = Gauge(
+    "openbell_job_consecutive_failures",
+    "Consecutive failed runs of each job as this process last saw them (its breaker trips at 10).",
+    ["job_type"],
+)
+JOB_STATUS = Gauge(
+    "openbell_job_status",
+    "1 for each job's status as this process last saw it (enabled, disabled, or error: breaker open).",
+    ["job_type", "status"],
 )
 MESSAGES = Counter(
     "openbell_consumer_messages",
@@ -63,6 +73,13 @@ def watch_relay(published: Callable[[], int]) -> None:
 def unwatch_relay(published: Callable[[], int]) -> None:
     if published in _relays.sources:
         _relays.sources.remove(published)
+
+
+def job_health(job_type: str, status: str, consecutive_failures: int, statuses: Iterable[str]) -> None:
+    """Record a job's health (``statuses``: every status a job can have, so that only one reads 1)."""
+    JOB_CONSECUTIVE_FAILURES.labels(job_type).set(consecutive_failures)
+    for each in statuses:
+        JOB_STATUS.labels(job_type, each).set(1 if each == status else 0)
 
 
 def serve_metrics(port: int, address: str = "127.0.0.1") -> tuple[int, Callable[[], None]]:

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from prometheus_client import REGISTRY
 
 from eventstore import NO_STREAM, EventStore, NewEvent
 from eventstore.projections import ProjectionRunner
@@ -50,6 +51,18 @@ class Job:
         if self.failing:
             raise RuntimeError("broker down: https://key:s3cret@api.example.com token=abc123")
         return {"symbols_updated": 3, "minute": ctx.scheduled_at.minute}
+
+
+def gauges(job_type: str) -> tuple[float | None, str]:
+    """The job's consecutive failures and status, as the Prometheus metrics of this process show them."""
+    failures = REGISTRY.get_sample_value("openbell_job_consecutive_failures", {"job_type": job_type})
+    statuses = [
+        status.value
+        for status in JobStatus
+        if REGISTRY.get_sample_value("openbell_job_status", {"job_type": job_type, "status": status.value}) == 1
+    ]
+    assert len(statuses) == 1, statuses
+    return failures, statuses[0]
 
 
 async def types_in(store: EventStore, stream: str) -> list[str]:
@@ -131,6 +144,7 @@ async def test_breaker_trips_at_exactly_ten_and_resets_on_enable(
     assert (await workers[1].run(tick(n), job)).status is RunStatus.FAILED
     n += 1
     assert (await workers[0].health("price_update"))[0] == JobHealth(JobStatus.ERROR, 10)
+    assert gauges("price_update") == (10, "error")  # what the metrics show an operator
     calls_before = len(job.calls)
     skipped = await workers[0].run(tick(n), job)
     n += 1
@@ -150,6 +164,7 @@ async def test_breaker_trips_at_exactly_ten_and_resets_on_enable(
     assert (await workers[0].health("price_update"))[0] == JobHealth(JobStatus.ENABLED, 0)
     job.failing = False
     assert (await workers[0].run(tick(n), job)).status is RunStatus.COMPLETED
+    assert gauges("price_update") == (0, "enabled")
     await sub.unsubscribe()
     await fsub.unsubscribe()
 

@@ -58,6 +58,7 @@ from services.core.jobs.events import (
     JobExecutionFailed,
     JobExecutionSkipped,
     JobExecutionStarted,
+    JobStatus,
     job_stream,
     jobrun_stream,
 )
@@ -173,6 +174,10 @@ class CircuitOpenedNotice(msgspec.Struct, frozen=True, kw_only=True):
 _encoder = msgspec.json.Encoder()
 
 _TERMINAL = (JobExecutionCompleted, JobExecutionFailed, JobExecutionSkipped)
+
+
+def _observe_health(job_type: str, health: JobHealth) -> None:
+    metrics.job_health(job_type, health.status.value, health.consecutive_failures, (s.value for s in JobStatus))
 
 
 class StartRecord:
@@ -311,6 +316,7 @@ class JobRunner:
             (events, recorded), (health, _, _) = await asyncio.gather(
                 self._load_run(tick.tick_id), self.health(tick.job_type)
             )
+            _observe_health(tick.job_type.value, health)
             version = recorded[-1].version if recorded else NO_STREAM
             if events and isinstance(events[-1], _TERMINAL):
                 await self._repair_health(events[-1], recorded[-1])
@@ -491,6 +497,7 @@ class JobRunner:
             health, version, _ = await self.health(terminal.job_type)
             events = self._health_events(health, terminal)
             if not events:
+                _observe_health(terminal.job_type, health)
                 return
             batch = [new_event(e, terminal.tick_id, str(terminal.attempt)) for e in events]
             try:
@@ -499,6 +506,7 @@ class JobRunner:
                 continue
             except DuplicateEventId:
                 return  # recorded before (a repeat after a crash): nothing to add
+            _observe_health(terminal.job_type, breaker.health_after(events[-1]))
             for event in events:
                 if isinstance(event, JobCircuitOpened):
                     await self._circuit_opened(event)
