@@ -180,6 +180,20 @@ def _observe_health(job_type: str, health: JobHealth) -> None:
     metrics.job_health(job_type, health.status.value, health.consecutive_failures, (s.value for s in JobStatus))
 
 
+@dataclass(slots=True)
+class _Completion:
+    """What a run's ``JobContext.complete`` recorded: nothing yet, the run's completion (with the counters
+    it gave), or that another worker's run of the same attempt had stored the same events first."""
+
+    terminal: JobExecutionCompleted | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    superseded: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.terminal is not None or self.superseded
+
+
 class StartRecord:
     """The append of a run's ``JobExecutionStarted``: begun at once, or (a job with idempotent effects)
     held back for up to ``grace`` seconds, so that a run that completes sooner records its start with its
@@ -371,28 +385,26 @@ class JobRunner:
         t0 = time.perf_counter()
         error: str | None = None
         counters: dict[str, int] = {}
-        # Set by the job's ``complete``: the completion it recorded, or None when another worker's run of the
-        # same attempt had recorded the same events first.
-        completed: list[tuple[JobExecutionCompleted, dict[str, int]] | None] = []
+        completed = _Completion()
         complete = self._completer(tick, started, start, t0, completed)
         try:
             returned = await job(JobContext(tick=tick, attempt=attempt, prefetched=prefetched, complete=complete))
             counters = {str(k): int(v) for k, v in (returned or {}).items()}
         except Exception as exc:  # noqa: BLE001 - any error of the job is a failed run, recorded
             error = safe_error(exc)
-            if not completed:
+            if not completed.done:
                 log.warning("job %s failed (attempt %d): %s", tick.tick_id, attempt, error)
         except BaseException:
             start.cancel()  # cancelled (a shutdown): a start not begun is not recorded; the tick comes again
             raise
         terminal: JobExecutionCompleted | JobExecutionFailed
-        if completed and completed[0] is None:
+        if completed.superseded:
             log.info("%s: another worker recorded the same run first; this run's outcome is dropped", tick.tick_id)
             return RunOutcome(RunStatus.SUPERSEDED, tick.tick_id, attempt)
-        if completed:
+        if completed.terminal is not None:
             # The completion is in the log, with the effects it was appended with: what the job did after
             # it changes nothing there (an error after it is only logged).
-            terminal, counters = completed[0]  # type: ignore[misc]  # None is handled above
+            terminal, counters = completed.terminal, completed.counters
             if error is not None:
                 log.error("job %s raised after recording its completion (kept): %s", tick.tick_id, error)
                 error = None
@@ -441,14 +453,14 @@ class JobRunner:
         started: JobExecutionStarted,
         start: StartRecord,
         t0: float,
-        completed: list[tuple[JobExecutionCompleted, dict[str, int]] | None],
+        completed: _Completion,
     ) -> Callable[[Sequence[Append], Counters], Awaitable[bool]]:
         """The run's ``JobContext.complete``: the job's last effects and the completion in one commit, with
         the start too when it is not recorded yet (one commit for the whole run; a crash cannot leave
         effects without the completion). It never waits for a start being appended: it declines then."""
 
         async def complete(appends: Sequence[Append], counters: Counters) -> bool:
-            if completed:
+            if completed.done:
                 return False
             stream = jobrun_stream(tick.tick_id)
             totals = {str(k): int(v) for k, v in counters.items()}
@@ -470,9 +482,9 @@ class JobRunner:
                 start.begin()  # nothing was written; if the start was ours to write, it is begun now
                 return False  # an effect exists already, or the run was taken over
             if not results[-1].written:
-                completed.append(None)  # the same events were stored before: another worker's run
+                completed.superseded = True  # the same events were stored before: another worker's run
                 return True
-            completed.append((terminal, totals))
+            completed.terminal, completed.counters = terminal, totals
             return True
 
         return complete
