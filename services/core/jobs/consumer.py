@@ -189,8 +189,11 @@ class DurableConsumers:
                 messages = await subscription.fetch(consumer.batch_size, timeout=consumer.fetch_timeout)
             except TimeoutError:  # nothing to deliver (nats-py's own TimeoutError is one too)
                 continue
-            except (NatsError, OSError) as exc:  # disconnected, or JetStream unavailable: the client reconnects
-                log.warning("%s: fetch failed (%s); retrying in %.1fs", consumer.durable, exc, delay)
+            except Exception as exc:  # nothing stops a consumer: it waits, then fetches again
+                if isinstance(exc, NatsError | OSError):  # disconnected, or JetStream unavailable: it reconnects
+                    log.warning("%s: fetch failed (%s); retrying in %.1fs", consumer.durable, exc, delay)
+                else:
+                    log.exception("%s: unexpected error fetching; retrying in %.1fs", consumer.durable, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
