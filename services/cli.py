@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
@@ -31,7 +32,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
+# Tables keep Rich's width on a terminal (or COLUMNS); piped into a file or another program, they are not
+# cut to Rich's default of 80 columns, where the wider tables (jobs, history, orders) become unreadable.
+PIPED_WIDTH = 160
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
 err_console = Console(stderr=True, soft_wrap=True)
 
 T = TypeVar("T")
