@@ -166,12 +166,15 @@ RETURNING stream_id, stream_version, global_position, recorded_at
 
 _COLUMNS = "global_position, stream_id, stream_version, event_id, event_type, data, metadata, recorded_at"
 
+# ORDER BY names the table's columns (events.tx_id), not the output column of the same name (the cast to
+# bigint): sorted by the cast, every page would sort every event after the checkpoint instead of walking
+# the (tx_id, global_position) index, and reading the whole log would take time quadratic in its length.
 _READ_ALL = f"""
-SELECT {_COLUMNS}, tx_id::text::bigint
+SELECT {_COLUMNS}, tx_id::text::bigint AS tx
 FROM events
 WHERE (tx_id, global_position) > ($1::text::xid8, $2::bigint)
   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY tx_id, global_position
+ORDER BY events.tx_id, events.global_position
 LIMIT $3
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from eventstore import (
     UnknownEventType,
     WrongExpectedVersion,
 )
+from eventstore.store import _READ_ALL
 
 
 class Deposited(msgspec.Struct, frozen=True, kw_only=True):
@@ -163,6 +165,28 @@ async def test_read_all_pages_and_checkpoints(store: EventStore) -> None:
     middle = everything[9].global_position
     assert [e.event_id async for e in store.read_all(middle, batch_size=4)] == [e.event_id for e in everything[10:]]
     assert len([e async for e in store.read_all(limit=11, batch_size=4)]) == 11
+
+
+async def test_a_page_of_the_log_walks_the_commit_order_index(store: EventStore) -> None:
+    """Each page of read_all / the relay / a projection reads its rows in index order from the checkpoint,
+    never sorting everything after it: reading a log of n events must not cost n squared."""
+    for batch in range(20):
+        await store.append(f"bulk-{batch}", [deposit() for _ in range(1000)])
+    async with store.pool.acquire() as con:
+        await con.execute("VACUUM (ANALYZE) events")
+        position = await con.fetchval("SELECT global_position FROM events ORDER BY global_position OFFSET 5000 LIMIT 1")
+        tx = await store.tx_of(position, con=con)
+        plan = await con.fetchval("EXPLAIN (FORMAT JSON) " + _READ_ALL, str(tx), position, 1000)
+    nodes = []
+    pending = [json.loads(plan)[0]["Plan"]]
+    while pending:
+        node = pending.pop()
+        nodes.append(node["Node Type"])
+        pending.extend(node.get("Plans", []))
+    assert "Sort" not in nodes and "Index Scan" in nodes, nodes
+    page = await store.read_page(position, 1000)
+    assert len(page.events) == 1000 and page.events[0].global_position > position
+    assert [e.global_position for e in page.events] == sorted(e.global_position for e in page.events)
 
 
 async def test_tailing_reader_never_skips_a_late_commit(store: EventStore, pg_dsn: str) -> None:
