@@ -118,7 +118,8 @@ class Relay:
         self.ack_timeout = ack_timeout
         self.checkpoint_every = checkpoint_every
         self.checkpoint_name = f"relay:{subjects.prefix}"
-        self.published = 0
+        self.published = 0  # events published (or moved past, when published early) since start
+        self.published_position = 0  # the global position of the last of them
         self.is_leader = asyncio.Event()
         self._wakeup = asyncio.Event()
         # Global positions of appends we were told about and have not published yet; and the last ones
@@ -269,6 +270,7 @@ class Relay:
                     nats_delay = 0.1
                     position, tx = page.events[-1].global_position, page.last_tx
                     self.published += len(page.events)
+                    self.published_position = position
                     self._published(page.events)
                     if loop.time() - saved_at >= self.checkpoint_every:
                         await save_checkpoint()

@@ -9,10 +9,12 @@ The metrics live in the process's default registry; every openbell service in th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 JOB_RUNS = Counter(
@@ -49,30 +51,62 @@ ORDER_SUBMISSIONS = Counter(
 )
 
 
+APPENDED_POSITION = Gauge(
+    "openbell_store_appended_position",
+    "Global position of the last event this process appended. Its maximum over the processes, minus the"
+    " active relay's published position, is how far NATS lags behind the log.",
+)
+
+
+class RelayView(Protocol):
+    published: int
+    published_position: int
+    is_leader: asyncio.Event
+
+
 class _RelayCollector(Collector):
-    """The events published by the relays of this process (read when scraped)."""
+    """What the relays of this process have published (read when scraped)."""
 
     def __init__(self) -> None:
-        self.sources: list[Callable[[], int]] = []
+        self.relays: list[RelayView] = []
 
-    def collect(self) -> Iterable[CounterMetricFamily]:
-        family = CounterMetricFamily("openbell_relay_published_events", "Events the relay published to NATS.")
-        family.add_metric([], sum(source() for source in self.sources))
-        yield family
+    def collect(self) -> Iterable[Metric]:
+        published = CounterMetricFamily("openbell_relay_published_events", "Events the relay published to NATS.")
+        published.add_metric([], sum(relay.published for relay in self.relays))
+        yield published
+        leaders = [relay for relay in self.relays if relay.is_leader.is_set()]
+        active = GaugeMetricFamily("openbell_relay_active", "1 when a relay of this process holds the relay lock.")
+        active.add_metric([], 1 if leaders else 0)
+        yield active
+        position = GaugeMetricFamily(
+            "openbell_relay_published_position", "Global position of the last event the active relay published."
+        )
+        position.add_metric([], max((relay.published_position for relay in leaders), default=0))
+        yield position
 
 
 _relays = _RelayCollector()
 REGISTRY.register(_relays)
 
 
-def watch_relay(published: Callable[[], int]) -> None:
-    """Count a relay's published events (``published`` reads its running total)."""
-    _relays.sources.append(published)
+def watch_relay(relay: RelayView) -> None:
+    _relays.relays.append(relay)
 
 
-def unwatch_relay(published: Callable[[], int]) -> None:
-    if published in _relays.sources:
-        _relays.sources.remove(published)
+def unwatch_relay(relay: RelayView) -> None:
+    if relay in _relays.relays:
+        _relays.relays.remove(relay)
+
+
+_appended_position = 0
+
+
+def appended(global_position: int) -> None:
+    """An append of this process committed, up to ``global_position``."""
+    global _appended_position
+    if global_position > _appended_position:
+        _appended_position = global_position
+        APPENDED_POSITION.set(global_position)
 
 
 def job_health(job_type: str, status: str, consecutive_failures: int, statuses: Iterable[str]) -> None:

@@ -28,15 +28,12 @@ async def setup(ctx: ServiceContext) -> None:
 
     # Appends in other processes announce themselves on core NATS: wake at once instead of polling.
     await ctx.rt.nc.subscribe(ctx.rt.appended_subject, cb=on_appended)
-    def published() -> int:
-        return relay.published
-
-    metrics.watch_relay(published)
+    metrics.watch_relay(relay)
 
     async def run() -> None:
         try:
             await relay.run(ctx.stop)
         finally:
-            metrics.unwatch_relay(published)
+            metrics.unwatch_relay(relay)
 
     ctx.background(run(), "relay")

@@ -19,6 +19,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from eventstore import AppendResult, EventStore
+from services.core import metrics
 from services.core.embedded import EmbeddedNats, EmbeddedPostgres
 from services.core.settings import Settings, load_settings
 from services.core.subjects import Subjects
@@ -135,6 +136,7 @@ async def connect_runtime(
                 task.add_done_callback(pending.discard)
 
         store.add_append_listener(announce)
+        store.add_append_listener(lambda result: metrics.appended(result.last_global_position))
         yield runtime
     finally:
         with contextlib.suppress(nats.errors.Error, OSError):

@@ -66,6 +66,22 @@ async def test_a_tick_and_its_order_show_in_the_metrics(pg_dsn: str, nats_url: s
 
             await wait_for(counted)
             after = await asyncio.to_thread(scrape, port)
+            async with ctx.rt.store.pool.acquire() as con:
+                order_position = await con.fetchval(
+                    "SELECT global_position FROM events WHERE event_type = 'OrderRequested'"
+                )
+            # The relay holds the lock and publishes up to the order request at least; this process's appends
+            # reached at least as far.
+            async def published_past_the_order() -> bool:
+                now = await asyncio.to_thread(scrape, port)
+                return now[("openbell_relay_published_position", ())] >= order_position
+
+            await wait_for(published_past_the_order)
+            now = await asyncio.to_thread(scrape, port)
+            assert now[("openbell_relay_active", ())] == 1
+            published_position = now[("openbell_relay_published_position", ())]
+            assert now[("openbell_store_appended_position", ())] >= published_position
+        assert (await asyncio.to_thread(scrape, port))[("openbell_relay_active", ())] == 0  # the relay stopped
         assert after[runs] - before.get(runs, 0) == 1
         assert after[durations] - before.get(durations, 0) == 1
         assert after[acked] - before.get(acked, 0) >= 1
