@@ -61,7 +61,7 @@ def test_every_variable_of_the_stack_is_read_by_openbell_and_no_secret_is_writte
     # Each value parses as openbell would read it (the compose network's host names stand for the servers).
     plain = {k.removeprefix("OPENBELL_").lower(): re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", v)
              for k, v in environment.items() if k.startswith("OPENBELL_")}
-    settings = Settings(**{k: v for k, v in plain.items() if k in Settings.model_fields})  # type: ignore[arg-type]
+    settings = Settings.model_validate({k: v for k, v in plain.items() if k in Settings.model_fields})
     assert settings.nats_url == "nats://nats:4222" and settings.metrics_port == 9464
     assert settings.broker == "sim" and settings.trading_mode == "paper" and settings.live_trading == "no"
 
@@ -69,8 +69,9 @@ def test_every_variable_of_the_stack_is_read_by_openbell_and_no_secret_is_writte
 def test_the_servers_are_the_versions_openbell_needs_and_nats_has_jetstream_and_websockets() -> None:
     services = compose()["services"]
     nats_image = services["nats"]["image"]
-    major, minor = (int(x) for x in re.match(r"nats:(\d+)\.(\d+)", nats_image).groups())  # type: ignore[union-attr]
-    assert (major, minor) >= (2, 10)
+    version = re.match(r"nats:(\d+)\.(\d+)", nats_image)
+    assert version is not None, nats_image
+    assert (int(version[1]), int(version[2])) >= (2, 10)
     command = services["nats"]["command"]
     assert "-js" in command and "--websocket_port" in command
     assert "healthcheck" in services["nats"] and "healthcheck" in services["postgres"]
