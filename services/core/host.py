@@ -28,7 +28,7 @@ from services.core.jobs.runner import JobRunner
 from services.core.metrics import serve_metrics
 from services.core.projections import known_projections
 from services.core.runtime import Runtime, connect_runtime
-from services.core.settings import Settings
+from services.core.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -186,16 +186,24 @@ async def hosted(
 async def serve_forever(names: Sequence[str], settings: Settings | None = None) -> None:
     import signal
 
-    async with hosted(names, settings) as ctx:
-        stop_metrics: Callable[[], None] | None = None
-        if (port := ctx.settings.metrics_port) is not None:
-            port, stop_metrics = serve_metrics(port, ctx.settings.metrics_address)
-            log.info("metrics on http://%s:%d/metrics", ctx.settings.metrics_address, port)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, ctx.stop.set)
+    settings = settings or load_settings()
+    stop_metrics: Callable[[], None] | None = None
+    if settings.metrics_port is not None:
+        # Before any service starts: a port in use stops the command with one line, nothing half started.
         try:
+            port, stop_metrics = serve_metrics(settings.metrics_port, settings.metrics_address)
+        except OSError as exc:
+            raise SettingsError(
+                f"cannot serve metrics on {settings.metrics_address}:{settings.metrics_port}"
+                f" (OPENBELL_METRICS_PORT): {exc.strerror or exc}"
+            ) from None
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_address, port)
+    try:
+        async with hosted(names, settings) as ctx:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, ctx.stop.set)
             await ctx.stop.wait()
-        finally:
-            if stop_metrics is not None:
-                stop_metrics()
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()

@@ -1,6 +1,12 @@
-"""The service host on real NATS and PostgreSQL: a service whose setup fails stops what was started."""
+"""The service host on real NATS and PostgreSQL: a service whose setup fails stops what was started, and
+`openbell serve` refuses a metrics port it cannot take before starting anything."""
 
 from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
 
 import pytest
 
@@ -18,3 +24,25 @@ async def test_a_failing_setup_stops_what_was_started(
         async with host.hosted(["relay", "orders", "broken"], settings_for(pg_dsn, nats_url, subject_prefix)):
             pytest.fail("the host must not run with a service that failed to set up")
     assert broken_service.stopped == ["loop"]
+
+
+async def test_serve_with_its_metrics_port_taken_stops_with_one_line(
+    pg_dsn: str, nats_url: str, subject_prefix: str
+) -> None:
+    """`openbell serve` serves its metrics before any service starts: a port in use is a one-line error."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    env = {**os.environ, "OPENBELL_DATABASE_URL": pg_dsn, "OPENBELL_NATS_URL": nats_url,
+           "OPENBELL_SUBJECT_PREFIX": subject_prefix, "OPENBELL_METRICS_PORT": str(taken.getsockname()[1])}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "serve", "relay", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        taken.close()
+    assert proc.returncode == 2, err.decode()
+    assert "cannot serve metrics on 127.0.0.1:" in err.decode() and "OPENBELL_METRICS_PORT" in err.decode()
+    assert "Traceback" not in err.decode()
