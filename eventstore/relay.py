@@ -119,7 +119,7 @@ class Relay:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_name = f"relay:{subjects.prefix}"
         self.published = 0  # events published (or moved past, when published early) since start
-        self.published_position = 0  # the global position of the last of them
+        self.published_position = 0  # the global position of the last event published (checkpoint included)
         self.is_leader = asyncio.Event()
         self._wakeup = asyncio.Event()
         # Global positions of appends we were told about and have not published yet; and the last ones
@@ -231,6 +231,7 @@ class Relay:
             "SELECT position, tx FROM eventstore_checkpoints WHERE name = $1", self.checkpoint_name
         )
         position, tx = int(row[0]), int(row[1])
+        self.published_position = max(self.published_position, position)  # published before, by any relay
         # This connection is the relay's alone while it leads: the checkpoint is one autocommit statement
         # that need not wait for the WAL flush (a checkpoint lost in a crash only republishes what
         # JetStream then drops as repeats). Reset when the lock is let go (see run).

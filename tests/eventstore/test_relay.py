@@ -234,6 +234,19 @@ async def test_relay_checkpoint_is_stored_once_caught_up_and_a_lost_write_only_r
         return relay.published == 20 and await checkpoint() == positions[-1]
 
     await wait_until(stored)
+    assert relay.published_position == positions[-1]
+    stop.set()
+    await task
+    # A relay that starts caught up has published up to its checkpoint (what a lag metric compares with).
+    resumed = Relay(store, nc, subjects)
+    stop = asyncio.Event()
+    task = asyncio.create_task(resumed.run(stop))
+
+    async def resumed_at_checkpoint() -> bool:
+        return resumed.published_position == positions[-1]
+
+    await wait_until(resumed_at_checkpoint)
+    assert resumed.published == 0
     stop.set()
     await task
 
