@@ -289,3 +289,25 @@ async def test_stop_lets_a_handler_finish_then_cuts_a_hanging_one_short(
             assert time.monotonic() < deadline, "the finished message was never acknowledged"
             await asyncio.sleep(0.02)
         assert pending == (0 if acked else 1)  # not acknowledged: JetStream delivers it again after ack_wait
+
+
+async def test_a_restart_with_new_settings_updates_the_durable_consumer(
+    nats_url: str, nc: NatsClient, subjects: Subjects
+) -> None:
+    """The durable consumer outlives the process: a service started again with another ack wait or
+    delivery limit brings it to those settings, rather than running on the first start's."""
+    subject = subjects.event("price", "PriceUpdated")
+    durable = durable_name("alerts", subject)
+
+    async def handler(delivery: Delivery) -> None:
+        return None
+
+    for ack_wait, max_deliver in ((30.0, 5), (7.0, 3)):
+        consumers = DurableConsumers(nats_url)
+        subscribe_durable(consumers, subjects=subjects, service="alerts", subject=subject,
+                          stream=subjects.events_stream, handler=handler, ack_wait=ack_wait, max_deliver=max_deliver)
+        await consumers.start()
+        await consumers.stop()
+        info = await nc.jetstream().consumer_info(subjects.events_stream, durable)
+        assert (info.config.ack_wait, info.config.max_deliver) == (ack_wait, max_deliver + 1)
+        assert info.config.filter_subject == subject

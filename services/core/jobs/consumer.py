@@ -149,6 +149,9 @@ class DurableConsumers:
         try:
             for consumer in self._consumers:
                 config = ConsumerConfig(
+                    name=consumer.durable,
+                    durable_name=consumer.durable,
+                    filter_subject=consumer.subject,
                     ack_policy=AckPolicy.EXPLICIT,
                     # One delivery more than we handle: the last failure is dead-lettered by us, never silently
                     # dropped by the server, even if the worker dies during the last attempt.
@@ -156,9 +159,10 @@ class DurableConsumers:
                     ack_wait=consumer.ack_wait,
                     deliver_policy=consumer.deliver_policy,
                 )
-                subscription = await self._js.pull_subscribe(
-                    consumer.subject, durable=consumer.durable, stream=consumer.stream, config=config
-                )
+                # Create or update: a durable consumer made by an earlier start takes the settings of this one
+                # (OPENBELL_ACK_WAIT_SECONDS changed, say); one the server cannot change is an error here.
+                await self._js.add_consumer(consumer.stream, config)
+                subscription = await self._js.pull_subscribe_bind(durable=consumer.durable, stream=consumer.stream)
                 task = asyncio.create_task(self._fetch_loop(consumer, subscription), name=consumer.durable)
                 self._tasks.append(task)
         except BaseException:
