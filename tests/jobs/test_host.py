@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import sys
+import time
+import urllib.request
 
 import pytest
 
@@ -46,3 +49,41 @@ async def test_serve_with_its_metrics_port_taken_stops_with_one_line(
     assert proc.returncode == 2, err.decode()
     assert "cannot serve metrics on 127.0.0.1:" in err.decode() and "OPENBELL_METRICS_PORT" in err.decode()
     assert "Traceback" not in err.decode()
+
+
+async def test_serve_exposes_metrics_and_stops_cleanly_on_sigterm(
+    pg_dsn: str, nats_url: str, subject_prefix: str
+) -> None:
+    """`openbell serve relay` as a container runs it: its metrics say the relay is active, and SIGTERM
+    (docker stop) ends it with exit code 0."""
+    with socket.socket() as probe:  # a free port for the metrics server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OPENBELL_DATABASE_URL": pg_dsn, "OPENBELL_NATS_URL": nats_url,
+           "OPENBELL_SUBJECT_PREFIX": subject_prefix, "OPENBELL_METRICS_PORT": str(port)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "serve", "relay", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "openbell_relay_active 1.0" not in await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics"):
+            assert time.monotonic() < deadline, "the relay never became active"
+            await asyncio.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "Traceback" not in err.decode()
+
+
+def _get(url: str) -> str:
+    """The body at ``url``; empty while nothing listens there yet."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+    except OSError:
+        return ""
