@@ -344,11 +344,19 @@ def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
 class AlpacaBroker:
     """Implements services.broker.protocol.Broker on alpaca-py."""
 
-    wall_clock = True
+    real_time = True
 
-    def __init__(self, settings: AlpacaSettings, rate_limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        settings: AlpacaSettings,
+        rate_limiter: RateLimiter | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """``clock``: the broker's current time (default: the wall clock; a fake server in simulated time
+        passes its own)."""
         check_settings(settings)
         self.settings = settings
+        self._clock = clock or (lambda: datetime.now(UTC))
         self._secrets = settings.secrets()
         self.rate_limiter = rate_limiter or shared_rate_limiter(settings.alpaca_rate_limit_per_minute)
         key = settings.api_key_id.get_secret_value()  # type: ignore[union-attr]  # checked above
@@ -362,6 +370,10 @@ class AlpacaBroker:
             max_workers=settings.alpaca_threads, thread_name_prefix="alpaca"
         )
         self._feed = DataFeed(settings.alpaca_data_feed)
+
+    @property
+    def now(self) -> datetime:
+        return self._clock()
 
     def __repr__(self) -> str:
         return f"AlpacaBroker(mode={self.settings.trading_mode}, base_url={self.settings.api_base_url or 'default'})"

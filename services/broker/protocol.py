@@ -28,9 +28,15 @@ ORDERS_PAGE_LIMIT = 500
 
 @runtime_checkable
 class Broker(Protocol):
-    # True when the broker's market moves with the wall clock (Alpaca); False for the simulator, whose
-    # market moves with the ticks' times (offline runs, demos, replays).
-    wall_clock: bool
+    # True when the broker trades in real time (Alpaca): an order request can reach it too late to be sent.
+    # False for the simulator, whose market moves with the ticks' times (offline runs, demos, replays).
+    real_time: bool
+
+    @property
+    def now(self) -> datetime:
+        """The broker's current time: the wall clock for Alpaca (or the clock it was given, for a fake server
+        in simulated time), the simulated time for the simulator."""
+        ...
 
     async def submit_order(self, request: OrderRequest) -> Order:
         """Submit once, with our client order id. Raises OrderRejected (definite), DuplicateClientOrderId

@@ -328,24 +328,28 @@ def rejected(known: OrderState, reason: str, *, definite: bool, at: datetime) ->
     return new_event(OrderRejected(**_identity(known), reason=reason, definite=definite, at=at), known.client_order_id)
 
 
-def too_old_to_send(known: OrderState, now: datetime, max_age: timedelta) -> NewEvent | None:
-    """The refusal of a request that reaches submission more than ``max_age`` after its tick: it was
-    decided on prices of that moment (an orders service down for a while, a backlog), so it is not sent
-    now, and the strategy decides again at its next tick. None while it is young enough, or once it is
-    no longer only requested. Not definite: only we concluded it; the broker never saw it."""
+def too_late_to_send(
+    known: OrderState, now: datetime, max_age: timedelta, session_close: datetime | None = None
+) -> NewEvent | None:
+    """The refusal of a request that reaches submission too late: more than ``max_age`` after its tick, or
+    after the close of the session its tick was in (``session_close``; the broker would queue a day order
+    for the next open). It was decided on the prices of its tick (the orders service was down, or behind),
+    so it is not sent now, and the strategy decides again at its next tick. None while it is in time, or
+    once it is no longer only requested. Not definite: only we concluded it; the broker never saw it."""
     require_aware(now, "now")
     if known.status is not OrderStatus.REQUESTED:
         return None
     age = now - known.requested_at
-    if age <= max_age:
+    if age > max_age:
+        reason = (
+            f"not sent: it reached submission {age.total_seconds():.0f} s after its tick"
+            f" (at most {max_age.total_seconds():.0f} s; OPENBELL_ORDER_MAX_AGE_SECONDS)"
+        )
+    elif session_close is not None and known.requested_at < session_close <= now:
+        reason = f"not sent: its session closed at {session_close:%Y-%m-%d %H:%M} UTC before it reached submission"
+    else:
         return None
-    return rejected(
-        known,
-        f"not sent: it reached submission {age.total_seconds():.0f} s after its tick"
-        f" (at most {max_age.total_seconds():.0f} s; OPENBELL_ORDER_MAX_AGE_SECONDS)",
-        definite=False,
-        at=now,
-    )
+    return rejected(known, reason, definite=False, at=now)
 
 
 def resolve_unknown(

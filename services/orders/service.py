@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -32,6 +32,7 @@ from services.broker.errors import (
 from services.broker.models import Order, OrderSide, TimeInForce
 from services.broker.models import OrderRequest as BrokerOrderRequest
 from services.broker.models import OrderType as BrokerOrderType
+from services.clock import calendar
 from services.core import metrics
 from services.core.events import registry
 from services.core.host import ServiceContext
@@ -47,7 +48,7 @@ from services.orders.lifecycle import (
     rejected,
     resolve_unknown,
     submit_unknown,
-    too_old_to_send,
+    too_late_to_send,
 )
 from services.orders.projection import OPEN_STATUSES
 from services.orders.types import OrderType
@@ -114,11 +115,14 @@ async def submit_requested(ctx: ServiceContext, client_order_id: str, at: dateti
         return []  # submitted already (redelivery, or another worker)
     broker = await ctx.at(at)
     events: list[NewEvent]
-    if broker.wall_clock:
+    if broker.real_time:
         # A broker trading in real time: the simulator's market moves with the ticks' times instead, and
         # an offline run (a demo, a replay) must give the same orders however fast each service keeps up.
-        now = datetime.now(UTC)
-        refusal = too_old_to_send(state, now, timedelta(seconds=ctx.settings.order_max_age_seconds))
+        now = broker.now
+        session = calendar.session(calendar.exchange_date(state.requested_at))
+        refusal = too_late_to_send(
+            state, now, timedelta(seconds=ctx.settings.order_max_age_seconds), session and session.close
+        )
         if refusal is not None:
             # A worker that died after the broker accepted it, before recording so, left it "requested":
             # only an order the broker does not have is refused.

@@ -46,9 +46,10 @@ def assert_utc(*moments: datetime | None) -> None:
 
 async def test_is_a_broker(harness: Harness) -> None:
     assert isinstance(harness.broker, Broker)
-    # Alpaca's market moves with the wall clock (order requests can be too old to send); the simulator's
-    # with the time it is given.
-    assert harness.broker.wall_clock is (type(harness.broker).__name__ == "AlpacaBroker")
+    # Alpaca trades in real time (order requests can be too late to send); the simulator's market moves
+    # with the time it is given. Both tell their current time.
+    assert harness.broker.real_time is (type(harness.broker).__name__ == "AlpacaBroker")
+    assert harness.broker.now.tzinfo is not None
 
 
 async def test_submit_get_and_lookup_by_client_id(harness: Harness) -> None:

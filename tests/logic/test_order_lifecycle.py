@@ -25,7 +25,7 @@ from services.orders.lifecycle import (
     fill_event_id,
     resolve_unknown,
     submit_unknown,
-    too_old_to_send,
+    too_late_to_send,
 )
 from services.orders.types import Side
 from services.positions.accounting import Book
@@ -257,15 +257,30 @@ def test_any_interleaving_of_poll_and_stream_counts_each_fill_once(
 def test_a_request_too_old_to_send_is_refused_not_sent() -> None:
     requested = order_state("10", status=OrderStatus.REQUESTED)
     limit = timedelta(minutes=5)
-    assert too_old_to_send(requested, T0 + timedelta(seconds=2), limit) is None
-    assert too_old_to_send(requested, T0 + limit, limit) is None  # the limit itself is still in time
-    refusal = too_old_to_send(requested, T0 + timedelta(hours=1), limit)
+    assert too_late_to_send(requested, T0 + timedelta(seconds=2), limit) is None
+    assert too_late_to_send(requested, T0 + limit, limit) is None  # the limit itself is still in time
+    refusal = too_late_to_send(requested, T0 + timedelta(hours=1), limit)
     assert refusal is not None and isinstance(refusal.data, OrderRejected)
     assert refusal.data.definite is False and refusal.data.at == T0 + timedelta(hours=1)
     assert "3600 s after its tick" in refusal.data.reason and "300 s" in refusal.data.reason
     assert fold(requested, [refusal]).status is OrderStatus.REJECTED
     # Sent already (or unknown: resolved by lookup, never refused for its age).
     for status in (OrderStatus.SUBMITTED, OrderStatus.UNKNOWN):
-        assert too_old_to_send(order_state("10", status=status), T0 + timedelta(hours=1), limit) is None
+        assert too_late_to_send(order_state("10", status=status), T0 + timedelta(hours=1), limit) is None
     with pytest.raises(ValueError):
-        too_old_to_send(requested, (T0 + timedelta(hours=1)).replace(tzinfo=None), limit)
+        too_late_to_send(requested, (T0 + timedelta(hours=1)).replace(tzinfo=None), limit)
+
+
+def test_a_request_of_a_session_is_not_sent_after_its_close() -> None:
+    """The broker would queue a day order sent after the close for the next open: a request decided in a
+    session and reaching submission after its close is refused, however young; one decided outside any
+    session (a manual tick at night) is left to the age limit."""
+    requested = order_state("10", status=OrderStatus.REQUESTED)
+    limit, close = timedelta(hours=2), T0 + timedelta(minutes=10)
+    assert too_late_to_send(requested, close - timedelta(seconds=1), limit, close) is None
+    refusal = too_late_to_send(requested, close + timedelta(seconds=1), limit, close)
+    assert refusal is not None and isinstance(refusal.data, OrderRejected) and not refusal.data.definite
+    assert "its session closed at" in refusal.data.reason
+    # decided after that close (outside the session): only the age limit applies
+    late = order_state("10", status=OrderStatus.REQUESTED, requested_at=close + timedelta(minutes=5))
+    assert too_late_to_send(late, close + timedelta(minutes=6), limit, close) is None

@@ -78,7 +78,8 @@ async def test_trading_on_fake_alpaca_with_faults(
     ]
 
     async def alpaca(_ctx: ServiceContext) -> Broker:
-        return AlpacaBroker(alpaca_settings_for(fake, alpaca_read_timeout=0.5), RateLimiter(100_000))
+        # The fake server's market runs in tick time: so does the broker's clock (order requests are in time).
+        return AlpacaBroker(alpaca_settings_for(fake, alpaca_read_timeout=0.5), RateLimiter(100_000), clock=now)
 
     # The first submit is accepted but answered 504; the next is rate limited; the next stalls past
     # the client's timeout (the order lands after the client gave up).
@@ -86,9 +87,7 @@ async def test_trading_on_fake_alpaca_with_faults(
     fake.add_fault("POST", "/v2/orders", Fault("status", status=429, reset_seconds=0.2), times=1)
     fake.add_fault("POST", "/v2/orders", Fault("stall", seconds=1.0), times=1)
 
-    # The fake server's market runs in tick time, days behind the wall clock: no order request is too old
-    # here (that limit is tested in test_stale_orders.py).
-    settings = settings_for(pg_dsn, nats_url, subject_prefix).model_copy(update={"order_max_age_seconds": 10**9})
+    settings = settings_for(pg_dsn, nats_url, subject_prefix)
     services = ["relay", "projections", "strategy", "orders", "positions"]
     async with hosted(services, settings, broker_factory=alpaca, virtual=True) as ctx:
         now.ctx = ctx

@@ -1,7 +1,7 @@
 """Order requests that reach a broker trading in real time long after their tick (a service down for a
 while, a backlog), on real NATS and PostgreSQL: they are not sent, unless the broker has them already (a
 worker died after the broker accepted one, before recording it). The simulator stands in for that broker
-with its wall_clock flag set."""
+with its real_time flag set."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from eventstore import NO_STREAM
 from services.broker.models import OrderRequest as BrokerOrderRequest
 from services.broker.models import OrderSide
 from services.broker.protocol import Broker
-from services.broker.simulator.broker import SimBroker, SimConfig
+from services.broker.simulator.broker import SimBroker, SimConfig, wall_clock
 from services.core.events import new_event, registry
 from services.core.host import ServiceContext, hosted
 from services.orders.events import OrderRejected, OrderSubmitted
@@ -24,9 +24,9 @@ from tests.positions.helpers import settings_for, wait_for
 
 
 class WallClockSim(SimBroker):
-    """The simulator, taken for a broker whose market moves with the wall clock (as Alpaca's does)."""
+    """The simulator on the wall clock, taken for a broker that trades in real time (as Alpaca does)."""
 
-    wall_clock = True
+    real_time = True
 
 
 def request(tick_at: datetime, symbol: str) -> OrderRequested:
@@ -52,7 +52,7 @@ async def test_requests_too_old_are_not_sent_unless_the_broker_has_them(
     sims: list[WallClockSim] = []
 
     async def sim(ctx: ServiceContext) -> Broker:
-        broker = await WallClockSim.connect(pg_dsn, SimConfig(seed=4, starting_cash=Decimal(10**6)), now=ctx.tick_time)
+        broker = await WallClockSim.connect(pg_dsn, SimConfig(seed=4, starting_cash=Decimal(10**6)), now=wall_clock)
         assert isinstance(broker, WallClockSim)
         sims.append(broker)
         return broker

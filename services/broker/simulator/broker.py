@@ -176,7 +176,7 @@ class _Changes:
 class SimBroker:
     """Implements services.broker.protocol.Broker against the simulated market."""
 
-    wall_clock = False  # its market moves with the clock it is given (the ticks' times)
+    real_time = False  # its market moves with the clock it is given (the ticks' times)
 
     def __init__(
         self,
