@@ -118,6 +118,14 @@ class Discrepancy(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+def confirmed(first: Iterable[Discrepancy], second: Iterable[Discrepancy]) -> list[Discrepancy]:
+    """The discrepancies of a second look that the first found too, with the same difference. Our side is
+    read before the broker's: a fill landing in between shows a difference for a moment, gone (or changed)
+    a moment later. What both looks agree on is acted upon; the rest waits for the next sync."""
+    earlier = {d.symbol: d for d in first}
+    return [d for d in second if d.symbol in earlier and d.same_difference(earlier[d.symbol])]
+
+
 def find_discrepancies(
     broker_positions: Iterable[BrokerPosition],
     holdings: Iterable[Holding],

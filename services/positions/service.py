@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -66,6 +67,7 @@ from services.positions.reconcile import (
     Discrepancy,
     Holding,
     ReconcilePolicy,
+    confirmed,
     find_discrepancies,
     plan_sync,
 )
@@ -137,6 +139,18 @@ async def fetch_quotes(
         quotes.update({s: valuation_quote(q) for s, q in got.items() if s in batch})
     return check_quotes(wanted, quotes, as_of=at, max_age=max_age)
 
+
+
+@dataclass(frozen=True)
+class _Comparison:
+    """One look at our positions and the broker's (see PositionsService._compare)."""
+
+    found: list[Discrepancy]
+    holdings: list[Holding]
+    at_broker: list[BrokerPosition]
+    in_flight: frozenset[str]
+    open_symbols: frozenset[str]
+    portfolios: int
 
 class PositionsService:
     def __init__(self, ctx: ServiceContext, settings: PositionsSettings) -> None:
@@ -316,6 +330,23 @@ class PositionsService:
 
     async def position_sync(self, job: JobContext) -> dict[str, int]:
         at, tick_id = job.scheduled_at, job.tick.tick_id
+        comparison = await self._compare(at)
+        if comparison.found:
+            # Our side is read before the broker's: a fill landing in between looks like a discrepancy for
+            # a moment. Look again and act only on what both looks found (a real one is still there).
+            again = await self._compare(at)
+            comparison = replace(again, found=confirmed(comparison.found, again.found))
+        holdings, in_flight = comparison.holdings, comparison.in_flight
+        compared = ({p.symbol for p in comparison.at_broker if p.qty != 0} | {h.symbol for h in holdings}) - in_flight
+        by_symbol = {d.symbol: d for d in comparison.found}
+        counters = {"discrepancies_found": 0, "discrepancies_fixed": 0, "quarantined": 0, "halted": 0}
+        for symbol in sorted((set(by_symbol) | comparison.open_symbols) - in_flight):
+            symbol_holdings = [h for h in holdings if h.symbol == symbol]
+            await self._sync_symbol(symbol, by_symbol.get(symbol), symbol_holdings, tick_id, at, counters)
+        return {"portfolios_synced": comparison.portfolios, "positions_synced": len(compared), **counters}
+
+    async def _compare(self, at: datetime) -> _Comparison:
+        """Our positions against the broker's, at the tick's time."""
         # Our side first, then the broker's: an order placed before our read is in flight in the trades
         # read model or open at the broker; a fill in the log not booked yet is in unbooked_fills.
         await catch_up(self.ctx, "trades", PortfolioProjection.name, "alerts")
@@ -362,13 +393,7 @@ class PositionsService:
             price_tolerance=self.policy.price_tolerance,
             price_comparable=frozenset(single_owner),
         )
-        compared = ({p.symbol for p in at_broker if p.qty != 0} | {h.symbol for h in holdings}) - in_flight
-        by_symbol = {d.symbol: d for d in found}
-        counters = {"discrepancies_found": 0, "discrepancies_fixed": 0, "quarantined": 0, "halted": 0}
-        for symbol in sorted((set(by_symbol) | open_symbols) - in_flight):
-            symbol_holdings = [h for h in holdings if h.symbol == symbol]
-            await self._sync_symbol(symbol, by_symbol.get(symbol), symbol_holdings, tick_id, at, counters)
-        return {"portfolios_synced": portfolios, "positions_synced": len(compared), **counters}
+        return _Comparison(found, holdings, at_broker, frozenset(in_flight), frozenset(open_symbols), portfolios)
 
     async def _load_sync_state(self, symbol: str) -> tuple[SymbolSyncState, int]:
         state, version = SymbolSyncState(), -1

@@ -15,6 +15,7 @@ from services.positions.reconcile import (
     Holding,
     PolicyAction,
     ReconcilePolicy,
+    confirmed,
     find_discrepancies,
     plan_sync,
 )
@@ -81,6 +82,21 @@ def test_price_is_not_compared_when_several_portfolios_hold_the_symbol() -> None
 
 def test_small_price_differences_are_tolerated() -> None:
     assert find([broker("AAPL", "10", "100.05")], [holding("a", "AAPL", "10", "100")]) == []
+
+
+def test_only_what_a_second_look_finds_again_is_acted_upon() -> None:
+    ours = [holding("p1", "AAPL", "10"), holding("p1", "MSFT", "5"), holding("p1", "NVDA", "3")]
+    # First look: AAPL and MSFT differ (MSFT: a sale filled at the broker between our read and its read).
+    first = find([broker("AAPL", "7"), broker("MSFT", "2"), broker("NVDA", "3")], ours)
+    assert kinds(first) == {"AAPL": DiscrepancyKind.QUANTITY, "MSFT": DiscrepancyKind.QUANTITY}
+    # Second look: our books have the sale now (MSFT agrees); NVDA changed in between (a new difference).
+    booked = [holding("p1", "AAPL", "10"), holding("p1", "MSFT", "2"), holding("p1", "NVDA", "3")]
+    second = find([broker("AAPL", "7"), broker("MSFT", "2"), broker("NVDA", "1")], booked)
+    assert kinds(confirmed(first, second)) == {"AAPL": DiscrepancyKind.QUANTITY}
+    # A difference whose figures moved between the looks waits for the next sync.
+    moved = find([broker("AAPL", "6"), broker("MSFT", "2"), broker("NVDA", "3")], booked)
+    assert confirmed(first, moved) == []
+    assert confirmed([], second) == [] and confirmed(first, []) == []
 
 
 def plan(found: list[Discrepancy], holdings: list[Holding], policy: ReconcilePolicy = FIX_ALL, **kwargs: object):  # type: ignore[no-untyped-def]
