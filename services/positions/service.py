@@ -140,7 +140,6 @@ async def fetch_quotes(
     return check_quotes(wanted, quotes, as_of=at, max_age=max_age)
 
 
-
 @dataclass(frozen=True)
 class _Comparison:
     """One look at our positions and the broker's (see PositionsService._compare)."""
@@ -151,6 +150,7 @@ class _Comparison:
     in_flight: frozenset[str]
     open_symbols: frozenset[str]
     portfolios: int
+
 
 class PositionsService:
     def __init__(self, ctx: ServiceContext, settings: PositionsSettings) -> None:
