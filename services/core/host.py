@@ -198,12 +198,17 @@ async def serve_forever(names: Sequence[str], settings: Settings | None = None) 
                 f" (OPENBELL_METRICS_PORT): {exc.strerror or exc}"
             ) from None
         log.info("metrics on http://%s:%d/metrics", settings.metrics_address, port)
+    # Handled from the start: a SIGTERM (docker stop) while the services start still stops them cleanly,
+    # once started, instead of killing the process halfway.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        async with hosted(names, settings) as ctx:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, ctx.stop.set)
-            await ctx.stop.wait()
+        async with hosted(names, settings):
+            await stop.wait()
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
         if stop_metrics is not None:
             stop_metrics()
