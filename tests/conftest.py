@@ -95,3 +95,11 @@ async def nc(nats_url: str, subject_prefix: str) -> AsyncIterator[NatsClient]:
         if info.config.name and info.config.name.startswith(upper):
             await js.delete_stream(info.config.name)
     await client.close()
+
+
+@pytest.fixture
+def private_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A nats-server of this test's own (JetStream on disk), so the test may kill and restart it."""
+    server = EmbeddedNats(tmp_path / "nats").start(reuse=False)
+    yield server
+    server.stop()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from eventstore import EventStore
-from services.core.embedded import EmbeddedNats, EmbeddedPostgres
+from services.core.embedded import EmbeddedPostgres
 
 
 @pytest.fixture
@@ -22,11 +22,3 @@ def private_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
     server = EmbeddedPostgres(tmp_path / "pg").start(reuse=False)
     yield server
     server.stop(mode="immediate")
-
-
-@pytest.fixture
-def private_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    """A nats-server of this test's own (JetStream on disk), so the test may kill and restart it."""
-    server = EmbeddedNats(tmp_path / "nats").start(reuse=False)
-    yield server
-    server.stop()

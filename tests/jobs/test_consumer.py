@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import msgspec
 import nats
@@ -203,14 +202,6 @@ async def test_workers_share_one_durable_consumer(
     consumers = [c.name for c in await js.consumers_info(subjects.ticks_stream)]
     assert consumers == ["orders_order_status_check"]
     await store.close()
-
-
-@pytest.fixture
-def private_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    """A nats-server of this test's own (JetStream on disk), so the test may kill and restart it."""
-    server = EmbeddedNats(tmp_path / "nats").start(reuse=False)
-    yield server
-    server.stop()
 
 
 async def test_consumers_keep_fetching_across_a_nats_restart(private_nats: EmbeddedNats, subject_prefix: str) -> None:
