@@ -29,16 +29,25 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Self
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from services.core.limits import MAX_ITEMS, InputRejected, check_json_value, fraction, money, shown
 from services.orders.types import OrderType
 from services.positions.events import UNASSIGNED_PORTFOLIO
 from services.strategy.plugins import resolve_strategy
 from services.strategy.risk import RiskLimits
 from services.strategy.sizing import PercentOfEquity, SizingSpec
 
-SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z.]{0,9}$")
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
+# Whole values only (``fullmatch``): ``$`` would also take a trailing newline, which later breaks subjects.
+SYMBOL_PATTERN = re.compile(r"[A-Z][A-Z.]{0,9}")
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
+MAX_UNIVERSE = 500  # symbols of one strategy
+MAX_STRATEGIES = 50  # strategies of one portfolio
+MAX_PARAMETERS_BYTES = 4096  # a strategy's parameters, as JSON
+# Whether a model is read back from the log (already validated when it was accepted): a stored strategy
+# kind is not resolved (nothing is imported while folding), its parameters are taken as stored.
+STORED = "stored"
 
 
 class ConfigError(ValueError):
@@ -50,21 +59,22 @@ class TradingMode(StrEnum):
     LIVE = "live"
 
 
-def validate_symbol(symbol: str) -> str:
-    if not isinstance(symbol, str) or not SYMBOL_PATTERN.match(symbol):
+def validate_symbol(symbol: object) -> str:
+    if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
         hint = (
             f" (did you mean {symbol.upper()!r}?)"
-            if isinstance(symbol, str) and SYMBOL_PATTERN.match(symbol.upper())
+            if isinstance(symbol, str) and SYMBOL_PATTERN.fullmatch(symbol.upper())
             else ""
         )
-        raise ValueError(f"{symbol!r} is not a symbol (1-10 upper-case letters or dots, e.g. 'BRK.B'){hint}")
+        raise ValueError(f"{shown(symbol)} is not a symbol (1-10 upper-case letters or dots, e.g. 'BRK.B'){hint}")
     return symbol
 
 
-def validate_name(name: str, what: str) -> str:
-    if not NAME_PATTERN.match(name):
+def validate_name(name: object, what: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ValueError(
-            f"{what} name {name!r} must be 1-48 lower-case letters, digits, '-' or '_', starting with a letter or digit"
+            f"{what} name {shown(name)} must be 1-48 lower-case letters, digits, '-' or '_',"
+            " starting with a letter or digit"
         )
     return name
 
@@ -75,15 +85,15 @@ class StrategySpec(BaseModel):
     # Unique within the portfolio; defaults to the kind (so one strategy of each kind needs no name).
     name: str
     kind: str
-    universe: tuple[str, ...] = Field(min_length=1)
+    universe: tuple[str, ...] = Field(min_length=1, max_length=MAX_UNIVERSE)
     # Stored normalized (defaults filled in by the strategy's model) so equal configurations are equal.
     parameters: dict[str, Any] = Field(default_factory=dict, validate_default=True)
     sizing: SizingSpec = Field(default_factory=lambda: PercentOfEquity(percent=Decimal(10)))
-    enabled: bool = True
+    enabled: bool = Field(default=True, strict=True)
     order_type: OrderType = OrderType.MARKET
     # For limit orders: how far from the reference price, as a fraction (0.002 = 0.2 %): a buy limit
     # above, a sell limit below, so the order is marketable but bounded.
-    limit_offset: Decimal = Field(default=Decimal("0.002"), ge=0, lt=1)
+    limit_offset: Decimal = fraction(default=Decimal("0.002"), ge=0, lt=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -99,14 +109,17 @@ class StrategySpec(BaseModel):
 
     @field_validator("kind")
     @classmethod
-    def _known_kind(cls, kind: str) -> str:
-        resolve_strategy(kind)  # raises UnknownStrategy (a ValueError) listing the known kinds
+    def _known_kind(cls, kind: str, info: ValidationInfo) -> str:
+        if not _stored(info):
+            resolve_strategy(kind)  # raises UnknownStrategy (a ValueError) listing the known kinds
         return kind
 
     @field_validator("universe", mode="before")
     @classmethod
     def _symbols(cls, universe: Any) -> Any:
         if isinstance(universe, list | tuple):
+            if len(universe) > MAX_UNIVERSE:
+                raise ValueError(f"at most {MAX_UNIVERSE} symbols")
             for symbol in universe:
                 validate_symbol(symbol)
             duplicates = sorted({s for s in universe if universe.count(s) > 1})
@@ -118,9 +131,19 @@ class StrategySpec(BaseModel):
     @classmethod
     def _parameters_of_kind(cls, parameters: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         kind = info.data.get("kind")
-        if kind is None:
-            return parameters  # the kind itself is invalid: that error is reported instead
+        if kind is None or _stored(info):
+            return parameters  # the kind itself is invalid (that error is reported instead), or stored
+        try:
+            check_json_value(parameters, "parameters")
+        except InputRejected as exc:
+            raise ValueError(str(exc).removeprefix("parameters: ")) from None
+        if len(msgspec.json.encode(parameters)) > MAX_PARAMETERS_BYTES:
+            raise ValueError(f"at most {MAX_PARAMETERS_BYTES} bytes of JSON")
         return resolve_strategy(kind).validate_parameters(parameters)
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and bool(info.context.get(STORED))
 
 
 class PortfolioSpec(BaseModel):
@@ -128,10 +151,10 @@ class PortfolioSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     name: str
-    starting_cash: Decimal = Field(gt=0)
+    starting_cash: Decimal = money(gt=0)
     trading_mode: TradingMode = TradingMode.PAPER
     risk: RiskLimits = Field(default_factory=RiskLimits)
-    strategies: tuple[StrategySpec, ...] = Field(default=(), alias="strategy")
+    strategies: tuple[StrategySpec, ...] = Field(default=(), alias="strategy", max_length=MAX_STRATEGIES)
 
     @field_validator("name")
     @classmethod
@@ -159,7 +182,7 @@ class PortfolioSpec(BaseModel):
 class PortfoliosFile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    portfolios: tuple[PortfolioSpec, ...] = Field(alias="portfolio", min_length=1)
+    portfolios: tuple[PortfolioSpec, ...] = Field(alias="portfolio", min_length=1, max_length=MAX_ITEMS)
 
     @model_validator(mode="after")
     def _unique_portfolio_names(self) -> Self:

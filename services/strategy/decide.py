@@ -17,6 +17,7 @@ or double up.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -24,7 +25,9 @@ from decimal import ROUND_HALF_UP, Decimal
 import msgspec
 
 from eventstore import NewEvent
+from services.alerts.events import NotificationRaised
 from services.core.events import new_event
+from services.core.limits import MAX_MONEY, one_line
 from services.orders.ids import client_order_id
 from services.orders.types import OrderType, Side, require_aware
 from services.positions.accounting import ZERO, Position
@@ -34,11 +37,50 @@ from services.strategy.events import OrderRejectedByRisk, OrderRequested, Portfo
 from services.strategy.plugins import resolve_strategy
 from services.strategy.risk import ProposedOrder, RiskContext, RiskDecision, RiskLimits, check_order
 from services.strategy.sizing import size_order
-from services.strategy.strategies import Action, Bar, Signal, StrategyInput
+from services.strategy.strategies import Action, Bar, Signal, StrategyFunction, StrategyInput
 
 ONE_ORDER_PER_SYMBOL = "one_order_per_symbol"
 NO_PRICE = "no_price"
 ZERO_QUANTITY = "zero_quantity"
+MAX_SIGNAL_REASON = 500  # characters of a strategy's reason kept in the events
+MAX_STRATEGY_ERROR = 300  # characters of a strategy's failure kept in the events and the notification
+
+
+class StrategyFailure(ValueError):
+    """One evaluation of a strategy (one symbol) failed: the strategy raised, or gave no valid signal."""
+
+
+def _describe_exception(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a user exception's __str__ may fail too
+        text = ""
+    return one_line(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, MAX_STRATEGY_ERROR)
+
+
+def call_strategy(function: StrategyFunction, data: StrategyInput) -> Signal:
+    """The strategy's signal, or StrategyFailure: whatever it raises (SystemExit and KeyboardInterrupt
+    included; only a cancellation goes through) and whatever it returns that is not a valid signal fail
+    this one evaluation, never the tick or the process."""
+    try:
+        signal = function(data)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - user code: recorded in the evaluation, never raised on
+        raise StrategyFailure(_describe_exception(exc)) from None
+    if not isinstance(signal, Signal):
+        raise StrategyFailure(f"returned {type(signal).__name__}, not a Signal")
+    if not isinstance(signal.action, Action) or not isinstance(signal.reason, str):
+        raise StrategyFailure("returned a Signal whose action is not an Action or whose reason is not a string")
+    strength = signal.strength
+    if strength is not None and (
+        not isinstance(strength, Decimal) or not strength.is_finite() or abs(strength) > MAX_MONEY
+        or strength.as_tuple().exponent < -12  # type: ignore[operator]  # finite: an int exponent
+    ):
+        raise StrategyFailure("returned a Signal whose strength is not a finite Decimal of at most 12 places")
+    if len(signal.reason) > MAX_SIGNAL_REASON or not signal.reason.isprintable():
+        signal = msgspec.structs.replace(signal, reason=one_line(signal.reason, MAX_SIGNAL_REASON))
+    return signal
 
 
 class Tick(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,6 +165,8 @@ class PortfolioDecisions(msgspec.Struct, frozen=True, kw_only=True):
     trades_requested: int
     orders_refused: int
     strategy_errors: int  # evaluations where the strategy raised (recorded as HOLD with the error)
+    # One line per failed evaluation: "<strategy> on <symbol>: <error>" (in PortfolioEvaluated, and notified).
+    strategy_failures: tuple[str, ...] = ()
 
     @property
     def orders(self) -> tuple[OrderIntent, ...]:
@@ -189,9 +233,14 @@ def decide_portfolio(
     ordered_symbols: set[str] = set()
 
     decisions: list[Decision] = []
+    failures: list[str] = []
     signals = trades = refused = errors = 0
     for strategy in sorted((s for s in portfolio.strategies if s.enabled), key=lambda s: s.name):
-        function = resolve_strategy(strategy.kind).function
+        try:
+            function: StrategyFunction | None = resolve_strategy(strategy.kind).function
+            unavailable = ""
+        except ValueError as exc:  # a kind no longer allowed or installed: this strategy fails, not the tick
+            function, unavailable = None, one_line(str(exc), MAX_STRATEGY_ERROR)
         for symbol in strategy.universe:
             position = portfolio.positions.get(symbol) or Position(symbol=symbol)
             data = StrategyInput(
@@ -204,10 +253,13 @@ def decide_portfolio(
                 tick_time=at,
             )
             try:
-                signal = function(data)
-            except Exception as exc:  # noqa: BLE001 - a user strategy may fail in any way; recorded, not hidden
+                if function is None:
+                    raise StrategyFailure(unavailable)
+                signal = call_strategy(function, data)
+            except StrategyFailure as exc:  # recorded in the evaluation and notified, never hidden
                 errors += 1
-                signal = Signal.hold(f"strategy {strategy.kind} raised {type(exc).__name__}: {exc}")
+                failures.append(f"{strategy.name} on {symbol}: {exc}")
+                signal = Signal.hold(f"strategy {strategy.kind} failed: {exc}")
             if signal.action is Action.HOLD:
                 decisions.append(Decision(strategy=strategy.name, symbol=symbol, signal=signal))
                 continue
@@ -308,6 +360,18 @@ def decide_portfolio(
             if side is Side.BUY:
                 available_cash -= qty * (limit_price or price)
 
+    if failures:
+        shown_failures = failures[:5] + ([f"and {len(failures) - 5} more"] if len(failures) > 5 else [])
+        notification = NotificationRaised(
+            kind="strategy_error",
+            portfolio_id=pid,
+            title=f"{pid}: {len(failures)} strategy evaluation(s) failed at {tick.tick_id}",
+            body="; ".join(shown_failures),
+            ref=tick.tick_id,
+            at=at,
+        )
+        events.append(new_event(notification, "strategy_error", pid, tick.tick_id))
+
     return PortfolioDecisions(
         portfolio_id=pid,
         decisions=tuple(decisions),
@@ -318,4 +382,5 @@ def decide_portfolio(
         trades_requested=trades,
         orders_refused=refused,
         strategy_errors=errors,
+        strategy_failures=tuple(failures),
     )

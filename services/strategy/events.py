@@ -104,6 +104,8 @@ class PortfolioEvaluated(_Timed, frozen=True, kw_only=True):
     orders_refused: int
     strategy_errors: int
     halted: bool
+    # Each failed strategy evaluation: "<strategy> on <symbol>: <error>" (at most 20 kept).
+    strategy_failures: tuple[str, ...] = ()
 
 
 @domain_event

@@ -1,5 +1,11 @@
 """Where strategy kinds come from: the built-ins, the ``openbell.strategies`` entry point group of any
-installed package, or a ``package.module:function`` path.
+installed package, or a ``package.module:function`` path that the operator allowed.
+
+Nothing is imported because a message named it: a ``module:function`` kind resolves only when it is in
+``OPENBELL_STRATEGY_ALLOW`` (comma-separated ``package.module:function`` entries, or ``package.module:*``
+for every function of one module), set in the environment of the processes that run strategies and of
+the commands that attach them. Installing a package with an entry point is the other way to allow code:
+both are the operator's acts, on the machine, never a command's.
 
 A user strategy is a function ``(StrategyInput) -> Signal``. It may carry a pydantic model of its
 parameters as a ``params_model`` attribute; parameters are then validated when the strategy is attached
@@ -14,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
+import re
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
@@ -33,6 +41,10 @@ from services.strategy.strategies import (
 )
 
 ENTRY_POINT_GROUP = "openbell.strategies"
+ALLOW_VARIABLE = "OPENBELL_STRATEGY_ALLOW"
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+_PATH = re.compile(f"{_DOTTED}:{_DOTTED}")
+MAX_KIND_LENGTH = 200
 
 
 class StrategyDef(msgspec.Struct, frozen=True):
@@ -63,20 +75,50 @@ def known_kinds() -> list[str]:
     return sorted(set(BUILTIN_STRATEGIES) | set(_entry_point_targets()))
 
 
-@functools.cache
+def allowed_paths(value: str | None = None) -> frozenset[str]:
+    """The ``module:function`` (and ``module:*``) entries the operator allowed (``OPENBELL_STRATEGY_ALLOW``)."""
+    text = os.environ.get(ALLOW_VARIABLE, "") if value is None else value
+    return frozenset(entry.strip() for entry in text.split(",") if entry.strip())
+
+
+def is_allowed_path(kind: str, allowed: frozenset[str]) -> bool:
+    module, _, _ = kind.partition(":")
+    return kind in allowed or f"{module}:*" in allowed
+
+
 def resolve_strategy(kind: str) -> StrategyDef:
-    """The strategy of a kind: a built-in name, an entry point name, or ``module:function``."""
+    """The strategy of a kind: a built-in name, an entry point name, or an allowed ``module:function``.
+
+    Anything else raises UnknownStrategy before anything is imported."""
+    if not isinstance(kind, str) or len(kind) > MAX_KIND_LENGTH:
+        raise UnknownStrategy(f"a strategy kind is a name of at most {MAX_KIND_LENGTH} characters")
     if kind in BUILTIN_STRATEGIES:
         return BUILTIN_STRATEGIES[kind]
+    if kind in _entry_point_targets():
+        return _resolve_installed(kind)
+    if ":" in kind:
+        if _PATH.fullmatch(kind) is None:
+            raise UnknownStrategy(f"strategy kind {kind[:80]!r} is not a 'package.module:function' path")
+        if not is_allowed_path(kind, allowed_paths()):
+            raise UnknownStrategy(
+                f"strategy kind {kind!r} is not allowed: the operator allows a 'package.module:function' kind"
+                f" in {ALLOW_VARIABLE} or installs it as an {ENTRY_POINT_GROUP!r} entry point"
+                f" (known kinds: {', '.join(known_kinds())})"
+            )
+        return _resolve_installed(kind)
+    raise UnknownStrategy(
+        f"unknown strategy kind {kind[:80]!r}: known kinds are {', '.join(known_kinds())}, "
+        f"or a 'package.module:function' path allowed in {ALLOW_VARIABLE}"
+    )
+
+
+@functools.cache
+def _resolve_installed(kind: str) -> StrategyDef:
+    """An entry point or an allowed path, loaded once per process (the allow-list is checked first)."""
     target = _entry_point_targets().get(kind)
     if target is not None:
         return _definition(kind, target, _load_entry_point(kind))
-    if ":" in kind:
-        return _definition(kind, kind, _load_path(kind))
-    raise UnknownStrategy(
-        f"unknown strategy kind {kind!r}: known kinds are {', '.join(known_kinds())}, "
-        "or give a 'package.module:function' path"
-    )
+    return _definition(kind, kind, _load_path(kind))
 
 
 @functools.cache
@@ -98,6 +140,8 @@ def _load_path(path: str) -> object:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UnknownStrategy(f"strategy {path!r}: cannot import module {module_name!r} ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - an allowed module may fail to import in any way its code does
+        raise UnknownStrategy(f"strategy {path!r}: importing {module_name!r} failed ({type(exc).__name__})") from None
     found: object = module
     for part in attribute.split("."):
         if not hasattr(found, part):

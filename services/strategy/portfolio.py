@@ -17,7 +17,7 @@ from services.core.events import registry
 from services.positions.accounting import Book
 from services.positions.events import FillApplied, PositionReconciled
 from services.positions.ledger import evolve_book
-from services.strategy.config import StrategySpec
+from services.strategy.config import STORED, StrategySpec
 from services.strategy.events import (
     PortfolioHalted,
     PortfolioOpened,
@@ -75,7 +75,9 @@ def _spec(event: StrategyAttached | StrategyReconfigured, enabled: bool) -> Stra
             "enabled": enabled,
             "order_type": event.order_type,
             "limit_offset": event.limit_offset,
-        }
+        },
+        # Accepted when it was attached: not resolved again (nothing is imported while folding the log).
+        context={STORED: True},
     )
 
 

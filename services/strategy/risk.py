@@ -26,6 +26,7 @@ from decimal import Decimal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.core.limits import fraction, money
 from services.orders.types import Side
 
 ZERO = Decimal(0)
@@ -47,12 +48,12 @@ class RiskLimits(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_order_notional: Decimal | None = Field(default=Decimal(25_000), gt=0)
-    max_position_weight: Decimal | None = Field(default=Decimal("0.25"), gt=0, le=1)
-    max_orders_per_tick: int = Field(default=20, ge=1)
-    allow_short: bool = False
+    max_order_notional: Decimal | None = money(default=Decimal(25_000), gt=0)
+    max_position_weight: Decimal | None = fraction(default=Decimal("0.25"), gt=0, le=1)
+    max_orders_per_tick: int = Field(default=20, ge=1, le=10_000, strict=True)
+    allow_short: bool = Field(default=False, strict=True)
     # Loss (realized + unrealized) since the day's starting equity, as a fraction of that equity.
-    daily_loss_limit: Decimal | None = Field(default=Decimal("0.05"), gt=0, le=1)
+    daily_loss_limit: Decimal | None = fraction(default=Decimal("0.05"), gt=0, le=1)
 
 
 class ProposedOrder(msgspec.Struct, frozen=True, kw_only=True):

@@ -361,6 +361,7 @@ async def decide_evaluation(
         trades_requested=decisions.trades_requested,
         orders_refused=decisions.orders_refused,
         strategy_errors=decisions.strategy_errors,
+        strategy_failures=decisions.strategy_failures[:20],
         halted=view.halted or decisions.halted_by_daily_loss,
         at=item.scheduled_at,
     )

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.core.limits import fraction, money
+from services.core.limits import quantity as share_quantity
 from services.orders.types import Side
 
 ZERO = Decimal(0)
@@ -21,22 +23,22 @@ class _Sizing(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # Share of the long position a SELL signal sells (1 = close it).
-    sell_fraction: Decimal = Field(default=Decimal(1), gt=0, le=1)
+    sell_fraction: Decimal = fraction(default=Decimal(1), gt=0, le=1)
 
 
 class FixedQuantity(_Sizing):
     method: Literal["fixed_quantity"] = "fixed_quantity"
-    quantity: Decimal = Field(gt=0)
+    quantity: Decimal = share_quantity(gt=0)
 
 
 class FixedNotional(_Sizing):
     method: Literal["fixed_notional"] = "fixed_notional"
-    notional: Decimal = Field(gt=0)  # money per buy
+    notional: Decimal = money(gt=0)  # money per buy
 
 
 class PercentOfEquity(_Sizing):
     method: Literal["percent_of_equity"] = "percent_of_equity"
-    percent: Decimal = Field(gt=0, le=100)  # 10 = 10 % of the portfolio's equity per buy
+    percent: Decimal = fraction(gt=0, le=100)  # 10 = 10 % of the portfolio's equity per buy
 
 
 SizingSpec = Annotated[FixedQuantity | FixedNotional | PercentOfEquity, Field(discriminator="method")]

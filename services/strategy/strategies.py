@@ -30,6 +30,7 @@ from typing import Any, TypeVar, cast
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from services.core.limits import fraction
 from services.orders.types import require_aware
 
 ZERO = Decimal(0)
@@ -217,8 +218,8 @@ def moving_average_crossover(data: StrategyInput) -> Signal:
 
 class RsiMeanReversionParams(StrategyParameters):
     period: int = Field(default=14, ge=2, le=500)
-    oversold: Decimal = Field(default=Decimal(30), gt=0, lt=100)
-    overbought: Decimal = Field(default=Decimal(70), gt=0, lt=100)
+    oversold: Decimal = fraction(default=Decimal(30), gt=0, lt=100)
+    overbought: Decimal = fraction(default=Decimal(70), gt=0, lt=100)
 
     @model_validator(mode="after")
     def _oversold_below_overbought(self) -> RsiMeanReversionParams:
@@ -275,7 +276,7 @@ def rsi_mean_reversion(data: StrategyInput) -> Signal:
 
 class MomentumParams(StrategyParameters):
     lookback: int = Field(default=20, ge=1, le=1000)
-    threshold: Decimal = Field(default=Decimal("0.05"), gt=0, lt=10)  # a fraction: 0.05 = 5 %
+    threshold: Decimal = fraction(default=Decimal("0.05"), gt=0, lt=10)  # a fraction: 0.05 = 5 %
 
 
 def momentum(data: StrategyInput) -> Signal:

@@ -26,3 +26,25 @@ def broken(data: StrategyInput) -> Signal:
 
 
 NOT_A_FUNCTION = 42
+
+
+def returns_none(data: StrategyInput) -> Signal:
+    return None  # type: ignore[return-value]  # a broken user strategy
+
+
+def exits(data: StrategyInput) -> Signal:
+    raise SystemExit(3)
+
+
+def interrupts(data: StrategyInput) -> Signal:
+    raise KeyboardInterrupt
+
+
+def nan_strength(data: StrategyInput) -> Signal:
+    from decimal import Decimal
+
+    return Signal(action=Action.BUY, reason="\x1b[2Jbuy" + "!" * 10_000, strength=Decimal("NaN"))
+
+
+def loud(data: StrategyInput) -> Signal:
+    return Signal(action=Action.BUY, reason="\x1b[31mbuy\x1b[0m\n" + "!" * 10_000)

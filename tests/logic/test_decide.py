@@ -1,6 +1,9 @@
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
+
+from services.alerts.events import NotificationRaised
 from services.orders.ids import client_order_id
 from services.orders.types import OrderType, Side
 from services.positions.accounting import Position
@@ -208,3 +211,33 @@ def test_shares_promised_to_an_earlier_sale_are_not_sold_twice() -> None:
     assert of_type(result, OrderRequested) == []
     assert len(of_type(result, OrderRejectedByRisk)) == 1
     assert len(of_type(decide(state(always("a", ["AAPL"], action="sell"), positions=held)), OrderRequested)) == 1
+
+
+@pytest.mark.parametrize(
+    ("function", "message"),
+    [
+        ("returns_none", "returned NoneType, not a Signal"),
+        ("exits", "SystemExit: 3"),
+        ("interrupts", "KeyboardInterrupt"),
+        ("nan_strength", "strength is not a finite Decimal"),
+    ],
+)
+def test_a_strategy_that_exits_raises_anything_or_returns_no_signal_fails_only_its_evaluation(
+    function: str, message: str
+) -> None:
+    broken = parse_strategy_spec(
+        {"name": "broken", "kind": f"tests.logic.sample_strategies:{function}", "universe": ["AAPL"]}
+    )
+    result = decide(state(broken, always("buyer", ["MSFT"])))
+    assert result.strategy_errors == 1
+    assert len(result.strategy_failures) == 1 and message in result.strategy_failures[0]
+    assert result.strategy_failures[0].startswith("broken on AAPL: ")
+    assert [o.symbol for o in result.orders] == ["MSFT"]
+    (notification,) = of_type(result, NotificationRaised)
+    assert notification.kind == "strategy_error" and message in notification.body
+
+
+def test_a_strategy_reason_is_kept_to_one_bounded_printable_line() -> None:
+    loud = parse_strategy_spec({"name": "loud", "kind": "tests.logic.sample_strategies:loud", "universe": ["AAPL"]})
+    (requested,) = of_type(decide(state(loud)), OrderRequested)
+    assert len(requested.reason) <= 500 and "\x1b" not in requested.reason and "\n" not in requested.reason

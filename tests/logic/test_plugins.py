@@ -10,11 +10,12 @@ from tests.logic import sample_strategies
 
 
 @pytest.fixture(autouse=True)
-def fresh_registry() -> Iterator[None]:
-    plugins.resolve_strategy.cache_clear()
+def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv(plugins.ALLOW_VARIABLE, "tests.logic.sample_strategies:*, tests.logic.no_such_module:f")
+    plugins._resolve_installed.cache_clear()
     plugins._entry_point_targets.cache_clear()
     yield
-    plugins.resolve_strategy.cache_clear()
+    plugins._resolve_installed.cache_clear()
     plugins._entry_point_targets.cache_clear()
 
 
@@ -52,6 +53,26 @@ def test_module_function_path_loads_a_user_strategy_and_its_parameter_model() ->
 def test_bad_paths_are_clear_errors(path: str, message: str) -> None:
     with pytest.raises(UnknownStrategy, match=message):
         resolve_strategy(path)
+
+
+@pytest.mark.parametrize("kind", ["os:system", "subprocess:run", "this:s", "sys:exit", "tests.logic.sample_strategies"])
+def test_a_path_the_operator_did_not_allow_is_refused_before_any_import(kind: str) -> None:
+    import sys
+
+    module = kind.partition(":")[0]
+    was_loaded = module in sys.modules
+    with pytest.raises(UnknownStrategy, match=r"not allowed|unknown strategy kind"):
+        resolve_strategy(kind)
+    assert (module in sys.modules) == was_loaded  # nothing imported because a command named it
+
+
+def test_the_allow_list_names_functions_or_whole_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(plugins.ALLOW_VARIABLE, "tests.logic.sample_strategies:always")
+    assert resolve_strategy("tests.logic.sample_strategies:always").function is sample_strategies.always
+    with pytest.raises(UnknownStrategy, match="not allowed"):
+        resolve_strategy("tests.logic.sample_strategies:broken")
+    with pytest.raises(UnknownStrategy, match=r"not a .package\.module:function. path"):
+        resolve_strategy("tests.logic.sample_strategies:always\n")
 
 
 def test_entry_points_of_installed_packages_are_strategy_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
