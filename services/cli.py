@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from eventstore import EventStoreError, PositionNotFound, RecordedEvent
 from services.core import eventloop
+from services.core.limits import printable
+from services.core.logs import configure_logging
 from services.core.runtime import connect_runtime
 from services.core.settings import SettingsError, load_settings
 
@@ -35,8 +37,20 @@ app = typer.Typer(
 # Tables keep Rich's width on a terminal (or COLUMNS); piped into a file or another program, they are not
 # cut to Rich's default of 80 columns, where the wider tables (jobs, history, orders) become unreadable.
 PIPED_WIDTH = 160
-console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
-err_console = Console(stderr=True, soft_wrap=True)
+
+
+class SafeConsole(Console):
+    """A Rich console that drops terminal escape sequences and control characters from every string it
+    renders (table cells included): names, reasons, feeds and errors come from the log and from clients,
+    and an escape sequence in them must not reach the operator's terminal. Rich's own styling is added
+    after this, so colours still work."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(printable(text), **kwargs)
+
+
+console = SafeConsole(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
+err_console = SafeConsole(stderr=True, soft_wrap=True)
 
 T = TypeVar("T")
 
@@ -67,7 +81,7 @@ def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
         settings_level = load_settings().log_level
     except SettingsError as exc:
         raise fail(str(exc), 2) from None
-    logging.basicConfig(level=settings_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings_level)
     try:
         return eventloop.run(coro_factory())  # type: ignore[arg-type]
     except SettingsError as exc:

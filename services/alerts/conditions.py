@@ -24,8 +24,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from eventstore import NewEvent
 from services.alerts.events import AlertCreated, AlertTriggered, NotificationRaised
 from services.core.events import new_event
+from services.core.limits import fraction, money
 from services.orders.types import require_aware
-from services.strategy.config import ConfigError, validate_symbol
+from services.strategy.config import ConfigError, validate_name, validate_symbol
+
+MAX_THRESHOLD = Decimal("1e9")  # a price (or a percent) no alert needs to exceed
 
 
 class AlertCondition(StrEnum):
@@ -39,14 +42,20 @@ class AlertSpec(BaseModel):
 
     symbol: str
     condition: AlertCondition
-    threshold: Decimal  # a price for above/below, a percent (e.g. -5 = -5 %) for percent_change
-    reference_price: Decimal | None = None  # required for percent_change: the price at creation
+    # A price for above/below, a percent (e.g. -5 = -5 %) for percent_change.
+    threshold: Decimal = fraction(ge=-100, le=MAX_THRESHOLD)
+    reference_price: Decimal | None = money(default=None)  # required for percent_change: the price at creation
     portfolio_id: str | None = None  # whose notifications it raises (None: everyone's)
 
     @field_validator("symbol")
     @classmethod
     def _symbol(cls, symbol: str) -> str:
         return validate_symbol(symbol)
+
+    @field_validator("portfolio_id")
+    @classmethod
+    def _portfolio(cls, portfolio_id: str | None) -> str | None:
+        return None if portfolio_id is None else validate_name(portfolio_id, "portfolio")
 
     @model_validator(mode="after")
     def _threshold_fits_condition(self) -> Self:

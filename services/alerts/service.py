@@ -40,11 +40,13 @@ from services.alerts.state import AlertState, alert_stream, evolve_alert, valida
 from services.core.events import new_event, registry
 from services.core.host import ServiceContext
 from services.core.jobs.consumer import subscribe_ticks
-from services.core.jobs.runner import JobContext
+from services.core.jobs.runner import JobContext, safe_error
 from services.core.jobs.types import JobType
+from services.core.limits import decode_command, error_reply, one_line, shown
 from services.positions.planning import feed_payload
 from services.positions.service import QuotesUnavailable, catch_up, fetch_quotes
 from services.positions.settings import PositionsSettings, load_positions_settings
+from services.strategy.config import validate_name
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +124,15 @@ class AlertCommands:
         return {"alert": {"alert_id": alert_id, **_spec_dict(spec)}}
 
     async def list(self, payload: dict[str, Any]) -> dict[str, Any]:
-        active_only = bool(payload.get("active_only", False))
+        unknown = sorted(set(payload) - {"active_only", "portfolio_id"})
+        if unknown:
+            raise CommandFailed(f"unknown field(s) {', '.join(shown(k) for k in unknown[:5])}")
+        active_only = payload.get("active_only", False)
+        if not isinstance(active_only, bool):
+            raise CommandFailed("active_only: must be true or false")
         portfolio_id = payload.get("portfolio_id")
+        if portfolio_id is not None:
+            validate_name(portfolio_id, "portfolio")
         await self._refresh()
         async with self.store.pool.acquire() as con:
             rows = await con.fetch(
@@ -134,6 +143,9 @@ class AlertCommands:
         return {"alerts": [alert_row(r) for r in rows]}
 
     async def remove(self, payload: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(payload) - {"alert_id"})
+        if unknown:
+            raise CommandFailed(f"unknown field(s) {', '.join(shown(k) for k in unknown[:5])}")
         alert_id = validate_alert_id(payload.get("alert_id"))
         for _ in range(MAX_ATTEMPTS):
             state, version = await load_alert(self.store, alert_id)
@@ -150,21 +162,15 @@ class AlertCommands:
         raise CommandFailed(f"alert {alert_id!r} keeps changing; try again")
 
     async def handle(self, name: str, data: bytes) -> dict[str, Any]:
-        """One command: the reply, ``{"error": ...}`` for any refusal."""
-        try:
-            payload = msgspec.json.decode(data) if data.strip() else {}
-        except msgspec.DecodeError as exc:
-            return {"error": f"invalid JSON: {exc}"}
-        if not isinstance(payload, dict):
-            return {"error": "the command's payload must be a JSON object"}
+        """One command: the reply, ``{"error": ...}`` (one line, input never echoed whole) for any refusal."""
         handlers = {"create": self.create, "list": self.list, "remove": self.remove}
         handler = handlers.get(name)
         if handler is None:
-            return {"error": f"unknown alert command {name!r} (one of: {', '.join(handlers)})"}
+            return {"error": f"unknown alert command {shown(name)} (one of: {', '.join(handlers)})"}
         try:
-            return await handler(payload)
-        except ValueError as exc:  # ConfigError, CommandFailed, bad ids
-            return {"error": str(exc)}
+            return await handler(decode_command(data))
+        except (ValueError, RecursionError) as exc:  # InputRejected, ConfigError, CommandFailed, bad ids
+            return error_reply(exc)
 
 
 class AlertsService:
@@ -196,9 +202,9 @@ class AlertsService:
         name = msg.subject.rsplit(".", 1)[-1]
         try:
             reply = await self.commands.handle(name, msg.data)
-        except Exception as exc:  # a command must always get an answer; the service keeps running
-            log.exception("alert command %s failed", name)
-            reply = {"error": f"internal error: {type(exc).__name__}"}
+        except Exception as exc:  # noqa: BLE001 - a command must always get an answer; the service keeps running
+            log.error("alert command %s failed: %s", one_line(name, 40), safe_error(exc))
+            reply = error_reply(CommandFailed(f"alert command failed: {safe_error(exc)}"))
         if msg.reply:
             await msg.respond(msgspec.json.encode(reply))
 

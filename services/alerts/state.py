@@ -9,8 +9,9 @@ import msgspec
 
 from services.alerts.conditions import AlertSpec, spec_of
 from services.alerts.events import AlertCreated, AlertRemoved, AlertTriggered, NotificationRaised
+from services.core.limits import shown
 
-ALERT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ALERT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: a trailing newline is not an id
 
 
 class AlertStatus(StrEnum):
@@ -48,6 +49,6 @@ def alert_stream(alert_id: str) -> str:
 
 
 def validate_alert_id(alert_id: object) -> str:
-    if not isinstance(alert_id, str) or not ALERT_ID.match(alert_id):
-        raise ValueError(f"invalid alert_id {alert_id!r}: 1-64 letters, digits, '_' or '-'")
+    if not isinstance(alert_id, str) or not ALERT_ID.fullmatch(alert_id):
+        raise ValueError(f"invalid alert_id {shown(alert_id)}: 1-64 letters, digits, '_' or '-'")
     return alert_id

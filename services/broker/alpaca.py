@@ -68,6 +68,7 @@ from services.broker.models import (
 from services.broker.protocol import ORDERS_PAGE_LIMIT, OrderQueryStatus, Timeframe
 from services.broker.ratelimit import Priority, RateLimiter, shared_rate_limiter
 from services.broker.simulator.market import NEW_YORK
+from services.core.redaction import register_secrets
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +184,13 @@ def map_error(exc: BaseException, *, operation: str, secrets: Sequence[str]) -> 
 
 def _map_api_error(exc: APIError, *, operation: str, secrets: Sequence[str]) -> BrokerError:
     status = exc.status_code
-    body = str(exc)
+    # Redacted whole, before anything is cut: a cut through a secret would leave a prefix of it behind.
+    body = redact(str(exc), secrets)
     code: int | None = None
     try:
         parsed = json.loads(body)
         code = int(parsed["code"]) if isinstance(parsed, dict) and "code" in parsed else None
-        message = str(parsed.get("message", "")) if isinstance(parsed, dict) else body[:200]
+        message = redact(str(parsed.get("message", "")), secrets)[:500] if isinstance(parsed, dict) else body[:200]
     except (ValueError, TypeError):
         # APIError.code raises on a non-JSON body (an HTML 502 page): keep a short, redacted snippet.
         message = "non-JSON error body: " + " ".join(body[:120].split())
@@ -358,6 +360,7 @@ class AlpacaBroker:
         self.settings = settings
         self._clock = clock or (lambda: datetime.now(UTC))
         self._secrets = settings.secrets()
+        register_secrets(*self._secrets)  # redacted from every error text and log record of this process
         self.rate_limiter = rate_limiter or shared_rate_limiter(settings.alpaca_rate_limit_per_minute)
         key = settings.api_key_id.get_secret_value()  # type: ignore[union-attr]  # checked above
         secret = settings.api_secret_key.get_secret_value()  # type: ignore[union-attr]

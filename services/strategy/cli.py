@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from services.core.limits import one_line, shown
 from services.strategy import commands
 from services.strategy.commands import CommandResult
 from services.strategy.config import ConfigError, load_portfolios_toml, parse_portfolio_spec
@@ -25,6 +26,12 @@ strategy_app = typer.Typer(help="Attach, enable and disable a portfolio's strate
 
 def _now() -> datetime:
     return datetime.now(UTC)  # operator commands happen now; trading decisions use the tick's time
+
+
+def _process_mode() -> str:
+    from services.core.settings import load_settings
+
+    return load_settings().trading_mode
 
 
 def _report(results: list[CommandResult]) -> None:
@@ -69,13 +76,18 @@ def portfolio_open(
 
     try:
         Decimal(cash)
+    except InvalidOperation:
+        raise fail(f"--cash must be a number, e.g. 100000 (got {shown(cash)})") from None
+    try:
         risk_limits = json.loads(risk) if risk else {}
-    except (InvalidOperation, json.JSONDecodeError) as exc:
-        raise fail(f"--cash must be a number and --risk JSON ({exc})") from None
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise fail(f"--risk must be JSON ({one_line(str(exc), 80)})") from None
     spec = {"name": name, "starting_cash": cash, "trading_mode": mode, "risk": risk_limits}
 
     async def action(store: Any) -> CommandResult:
-        return await commands.open_portfolio(store, parse_portfolio_spec(spec), _now())
+        parsed = parse_portfolio_spec(spec)
+        commands.check_trading_mode(parsed, _process_mode())
+        return await commands.open_portfolio(store, parsed, _now())
 
     _run(action)
 
@@ -157,8 +169,8 @@ def strategy_attach(
         }
         if sizing:
             data["sizing"] = json.loads(sizing)
-    except json.JSONDecodeError as exc:
-        raise fail(f"--params and --sizing must be JSON ({exc})") from None
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise fail(f"--params and --sizing must be JSON ({one_line(str(exc), 80)})") from None
     _run(lambda store: commands.attach_strategy(store, portfolio, data, _now()))
 
 
@@ -191,6 +203,8 @@ def register(app: typer.Typer) -> None:
             raise fail(str(exc)) from None
 
         async def action(store: Any) -> list[CommandResult]:
+            for spec in specs:
+                commands.check_trading_mode(spec, _process_mode())
             return await commands.apply_all(store, specs, _now())
 
         _run(action)

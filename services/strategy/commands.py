@@ -16,6 +16,7 @@ from typing import Any
 
 from eventstore import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
 from services.core.events import new_event
+from services.core.limits import reason_text
 from services.strategy.config import ConfigError, PortfolioSpec, StrategySpec, parse_strategy_spec, validate_name
 from services.strategy.events import (
     PortfolioHalted,
@@ -49,6 +50,16 @@ class CommandResult:
 
 
 # ----------------------------------------------------------------------------------------- planning
+
+
+def check_trading_mode(spec: PortfolioSpec, process_mode: str) -> None:
+    """A portfolio's mode must be the mode of the processes that trade it (OPENBELL_TRADING_MODE): a
+    "live" portfolio in a paper deployment (or the reverse) would claim what nothing does."""
+    if spec.trading_mode.value != process_mode:
+        raise ConfigError(
+            f"portfolio {spec.name}: trading_mode {spec.trading_mode.value} does not agree with"
+            f" OPENBELL_TRADING_MODE={process_mode} of this deployment"
+        )
 
 
 def _strategy_config(spec: StrategySpec) -> dict[str, Any]:
@@ -210,6 +221,9 @@ async def attach_strategy(store: EventStore, portfolio_id: str, data: dict[str, 
 async def set_strategy_enabled(
     store: EventStore, portfolio_id: str, strategy: str, enabled: bool, at: datetime
 ) -> CommandResult:
+    validate_name(portfolio_id, "portfolio")
+    validate_name(strategy, "strategy")
+
     def plan(view: PortfolioView | None) -> list[tuple[Any, str]]:
         current = _existing(view, portfolio_id).strategies.get(strategy)
         if current is None:
@@ -230,6 +244,9 @@ async def set_strategy_enabled(
 async def set_portfolio_halted(
     store: EventStore, portfolio_id: str, halted: bool, reason: str, at: datetime
 ) -> CommandResult:
+    validate_name(portfolio_id, "portfolio")
+    reason = reason_text(reason)
+
     def plan(view: PortfolioView | None) -> list[tuple[Any, str]]:
         if _existing(view, portfolio_id).halted == halted:
             return []
@@ -246,6 +263,7 @@ async def set_portfolio_halted(
 
 
 async def set_global_halt(store: EventStore, halted: bool, reason: str, at: datetime) -> CommandResult:
+    reason = reason_text(reason)
     for _ in range(10):
         current, version = await global_halt(store)
         if current == halted:
@@ -268,6 +286,7 @@ __all__ = [
     "apply_all",
     "apply_portfolio",
     "attach_strategy",
+    "check_trading_mode",
     "open_portfolio",
     "plan_apply",
     "set_global_halt",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -63,6 +62,7 @@ from services.core.jobs.events import (
     jobrun_stream,
 )
 from services.core.jobs.types import JobType, Tick, parse_job_type
+from services.core.redaction import redact_text
 from services.core.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -128,19 +128,19 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
-_KEY_VALUE = re.compile(
-    r"(?i)\b(api[_-]?key|secret[_-]?key|secret|token|password|passwd|pwd|authorization|apca-api-[a-z-]+)"
-    r"(\"?\s*[=:]\s*\"?)([^\s\"',;&]+)"
-)
 MAX_ERROR_CHARS = 2000
 
 
 def safe_error(exc: BaseException) -> str:
     """The error text recorded in events: exception type and message, with credentials redacted."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    text = _URL_CREDENTIALS.sub(r"\1***@", text)
-    text = _KEY_VALUE.sub(r"\1\2***", text)
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose text cannot be made still has a type
+        message = ""
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    # Redaction first, on the whole text, then the cut: a cut through a credential would leave a prefix
+    # of it that the patterns no longer recognize.
+    text = redact_text(text)
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
