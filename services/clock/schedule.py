@@ -24,6 +24,7 @@ from services.clock import calendar
 from services.clock.calendar import NEW_YORK, Session
 from services.core.jobs.types import (
     JobType,
+    Tick,
     TickReason,
     UnknownJobType,
     format_utc,
@@ -47,6 +48,7 @@ __all__ = [
     "all_slots_between",
     "day_slots",
     "format_utc",
+    "is_slot",
     "next_slot_after",
     "next_wakeup",
     "parse_job_type",
@@ -57,6 +59,7 @@ __all__ = [
     "session_slots",
     "slots_between",
     "tick_id",
+    "tick_problem",
 ]
 
 
@@ -196,6 +199,40 @@ def previous_slot_at_or_before(job_type: JobType, instant: datetime) -> datetime
         return candidates[-1]
     for prev in calendar.sessions_before(day):
         return session_slots(job_type, prev)[-1]
+    return None
+
+
+def is_slot(job_type: JobType, instant: datetime) -> bool:
+    """Whether ``instant`` is one of the slots of ``job_type`` (on a trading day within the calendar)."""
+    try:
+        sess = calendar.session(calendar.exchange_date(instant - _slot_day_window(job_type)))
+    except calendar.CalendarRangeError:
+        return False
+    return sess is not None and instant in session_slots(job_type, sess)
+
+
+# How far ahead of this process's clock a tick may be (clocks of two machines differ a little).
+FUTURE_MARGIN = timedelta(seconds=30)
+
+
+def tick_problem(tick: Tick, now: datetime, *, future_margin: timedelta = FUTURE_MARGIN) -> str | None:
+    """Why a tick must not be obeyed at ``now`` (None: it may be). A tick is obeyed only when its time is
+    not in the future (beyond ``future_margin``), and a scheduled or catch-up tick only for a slot of its
+    job's schedule; a manual tick (``openbell tick JOB``) runs its job at any past time. A job whose missed
+    slots are skipped (strategy_execution) is never caught up."""
+    if tick.scheduled_at > now + future_margin:
+        return f"tick {tick.tick_id} is for a time in the future (now {format_utc(now)})"
+    if tick.emitted_at > now + future_margin:
+        return f"tick {tick.tick_id} was emitted in the future (now {format_utc(now)})"
+    if tick.reason is TickReason.MANUAL:
+        return None
+    if not is_slot(tick.job_type, tick.scheduled_at):
+        return (
+            f"tick {tick.tick_id}: {format_utc(tick.scheduled_at)} is not a slot of {tick.job_type}"
+            f" ({SPECS[tick.job_type].description}, XNYS trading days)"
+        )
+    if tick.reason is TickReason.CATCH_UP and SPECS[tick.job_type].missed is MissedPolicy.SKIP:
+        return f"tick {tick.tick_id}: {tick.job_type} is never caught up (its missed slots are skipped)"
     return None
 
 

@@ -37,6 +37,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
@@ -45,6 +46,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from services.clock.schedule import tick_problem
 from services.core import metrics
 from services.core.jobs.runner import JobFunc, JobRunner, Prefetch, RunStatus, safe_error
 from services.core.jobs.types import InvalidTick, JobType, decode_tick
@@ -356,6 +358,9 @@ def tick_handler(
             raise Reject(str(exc)) from None
         if tick.job_type is not job_type:
             raise Reject(f"tick for {tick.job_type} delivered to the {job_type} consumer")
+        problem = tick_problem(tick, datetime.now(UTC))  # the wall clock only bounds what is obeyed
+        if problem is not None:
+            raise Reject(problem)
         outcome = await runner.run(tick, job, prefetch=prefetch, idempotent_effects=idempotent_effects)
         if outcome.status is RunStatus.IN_PROGRESS:
             raise Retry(f"{tick.tick_id} is being run by another worker", delay=retry_delay)

@@ -72,8 +72,9 @@ def parse_tick_id(value: str) -> tuple[JobType, datetime]:
     return parse_job_type(job), instant
 
 
-class Tick(msgspec.Struct, frozen=True, kw_only=True):
-    """A clock tick: run ``job_type`` for the slot ``scheduled_at`` (the time every decision uses)."""
+class Tick(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A clock tick: run ``job_type`` for the slot ``scheduled_at`` (the time every decision uses).
+    A field this version does not know makes the tick invalid (dead-lettered, never half-understood)."""
 
     job_type: JobType
     tick_id: str
