@@ -29,7 +29,8 @@ NOW = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
 async def measure(open_orders: int) -> dict[str, Any]:
     fake = FakeAlpaca(now=ManualClock(NOW), key_id=KEY, secret_key=SECRET, rate_limit_per_minute=1_000_000).start()
     settings = load_alpaca_settings(
-        api_key_id=KEY, api_secret_key=SECRET, api_base_url=fake.url, api_data_url=fake.url, alpaca_read_timeout=30
+        api_key_id=KEY, api_secret_key=SECRET, api_base_url=fake.url, api_data_url=fake.url, alpaca_read_timeout=30,
+        trading_mode="live", live_trading="yes",  # the fake server is not Alpaca's paper host
     )
     broker = AlpacaBroker(settings, RateLimiter(1_000_000))
     try:

@@ -6,6 +6,12 @@ checkpoint's transaction-scoped advisory lock, so running one per service copy i
 
 ``rebuild(name)`` truncates the projection's tables, resets its checkpoint and replays the whole log in
 one transaction: readers see the old read model until the new one is complete.
+
+A projection that cannot apply the events after its checkpoint (the same error ``STOP_AFTER`` times in a
+row at the same position: not a lost connection, which is waited out) stops loudly: it is logged as an
+error, ``on_stopped`` is called (the services raise a notification and set a metric), ``stopped`` names
+it with the reason, and a reader that needs it gets :class:`ProjectionStopped`. The other projections go
+on. ``check(name)`` tries the next batch in a transaction that is rolled back (``openbell doctor``).
 """
 
 from __future__ import annotations
@@ -14,14 +20,46 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import ClassVar
 
 import asyncpg
 
-from eventstore.store import EventStore, RecordedEvent
+from eventstore.store import EventStore, EventStoreError, RecordedEvent
 
 log = logging.getLogger(__name__)
+
+# Errors that say the database is unreachable or busy, not that an event cannot be applied.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.LockNotAvailableError,
+    asyncpg.QueryCanceledError,
+    asyncpg.TooManyConnectionsError,
+)
+STOP_AFTER = 3  # failures in a row at one position before a projection is declared stopped
+
+
+class ProjectionStopped(EventStoreError):
+    """A projection cannot apply the events after its checkpoint; its read model stays where it is."""
+
+    def __init__(self, name: str, position: int, reason: str) -> None:
+        super().__init__(f"projection {name} is stopped after position {position}: {reason}")
+        self.name = name
+        self.position = position
+        self.reason = reason
+
+
+class _Failed(Exception):
+    def __init__(self, position: int, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.position = position
+        self.error = error
 
 
 async def _lock_checkpoint(con: asyncpg.Connection, name: str) -> asyncpg.Record:
@@ -67,6 +105,10 @@ class ProjectionRunner:
         self.projections = {p.name: p for p in projections}
         self.batch_size = batch_size
         self._ready = False
+        self.stopped: dict[str, ProjectionStopped] = {}
+        # Called once when a projection stops (name, position after which it cannot apply, reason).
+        self.on_stopped: Callable[[str, int, str], Awaitable[None]] | None = None
+        self._failures: dict[str, tuple[int, int]] = {}  # name -> (checkpoint position, failures in a row)
 
     def __getitem__(self, name: str) -> Projection:
         try:
@@ -101,7 +143,12 @@ class ProjectionRunner:
         wanted = projection.event_types
         relevant = events if wanted is None else [e for e in events if e.type in wanted]
         if relevant:
-            await projection.apply(con, relevant)
+            try:
+                await projection.apply(con, relevant)
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as exc:  # whatever the handler raised, it is reported with its place
+                raise _Failed(int(row[0]), exc) from exc
         await con.execute(
             "UPDATE eventstore_checkpoints SET position = $2, tx = $3, updated_at = now() WHERE name = $1",
             checkpoint_name(projection),
@@ -121,6 +168,7 @@ class ProjectionRunner:
             await self.setup()
         for name in names:
             self[name]  # an unknown name is an error, not a no-op
+        explicit = bool(names)  # a reader asked for these: a stopped one is an error, not skipped
         chosen = list(names) or list(self.projections)
         types = [self[n].event_types if relevant_only else None for n in chosen]
         behind = set(await self.store.checkpoints_behind([checkpoint_name(n) for n in chosen], types))
@@ -128,13 +176,63 @@ class ProjectionRunner:
         total = 0
         for projection_name in names:
             projection = self[projection_name]
+            if projection_name in self.stopped:
+                if explicit:
+                    raise self.stopped[projection_name]
+                continue
             while True:
-                async with self.store.pool.acquire() as con, con.transaction():
-                    count = await self._step(con, projection)
+                try:
+                    async with self.store.pool.acquire() as con, con.transaction():
+                        count = await self._step(con, projection)
+                except _Failed as failed:
+                    stopped = await self._failed(projection_name, failed)
+                    if explicit and stopped is not None:
+                        raise stopped from None
+                    if explicit:
+                        raise failed.error from None
+                    break
+                self._failures.pop(projection_name, None)
                 total += count
                 if count < self.batch_size:
                     break
         return total
+
+    async def _failed(self, name: str, failed: _Failed) -> ProjectionStopped | None:
+        """Count a failure to apply; the ``STOP_AFTER``-th in a row at one position stops the projection."""
+        reason = f"{type(failed.error).__name__}: {failed.error}"[:500]
+        position, count = self._failures.get(name, (failed.position, 0))
+        count = count + 1 if position == failed.position else 1
+        self._failures[name] = (failed.position, count)
+        if count < STOP_AFTER:
+            log.warning("projection %s cannot apply the events after position %d (%s); trying again",
+                        name, failed.position, reason)
+            return None
+        stopped = self.stopped[name] = ProjectionStopped(name, failed.position, reason)
+        log.error("%s; its read model stays at that position until the cause is fixed", stopped)
+        if self.on_stopped is not None:
+            try:
+                await self.on_stopped(name, failed.position, reason)
+            except Exception:  # reporting must not hide the stop itself (logged above)
+                log.exception("projection %s: reporting the stop failed", name)
+        return stopped
+
+    async def check(self, name: str) -> str | None:
+        """Why ``name`` cannot apply its next batch of events (None: it can), in a transaction rolled back."""
+        if not self._ready:
+            await self.setup()
+        projection = self[name]
+
+        class _Undo(Exception):
+            pass
+
+        try:
+            async with self.store.pool.acquire() as con, con.transaction():
+                await self._step(con, projection)
+                raise _Undo
+        except _Undo:
+            return None
+        except _Failed as failed:
+            return f"cannot apply the events after position {failed.position}: {type(failed.error).__name__}"
 
     async def run(self, stop: asyncio.Event, *, poll_interval: float = 0.05) -> None:
         """Keep every projection caught up until ``stop`` is set; survives database restarts.
@@ -180,7 +278,11 @@ class ProjectionRunner:
                 checkpoint_name(projection),
             )
             while True:
-                count = await self._step(con, projection)
+                try:
+                    count = await self._step(con, projection)
+                except _Failed as failed:
+                    reason = f"{type(failed.error).__name__}: {failed.error}"[:500]
+                    raise ProjectionStopped(name, failed.position, reason) from None
                 total += count
                 if progress is not None and count:
                     progress(count)

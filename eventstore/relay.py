@@ -77,6 +77,12 @@ class SubjectNamer(Protocol):
 
     def event(self, category: str, event_type: str) -> str: ...
 
+    def dlq(self, service: str) -> str: ...
+
+
+# Room kept below the server's max_payload for the headers of a message.
+HEADER_ROOM = 1024
+
 
 # Pauses between reads while an append we were told about is hidden behind an older open transaction
 # (0.5 ms, 1 ms, then every 2 ms), and for how long at most before falling back to the idle poll.
@@ -314,13 +320,36 @@ class Relay:
             self._recent.append(event.global_position)
             self._recent_set.add(event.global_position)
 
+    def _dead_letter(self, event: RecordedEvent, size: int, limit: int) -> tuple[str, bytes, dict[str, str]]:
+        """What goes out instead of an event NATS would refuse (larger than its max_payload): a small
+        message on ``<prefix>.dlq.relay`` naming it and the reason. The event stays in the log; the relay
+        moves on instead of retrying it forever (nothing after it would ever reach NATS)."""
+        reason = f"event of {size} bytes exceeds the NATS max_payload of {limit} bytes: not published"
+        log.error("relay: %s at position %d (%s %s): %s", event.type, event.global_position, event.stream_id,
+                  event.event_id, reason)
+        headers = {
+            "Nats-Msg-Id": f"dlq:relay:{event.event_id}",
+            "Openbell-Dlq-Reason": reason,
+            "Openbell-Dlq-Service": "relay",
+            "Openbell-Dlq-Subject": self.subjects.event(category_of(event.stream_id), event.type),
+            "Openbell-Event-Id": str(event.event_id),
+            "Openbell-Event-Position": str(event.global_position),
+        }
+        body = msgspec.json.encode({"event_id": str(event.event_id), "stream_id": event.stream_id[:200],
+                                    "type": event.type, "global_position": event.global_position, "reason": reason})
+        return self.subjects.dlq("relay"), body, headers
+
     async def _publish(self, batch: list[RecordedEvent]) -> None:
         futures = []
+        # The server's limit as it announced it (1 MiB by default); 0 when not known yet.
+        limit = int(getattr(self.nc, "max_payload", 0) or 0)
         for event in batch:
             subject = self.subjects.event(category_of(event.stream_id), event.type)
-            futures.append(
-                await self.js.publish_async(subject, envelope_of(event), headers={"Nats-Msg-Id": str(event.event_id)})
-            )
+            payload = envelope_of(event)
+            headers = {"Nats-Msg-Id": str(event.event_id)}
+            if limit and len(payload) > limit - HEADER_ROOM:
+                subject, payload, headers = self._dead_letter(event, len(payload), limit)
+            futures.append(await self.js.publish_async(subject, payload, headers=headers))
         acks = asyncio.gather(*futures)
         try:
             await asyncio.wait_for(acks, self.ack_timeout)

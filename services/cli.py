@@ -99,6 +99,9 @@ def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
 def doctor() -> None:
     """Start or contact NATS and PostgreSQL, create the schema, and print what was found."""
 
+    from eventstore.projections import ProjectionRunner
+    from services.core.projections import known_projections
+
     async def check() -> None:
         async with connect_runtime(name="openbell-doctor") as rt:
             table = Table(title="openbell doctor", show_header=True)
@@ -121,9 +124,15 @@ def doctor() -> None:
                 table.add_row(f"stream {stream}", f"{stream_info.state.messages} messages")
             for row in checkpoints:
                 table.add_row(f"checkpoint {row['name']}", str(row["position"]))
+            runner = ProjectionRunner(rt.store, known_projections())
+            stopped = {name: problem for name in sorted(runner.projections) if (problem := await runner.check(name))}
+            for name, problem in stopped.items():
+                table.add_row(f"projection {name}", f"[red]STOPPED[/]: {problem}")
             if rt.servers.embedded_postgres is not None or rt.servers.embedded_nats is not None:
                 table.add_row("data dir", str(rt.settings.data_dir.resolve()))
             console.print(table)
+            if stopped:
+                raise CommandError(f"projection(s) stopped: {', '.join(stopped)} (see the table above)")
             console.print("[green]ok[/]: both servers reachable, schema in place.")
 
     run_async(check)
@@ -225,12 +234,19 @@ def serve(
 ) -> None:
     """Run openbell services in this process until interrupted (relay, projections, clock, strategy,
     orders, positions, alerts, or all). More copies of a service share its work."""
+    from services.broker import check_trading_configuration
+    from services.broker.errors import BrokerConfigError
     from services.core.host import resolve_services, serve_forever
 
     try:
         chosen = resolve_services(names or [])
     except ValueError as exc:
         raise fail(str(exc)) from None
+    try:
+        load_settings()
+        check_trading_configuration()  # refused here, at start: never an idle service that warns forever
+    except (SettingsError, BrokerConfigError) as exc:
+        raise fail(str(exc), 2) from None
     console.print(f"serving: {', '.join(chosen)} (Ctrl-C to stop)")
     run_async(lambda: serve_forever(chosen))
 

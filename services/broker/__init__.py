@@ -18,7 +18,7 @@ from services.broker.protocol import Broker
 from services.broker.simulator.broker import SimBroker, SimConfig, SimFaults, wall_clock
 from services.broker.simulator.engine import FillPolicy
 
-__all__ = ["Broker", "BrokerSettings", "create_broker"]
+__all__ = ["Broker", "BrokerSettings", "check_trading_configuration", "create_broker"]
 
 
 class BrokerSettings(BaseSettings):
@@ -58,6 +58,24 @@ def sim_config_from(settings: BrokerSettings) -> SimConfig:
             lost_submit_response_rate=settings.sim_fault_lost_submit_rate,
         ),
     )
+
+
+def check_trading_configuration() -> None:
+    """What a process that may trade checks at start, before anything runs: the live gate (live mode
+    needs OPENBELL_LIVE_TRADING=yes; any broker host but Alpaca's paper host needs both; https beyond
+    this machine) and, for Alpaca, its keys. BrokerConfigError with one line, never a value."""
+    try:
+        settings = BrokerSettings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "?"
+        raise BrokerConfigError(f"invalid OPENBELL_{field.upper()}: {error['msg']}") from None
+    from services.broker.alpaca import check_live_gate, check_settings, load_alpaca_settings
+
+    alpaca = load_alpaca_settings()
+    check_live_gate(alpaca)  # OPENBELL_TRADING_MODE / OPENBELL_LIVE_TRADING, whichever the broker
+    if settings.broker == "alpaca":
+        check_settings(alpaca)
 
 
 async def create_broker(

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import ipaddress
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import pydantic
 import requests
@@ -120,12 +122,55 @@ def load_alpaca_settings(**overrides: Any) -> AlpacaSettings:
         raise BrokerConfigError(f"invalid Alpaca setting {field}: {error['msg']}") from None
 
 
-def check_settings(settings: AlpacaSettings) -> None:
-    """Refuse to build a broker that could trade real money by accident, or that has no keys."""
-    if settings.trading_mode == "live" and settings.live_trading != "yes":
+PAPER_HOST = "paper-api.alpaca.markets"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_live_gate(settings: AlpacaSettings) -> None:
+    """The one gate before real money: trading against any host but Alpaca's paper host (the live host, a
+    proxy, a local server alike) needs OPENBELL_TRADING_MODE=live AND OPENBELL_LIVE_TRADING=yes; every
+    broker URL beyond this machine is https (wss for the stream). BrokerConfigError otherwise (one line)."""
+    live = settings.trading_mode == "live"
+    if live and settings.live_trading != "yes":
         raise BrokerConfigError(
             "OPENBELL_TRADING_MODE=live needs OPENBELL_LIVE_TRADING=yes as well: refusing to trade real money"
         )
+    for variable, url in (
+        ("APCA_API_BASE_URL", settings.api_base_url),
+        ("APCA_API_DATA_URL", settings.api_data_url),
+        ("APCA_API_STREAM_URL", settings.api_stream_url),
+    ):
+        if url is None:
+            continue
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
+            raise BrokerConfigError(f"{variable} must be an https:// (or wss://) URL")
+        if parts.scheme in ("http", "ws") and not _is_loopback(parts.hostname):
+            raise BrokerConfigError(
+                f"{variable} must use https:// (or wss://) beyond this machine, not {parts.scheme}://"
+            )
+    default_host = urlsplit(LIVE_URL if live else PAPER_URL).hostname
+    trading_urls = (("APCA_API_BASE_URL", settings.api_base_url), ("APCA_API_STREAM_URL", settings.api_stream_url))
+    for variable, url in trading_urls:
+        host = urlsplit(url).hostname if url else default_host
+        if host != PAPER_HOST and not (live and settings.live_trading == "yes"):
+            raise BrokerConfigError(
+                f"{variable} points at {host}, not Alpaca's paper host {PAPER_HOST}: trading there needs"
+                " OPENBELL_TRADING_MODE=live and OPENBELL_LIVE_TRADING=yes"
+            )
+
+
+def check_settings(settings: AlpacaSettings) -> None:
+    """Refuse to build a broker that could trade real money by accident, or that has no keys."""
+    check_live_gate(settings)
     if settings.api_key_id is None or settings.api_secret_key is None:
         raise BrokerConfigError("APCA_API_KEY_ID and APCA_API_SECRET_KEY must both be set for the Alpaca broker")
 

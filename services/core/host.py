@@ -26,7 +26,7 @@ from services.broker.simulator.broker import ManualClock, SimBroker
 from services.core.jobs.consumer import DurableConsumers
 from services.core.jobs.runner import JobRunner
 from services.core.metrics import serve_metrics
-from services.core.projections import known_projections
+from services.core.projections import known_projections, report_stops
 from services.core.runtime import Runtime, connect_runtime
 from services.core.settings import Settings, SettingsError, load_settings
 
@@ -161,6 +161,7 @@ async def hosted(
             broker_factory=broker_factory,
             virtual=virtual,
         )
+        report_stops(ctx.projections, runtime.store)
         try:
             # Inside the try: a setup or a start that fails still stops what was started before it.
             await ctx.projections.setup()

@@ -38,6 +38,11 @@ JOB_STATUS = Gauge(
     "1 for each job's status as this process last saw it (enabled, disabled, or error: breaker open).",
     ["job_type", "status"],
 )
+PROJECTION_STOPPED = Gauge(
+    "openbell_projection_stopped",
+    "1 when a projection cannot apply the events after its checkpoint and has stopped (see openbell doctor).",
+    ["projection"],
+)
 MESSAGES = Counter(
     "openbell_consumer_messages",
     "Messages handled by the durable consumers, by consumer and outcome (acked, retried, dead_lettered).",

@@ -181,9 +181,26 @@ def draw_equity_curve(rows: list[dict[str, Any]], path: Path) -> None:
         ax.legend()
         fig.autofmt_xdate()
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        write_replacing(path, lambda out: fig.savefig(out, dpi=100, format="png"))
     finally:
         plt.close(fig)
+
+
+def write_replacing(path: Path, write: Any) -> None:
+    """Write a file through a new temporary file beside it and a rename: a symlink (or anything) at
+    ``path`` is replaced, never followed, and a reader never sees half a file."""
+    import os
+    import tempfile
+
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or Path("."))
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            write(out)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def tail_command(

@@ -51,6 +51,9 @@ def alpaca_settings_for(server: FakeAlpaca, **overrides: object) -> AlpacaSettin
     values: dict[str, object] = {
         "api_key_id": API_KEY,
         "api_secret_key": API_SECRET,
+        # The fake server is not Alpaca's paper host: trading there passes the live gate, as any host would.
+        "trading_mode": "live",
+        "live_trading": "yes",
         "api_base_url": server.url,
         "api_data_url": server.url,
         "api_stream_url": server.stream_url,

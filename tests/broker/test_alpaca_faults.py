@@ -238,7 +238,7 @@ async def test_keys_never_appear_in_logs_errors_or_reprs(
 
 
 async def test_live_trading_must_be_enabled_explicitly(fake_alpaca: FakeAlpaca) -> None:
-    live = alpaca_settings_for(fake_alpaca, trading_mode="live")
+    live = alpaca_settings_for(fake_alpaca, trading_mode="live", live_trading="no")
     with pytest.raises(BrokerConfigError, match="OPENBELL_LIVE_TRADING=yes"):
         AlpacaBroker(live)
     enabled = alpaca_settings_for(fake_alpaca, trading_mode="live", live_trading="yes")
@@ -282,9 +282,11 @@ async def test_settings_and_factory_from_the_environment(
     monkeypatch.setenv("APCA_API_DATA_URL", fake_alpaca.url)
     monkeypatch.setenv("OPENBELL_ALPACA_READ_TIMEOUT", "1.5")
     monkeypatch.setenv("OPENBELL_BROKER", "alpaca")
+    monkeypatch.setenv("OPENBELL_TRADING_MODE", "live")  # the fake server is not Alpaca's paper host
+    monkeypatch.setenv("OPENBELL_LIVE_TRADING", "yes")
     settings = load_alpaca_settings()
     assert settings.api_key_id is not None and settings.api_key_id.get_secret_value() == API_KEY
-    assert settings.alpaca_read_timeout == 1.5 and settings.trading_mode == "paper"
+    assert settings.alpaca_read_timeout == 1.5 and settings.trading_mode == "live"
     assert API_SECRET not in repr(settings)
     broker = await create_broker(BrokerSettings())
     try:
@@ -292,6 +294,6 @@ async def test_settings_and_factory_from_the_environment(
         assert (await broker.get_clock()).is_open
     finally:
         await broker.aclose()
-    monkeypatch.setenv("OPENBELL_TRADING_MODE", "live")
-    with pytest.raises(BrokerConfigError):
+    monkeypatch.setenv("OPENBELL_TRADING_MODE", "paper")
+    with pytest.raises(BrokerConfigError, match="not Alpaca's paper host"):
         await create_broker(BrokerSettings())
