@@ -606,7 +606,12 @@ async def setup(ctx: ServiceContext) -> None:
         ack_wait=60.0,
     )
 
-    @ctx.bus.subscriber(subjects.cmd("portfolio.*"), queue=SERVICE)
+    async def raw_body(message: NatsMessage) -> bytes:
+        # The body as sent: decoded by handle_command, which answers whatever it is (FastStream's own
+        # JSON decoding would raise on a deep or malformed body before the handler could answer).
+        return message.body
+
+    @ctx.bus.subscriber(subjects.cmd("portfolio.*"), queue=SERVICE, decoder=raw_body)
     async def on_command(message: NatsMessage) -> dict[str, Any]:
         raw = message.raw_message
         return await handle_command(ctx, raw.subject.rsplit(".", 1)[-1], raw.data)
