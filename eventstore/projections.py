@@ -45,7 +45,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 STOP_AFTER = 3  # failures in a row at one position before a projection is declared stopped
 
 
-class ProjectionStopped(EventStoreError):
+class ProjectionFailed(EventStoreError):
+    """A projection could not apply the events after its checkpoint (this time; it is tried again)."""
+
+
+class ProjectionStopped(ProjectionFailed):
     """A projection cannot apply the events after its checkpoint; its read model stays where it is."""
 
     def __init__(self, name: str, position: int, reason: str) -> None:
@@ -189,7 +193,11 @@ class ProjectionRunner:
                     if explicit and stopped is not None:
                         raise stopped from None
                     if explicit:
-                        raise failed.error from None
+                        reason = f"{type(failed.error).__name__}: {failed.error}"[:500]
+                        raise ProjectionFailed(
+                            f"projection {projection_name} cannot apply the events after position"
+                            f" {failed.position}: {reason}"
+                        ) from None
                     break
                 self._failures.pop(projection_name, None)
                 total += count
