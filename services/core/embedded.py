@@ -195,11 +195,12 @@ def _run_as() -> str | None:
 
 
 def _let_user_reach(path: Path) -> None:
-    """Give 'others' traverse permission on every parent, so the postgres system user can reach ``path``."""
-    for parent in [path, *path.parents]:
+    """Let the postgres system user reach ``path``: read and traverse on ``path`` itself, traverse only
+    (never listing) on its parents, so a first start as root does not make the parents readable."""
+    for parent, needed in [(path, 0o005), *((p, 0o001) for p in path.parents)]:
         mode = parent.stat().st_mode
-        if (mode & 0o005) != 0o005:
-            parent.chmod(mode | 0o005)
+        if (mode & needed) != needed:
+            parent.chmod(mode | needed)
 
 
 @dataclass

@@ -393,3 +393,15 @@ def test_plot_replaces_a_symlink_instead_of_writing_through_it(tmp_path: Path) -
     assert victim.read_text() == "precious"
     assert not target.is_symlink() and target.read_bytes().startswith(b"\x89PNG")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["equity.png", "victim.txt"]
+
+
+def test_reaching_the_data_dir_never_makes_its_parents_listable(tmp_path: Path) -> None:
+    from services.core.embedded import _let_user_reach
+
+    private = tmp_path / "home"
+    data_dir = private / "project" / ".openbell"
+    data_dir.mkdir(parents=True)
+    private.chmod(0o700)
+    _let_user_reach(data_dir)
+    assert private.stat().st_mode & 0o777 == 0o701  # traverse only: others cannot list it
+    assert data_dir.stat().st_mode & 0o005 == 0o005
