@@ -100,7 +100,8 @@ class AlertCommands:
 
     async def create(self, payload: dict[str, Any]) -> dict[str, Any]:
         payload = dict(payload)
-        alert_id = validate_alert_id(payload.pop("alert_id", None) or f"a{uuid.uuid4().hex[:12]}")
+        given = payload.pop("alert_id", None)
+        alert_id = validate_alert_id(f"a{uuid.uuid4().hex[:12]}" if given is None else given)
         if payload.get("condition") == "percent_change" and payload.get("reference_price") is None:
             probe = parse_alert_spec({**payload, "reference_price": "1"})  # everything else is valid
             price = await self.price_lookup(probe.symbol) if self.price_lookup is not None else None
