@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from eventstore import EventStore, NewEvent, RecordedEvent
-from eventstore.projections import Projection, ProjectionRunner
+from eventstore.projections import STOP_AFTER, Projection, ProjectionFailed, ProjectionRunner, ProjectionStopped
 
 
 def moved(amount: str) -> NewEvent:
@@ -78,13 +78,46 @@ async def test_failed_batch_leaves_neither_rows_nor_checkpoint(store: EventStore
     await runner.run_once()
     before = (await table(store), await runner.position("balances"))
     await store.append("acct-1", [moved("5"), moved("13")])
-    with pytest.raises(RuntimeError, match="projection bug"):
-        await runner.run_once()
+    await runner.run_once()  # a full pass goes on: the failure is logged and counted...
+    with pytest.raises(ProjectionFailed, match="projection bug"):
+        await runner.run_once("balances")  # ...and a reader of that projection gets it in one line
     assert (await table(store), await runner.position("balances")) == before
     # The fixed projection picks up exactly where the checkpoint is: 5 and 13 applied once.
     fixed = ProjectionRunner(store, [Balances()])
     await fixed.run_once()
     assert (await table(store))[0][1:3] == (Decimal("21"), 4)
+
+
+async def test_a_projection_failing_again_at_one_position_stops_loudly_and_the_others_go_on(
+    store: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    stops: list[tuple[str, int, str]] = []
+
+    async def on_stopped(name: str, position: int, reason: str) -> None:
+        stops.append((name, position, reason))
+
+    class Other(Balances):
+        name = "other_balances"
+        tables = ("other_balances",)
+
+        async def setup(self, con: asyncpg.Connection) -> None:
+            await con.execute("CREATE TABLE IF NOT EXISTS other_balances (n int)")
+
+        async def apply(self, con: asyncpg.Connection, events: list[RecordedEvent]) -> None:
+            await con.executemany("INSERT INTO other_balances VALUES ($1)", [(1,) for _ in events])
+
+    runner = ProjectionRunner(store, [Balances(fail_on="13"), Other()], batch_size=100)
+    runner.on_stopped = on_stopped
+    await store.append("acct-1", [moved("1"), moved("13")])
+    for _ in range(STOP_AFTER + 2):
+        await runner.run_once()
+    assert set(runner.stopped) == {"balances"} and len(stops) == 1
+    assert stops[0][0] == "balances" and "projection bug" in stops[0][2]
+    assert "projection balances is stopped after position 0" in caplog.text
+    assert await runner.position("other_balances") == 2  # the other projection followed the log
+    with pytest.raises(ProjectionStopped):
+        await runner.run_once("balances")
+    assert "RuntimeError" in str(await runner.check("balances"))
 
 
 async def test_concurrent_runners_apply_each_event_once(store: EventStore) -> None:
