@@ -74,6 +74,15 @@ class ActionResult(BaseModel):
     changes: list[str] = Field(description="what was appended; empty when it was so already")
 
 
+async def _connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
+    async with request.app.state.rt.store.pool.acquire() as con:
+        yield con
+
+
+# Module level: FastAPI resolves the (postponed) annotations of the endpoints in this module's globals.
+Con = Annotated[asyncpg.Connection, Depends(_connection)]
+
+
 def create_app(rt: Runtime) -> FastAPI:
     stop = asyncio.Event()
     token = rt.settings.web_token
@@ -88,12 +97,7 @@ def create_app(rt: Runtime) -> FastAPI:
         description="Portfolios, orders, jobs, alerts and the event log of openbell; live updates at /api/live.",
     )
     app.state.stop = stop
-
-    async def connection() -> AsyncIterator[asyncpg.Connection]:
-        async with rt.store.pool.acquire() as con:
-            yield con
-
-    Con = Annotated[asyncpg.Connection, Depends(connection)]
+    app.state.rt = rt
 
     def operator(
         request: Request, x_openbell_token: Annotated[str | None, Header(alias=TOKEN_HEADER)] = None
