@@ -21,6 +21,7 @@ from nats.js.errors import NotFoundError
 from services.core.subjects import Subjects
 
 KEEPALIVE_SECONDS = 15.0
+POLL_SECONDS = 0.5  # how soon a stream notices the server stopping
 RECONNECT_MS = 1000
 
 
@@ -74,12 +75,17 @@ async def live_stream(
         idle_heartbeat=5.0,
     )
     try:
+        idle = 0.0
         while not stop.is_set():
             try:
-                msg = await sub.next_msg(timeout=KEEPALIVE_SECONDS)
+                msg = await sub.next_msg(timeout=POLL_SECONDS)
             except TimeoutError:
-                yield b": keepalive\n\n"
+                idle += POLL_SECONDS
+                if idle >= KEEPALIVE_SECONDS:
+                    idle = 0.0
+                    yield b": keepalive\n\n"
                 continue
+            idle = 0.0
             meta = msg.metadata
             try:
                 body: Any = json.loads(msg.data)

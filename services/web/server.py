@@ -61,6 +61,7 @@ class WebServer:
     async def start(self) -> None:
         self._sock = bind(self.address, self.requested_port)
         self.port = self._sock.getsockname()[1]
+        self.requested_port = self.port  # a restart listens where the pages reconnect to
         config = uvicorn.Config(
             create_app(self.rt), log_level="warning", access_log=False, lifespan="on",
             timeout_graceful_shutdown=2, ws="none",
@@ -76,6 +77,7 @@ class WebServer:
 
     async def stop(self) -> None:
         if self._server is not None and self._task is not None:
+            self._server.config.app.state.stop.set()  # the live streams end first: nothing to wait for
             self._server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

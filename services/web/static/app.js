@@ -4,7 +4,7 @@
 "use strict";
 
 const TOKEN_HEADER = "X-Openbell-Token";
-const state = { lastSeq: null, source: null, portfolios: [], snapshots: {}, refreshTimer: null };
+const state = { lastSeq: null, source: null, portfolios: [], snapshots: {}, refreshTimer: null, settleTimer: null };
 // What the page received, in order: read by the browser tests (and handy in the console).
 window.openbell = { seqs: [], gaps: 0, resets: 0 };
 
@@ -28,7 +28,11 @@ async function api(path, options = {}) {
   return body;
 }
 
-function say(text) { document.getElementById("message").textContent = text; }
+function say(text, from = "load") {
+  const message = document.getElementById("message");
+  message.textContent = text;
+  message.dataset.from = from;
+}
 
 const num = (v) => (v === null || v === undefined ? null : Number(v));
 function money(v) {
@@ -40,7 +44,7 @@ function signed(v) {
   if (n === null) return el("span", {}, "–");
   return el("span", { class: n >= 0 ? "up" : "down" }, (n >= 0 ? "+" : "") + money(n));
 }
-function time(v) { return v ? new Date(v).toISOString().replace("T", " ").slice(0, 19) : "–"; }
+function time(v) { return v ? new Date(v).toISOString().replace("T", " ").slice(0, 16) + " UTC" : "–"; }
 
 // ------------------------------------------------------------------------------------- equity curve
 
@@ -158,11 +162,17 @@ async function loadEvents(stream) {
 
 async function loadAll() {
   await Promise.all([loadPortfolios(), loadOpenOrders(), loadJobs(), loadAlerts(), loadNotifications()]);
+  if (document.getElementById("message").dataset.from === "load") say("");
 }
 
+// A feed message tells that something changed; the read models follow the log within a moment, so the
+// resources are read shortly after it and once more a few seconds later (and every 10 s in any case).
 function refreshSoon() {
   clearTimeout(state.refreshTimer);
-  state.refreshTimer = setTimeout(() => loadAll().catch((e) => say(e.message)), 400);
+  clearTimeout(state.settleTimer);
+  const reload = () => loadAll().catch((e) => say(e.message));
+  state.refreshTimer = setTimeout(reload, 400);
+  state.settleTimer = setTimeout(reload, 3000);
 }
 
 // ------------------------------------------------------------------------------------- live updates
@@ -219,9 +229,9 @@ function connect() {
 async function act(path) {
   try {
     const result = await api(path, { method: "POST", body: JSON.stringify({ reason: "operator (dashboard)" }) });
-    say(result.changes.length ? "" : "nothing to change");
+    say(result.changes.length ? "" : "nothing to change", "action");
   } catch (e) {
-    say(`refused: ${e.message}`);
+    say(`refused: ${e.message}`, "action");
   }
 }
 
@@ -252,6 +262,7 @@ async function start() {
   connect();
   await loadAll();
   showOperator();
+  setInterval(() => loadAll().catch((e) => say(e.message)), 10000);
 }
 
 start().catch((e) => say(e.message));
