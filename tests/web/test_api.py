@@ -69,7 +69,8 @@ async def test_resources_pages_and_errors(rt: Runtime, web: WebServer) -> None:
         open_orders = (await http.get("/api/orders", params={"open": "true", "limit": 500})).json()["items"]
         assert len(open_orders) == 40 and {o["status"] for o in open_orders} == {"submitted"}
         bad = await http.get("/api/orders", params={"cursor": "garbage"})
-        assert bad.status_code == 400 and bad.json() == {"error": "invalid cursor: use the next_cursor of a previous page"}
+        assert bad.status_code == 400
+        assert bad.json() == {"error": "invalid cursor: use the next_cursor of a previous page"}
         assert (await http.get("/api/orders", params={"status": "bogus"})).status_code == 422
 
         log = (await http.get("/api/events", params={"stream": "portfolio-alpha"})).json()
