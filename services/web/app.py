@@ -276,6 +276,15 @@ def create_app(rt: Runtime) -> FastAPI:
     async def one_line(_: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
 
+    @app.exception_handler(asyncpg.UndefinedTableError)
+    async def no_read_model(_: Request, exc: asyncpg.UndefinedTableError) -> JSONResponse:
+        # A fresh database: the read models are created by the first service that starts (any of them).
+        return JSONResponse({"error": "the read models do not exist yet: start openbell's services"}, 503)
+
+    @app.exception_handler(OSError)
+    async def database_down(_: Request, exc: OSError) -> JSONResponse:
+        return JSONResponse({"error": "the database is unreachable"}, 503)
+
     return app
 
 
