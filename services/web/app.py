@@ -105,7 +105,8 @@ def create_app(rt: Runtime) -> FastAPI:
         if token is None:
             raise HTTPException(403, "read-only: no operator token is configured (OPENBELL_WEB_TOKEN)")
         origin = request.headers.get("origin")
-        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        # Host and port only: behind a TLS proxy the page is https while this server sees http.
+        if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
             raise HTTPException(403, "cross-origin writes are refused")
         if x_openbell_token is None or not hmac.compare_digest(
             x_openbell_token.encode(), token.get_secret_value().encode()

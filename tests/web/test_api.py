@@ -32,6 +32,13 @@ async def open_portfolios(rt: Runtime, *names: str) -> None:
     await ProjectionRunner(rt.store, known_projections()).run_once()
 
 
+async def test_before_the_read_models_exist_the_api_answers_503_in_one_line(rt: Runtime, web: WebServer) -> None:
+    async with httpx.AsyncClient(base_url=web.url) as http:
+        response = await http.get("/api/orders")
+    assert response.status_code == 503
+    assert response.json() == {"error": "the read models do not exist yet: start openbell's services"}
+
+
 async def test_resources_pages_and_errors(rt: Runtime, web: WebServer) -> None:
     await open_portfolios(rt, "alpha", "beta")
     async with httpx.AsyncClient(base_url=web.url) as http:
