@@ -210,7 +210,7 @@ def serve(
     names: Annotated[list[str] | None, typer.Argument(help="Services to run (default: all).")] = None,
 ) -> None:
     """Run openbell services in this process until interrupted (relay, projections, clock, strategy,
-    orders, positions, alerts, or all). More copies of a service share its work."""
+    orders, positions, alerts, web, or all). More copies of a service share its work."""
     from services.core.host import resolve_services, serve_forever
 
     try:
