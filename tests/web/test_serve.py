@@ -33,9 +33,9 @@ async def test_serve_web_answers_and_stops_on_sigterm(
 ) -> None:
     port = free_port()
     env = env_for(pg_dsn, nats_url, subject_prefix, OPENBELL_WEB_PORT=str(port))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve", "web"], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "serve", "web", env=env, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as http:
@@ -49,12 +49,12 @@ async def test_serve_web_answers_and_stops_on_sigterm(
             await wait_for(healthy, timeout=60, interval=0.2)
             assert (await http.get("/api/portfolios")).json() == []  # the service created the read models
         process.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(process.wait, 30)
-        assert code == 0, process.stderr.read() if process.stderr else ""
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0, stderr.decode()
     finally:
-        if process.poll() is None:
+        if process.returncode is None:
             process.kill()
-            process.wait()
+            await process.wait()
 
 
 def test_a_port_in_use_or_a_short_token_is_one_line_and_exit_2(pg_dsn: str, nats_url: str, subject_prefix: str) -> None:
