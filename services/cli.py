@@ -233,7 +233,7 @@ def serve(
     names: Annotated[list[str] | None, typer.Argument(help="Services to run (default: all).")] = None,
 ) -> None:
     """Run openbell services in this process until interrupted (relay, projections, clock, strategy,
-    orders, positions, alerts, or all). More copies of a service share its work."""
+    orders, positions, alerts, web, or all). More copies of a service share its work."""
     from services.broker import check_trading_configuration
     from services.broker.errors import BrokerConfigError
     from services.core.host import resolve_services, serve_forever

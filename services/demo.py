@@ -8,6 +8,8 @@ the deterministic simulator, so the same seed and days give the same prices, ord
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -180,6 +182,9 @@ def register(app: typer.Typer) -> None:
         portfolios: Annotated[int, typer.Option(min=1, max=200, help="Demo portfolios.")] = 10,
         seed: Annotated[int, typer.Option(help="Market simulator seed (same seed, same run).")] = 1,
         reset: Annotated[bool, typer.Option("--reset", help="Wipe a previous demo's data first.")] = False,
+        web: Annotated[bool, typer.Option(
+            "--web", help="Serve the dashboard during the demo and keep it up afterwards (Ctrl-C to stop)."
+        )] = False,
     ) -> None:
         """Run a virtual trading week (or N days) on the simulator with the whole system live."""
         from services.cli import CommandError, console, run_async
@@ -200,6 +205,13 @@ def register(app: typer.Typer) -> None:
                         )
                     await _reset(rt)
             async with connect_runtime(name="openbell-demo") as rt:
+                dashboard = None
+                if web:
+                    from services.web.server import WebServer
+
+                    dashboard = WebServer(rt)
+                    await dashboard.start()  # a port in use stops the command before the demo starts
+                    console.print(f"dashboard: {dashboard.url} (live during the demo)")
                 with Progress(
                     TextColumn("{task.description}"),
                     BarColumn(),
@@ -213,14 +225,33 @@ def register(app: typer.Typer) -> None:
                 await ProjectionRunner(rt.store, known_projections()).run_once()
                 for table in await summary_tables(rt):
                     console.print(table)
-            console.print(
-                f"simulated {len(result.days)} trading days ({result.days[0]} to {result.days[-1]}), "
-                f"{result.ticks} ticks, {portfolios} portfolios, seed {seed}: "
-                f"{time.perf_counter() - t0:.1f}s from command to summary"
-            )
-            console.print(
-                "next: [bold]openbell jobs[/] (job stats), [bold]openbell history[/] (runs), "
-                "[bold]openbell events[/] (the audit log), [bold]openbell positions[/], [bold]openbell snapshots[/]"
-            )
+                console.print(
+                    f"simulated {len(result.days)} trading days ({result.days[0]} to {result.days[-1]}), "
+                    f"{result.ticks} ticks, {portfolios} portfolios, seed {seed}: "
+                    f"{time.perf_counter() - t0:.1f}s from command to summary"
+                )
+                console.print(
+                    "next: [bold]openbell jobs[/] (job stats), [bold]openbell history[/] (runs), "
+                    "[bold]openbell events[/] (the audit log), [bold]openbell positions[/], "
+                    "[bold]openbell snapshots[/]"
+                )
+                if dashboard is None:
+                    console.print(
+                        "dashboard: [bold]openbell serve web[/] then open "
+                        f"http://{rt.settings.web_address}:{rt.settings.web_port} "
+                        "(or [bold]openbell demo --web[/] to keep it up after the demo)"
+                    )
+                    return
+                console.print(f"dashboard: {dashboard.url} (Ctrl-C to stop)")
+                stop = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, stop.set)
+                try:
+                    await dashboard.run_until(stop)
+                finally:
+                    for sig in (signal.SIGINT, signal.SIGTERM):
+                        loop.remove_signal_handler(sig)
+                    await dashboard.stop()
 
         run_async(main)

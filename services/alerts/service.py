@@ -37,13 +37,13 @@ from services.alerts.conditions import AlertSpec, alert_created, check_alerts, p
 from services.alerts.events import AlertRemoved, AlertTriggered, NotificationRaised
 from services.alerts.projection import AlertsProjection
 from services.alerts.state import AlertState, alert_stream, evolve_alert, validate_alert_id
+from services.core import feeds
 from services.core.events import new_event, registry
 from services.core.host import ServiceContext
 from services.core.jobs.consumer import subscribe_ticks
 from services.core.jobs.runner import JobContext, safe_error
 from services.core.jobs.types import JobType
 from services.core.limits import decode_command, error_reply, one_line, shown
-from services.positions.planning import feed_payload
 from services.positions.service import QuotesUnavailable, catch_up, fetch_quotes
 from services.positions.settings import PositionsSettings, load_positions_settings
 from services.strategy.config import validate_name
@@ -258,10 +258,12 @@ class AlertsService:
                 triggered = next(e.data for e in events if isinstance(e.data, AlertTriggered))
                 notification = next(e.data for e in events if isinstance(e.data, NotificationRaised))
                 key = state.spec.portfolio_id or "all"
-                await self._publish(key, feed_payload(
-                    "alert", triggered, condition=state.spec.condition.value, threshold=str(state.spec.threshold),
-                    portfolio_id=state.spec.portfolio_id, title=notification.title,
-                ))
+                await self._publish(key, feeds.encode(feeds.AlertFeed(
+                    at=feeds.utc(triggered.at), alert_id=triggered.alert_id, symbol=triggered.symbol,
+                    price=feeds.price(triggered.price), condition=state.spec.condition.value,
+                    threshold=str(state.spec.threshold), portfolio_id=state.spec.portfolio_id,
+                    title=notification.title,
+                )))
             return result.written
         raise RuntimeError(f"{alert_stream(alert_id)}: too many concurrent changes")
 

@@ -41,6 +41,7 @@ SERVICES: dict[str, str] = {
     "orders": "services.orders.service",
     "positions": "services.positions.service",
     "alerts": "services.alerts.service",
+    "web": "services.web.service",
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nats.aio.msg import Msg
 
 from eventstore.relay import Relay
-from services.core import metrics
+from services.core import event_feeds, metrics
 from services.core.host import ServiceContext
 from services.core.runtime import parse_append_notice
 
@@ -37,3 +37,5 @@ async def setup(ctx: ServiceContext) -> None:
             metrics.unwatch_relay(relay)
 
     ctx.background(run(), "relay")
+    # Halts, order lifecycle, risk refusals and discrepancies as feeds (from the events the relay publishes).
+    await event_feeds.setup(ctx)

@@ -45,12 +45,30 @@ class Settings(BaseSettings):
     # `openbell serve` exposes Prometheus metrics on this port (unset: no metrics server).
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_address: str = "127.0.0.1"
+    # `openbell serve web`: the dashboard and HTTP API. Read-only unless a token is set: operator actions
+    # (halt, resume, enable a job) need it in the X-Openbell-Token header (or the dashboard's login).
+    web_port: int = Field(default=8080, ge=0, le=65535)
+    web_address: str = "127.0.0.1"
+    web_token: SecretStr | None = None
 
     @field_validator("nats_url")
     @classmethod
     def _nats_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("nats://", "tls://", "ws://", "wss://")):
             raise ValueError("must start with nats://, tls://, ws:// or wss://")
+        return value
+
+    @field_validator("web_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if value == "" else value  # compose passes an unset token as ""
+
+    @field_validator("web_token")
+    @classmethod
+    def _token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        # A guessable token would let anyone who reaches the port halt trading.
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
         return value
 
     @field_validator("database_url")

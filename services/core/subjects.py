@@ -8,6 +8,9 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+FEEDS_MAX_AGE_SECONDS = 2 * 24 * 3600.0
+FEEDS_MAX_MESSAGES = 1_000_000
+
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -58,6 +61,11 @@ class Subjects:
     def dlq_stream(self) -> str:
         return f"{self.prefix.upper().replace('-', '_')}_DLQ"
 
+    @property
+    def feeds_stream(self) -> str:
+        """Captures every live feed message, so a reader (the web service) can resume from a sequence."""
+        return f"{self.prefix.upper().replace('-', '_')}_FEEDS"
+
     async def ensure_streams(self, js: JetStreamContext, *, dedupe_window: float = 900.0) -> None:
         """Create (or update) the JetStream streams. ``dedupe_window``: seconds a Nats-Msg-Id is remembered."""
         configs = [
@@ -67,6 +75,12 @@ class Subjects:
             StreamConfig(name=self.work_stream, subjects=[f"{self.prefix}.work.>"]),
             # Dead letters are kept (on disk) for inspection and replay.
             StreamConfig(name=self.dlq_stream, subjects=[f"{self.prefix}.dlq.>"]),
+            # Feeds are published on core NATS; this stream keeps them (two days, a million at most) so that
+            # a page that reconnects resumes after the last stream sequence it saw, without a gap.
+            StreamConfig(
+                name=self.feeds_stream, subjects=[f"{self.prefix}.feed.>"], max_age=FEEDS_MAX_AGE_SECONDS,
+                max_msgs=FEEDS_MAX_MESSAGES,
+            ),
         ]
         for config in configs:
             # Work items are gone once acknowledged; ticks, events and dead letters stay for audit.

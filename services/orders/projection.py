@@ -74,6 +74,8 @@ class TradesProjection(Projection):
             CREATE INDEX IF NOT EXISTS trades_open ON trades (status) WHERE status IN
                 ('requested', 'submitted', 'unknown', 'partially_filled');
             CREATE INDEX IF NOT EXISTS trades_portfolio ON trades (portfolio_id, requested_at);
+            -- keyset pages of one portfolio's orders, newest first (services/orders/queries.py)
+            CREATE INDEX IF NOT EXISTS trades_portfolio_page ON trades (portfolio_id, requested_at, client_order_id);
             """
         )
         if not await con.fetchval(

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import date, datetime
+from decimal import Decimal
 
 import msgspec
 
 from services.broker.models import Quote as BrokerQuote
 from services.clock import calendar
+from services.core import feeds
 from services.orders.types import require_aware
 from services.positions.events import (
+    FillApplied,
+    PortfolioSnapshotTaken,
     PositionDiscrepancyDetected,
     PositionDiscrepancyResolved,
     SymbolQuarantined,
@@ -57,15 +61,35 @@ def feed_key(symbol: str) -> str:
     return symbol.replace(".", "_")
 
 
-_encoder = msgspec.json.Encoder(decimal_format="string")
+def fill_feed(applied: FillApplied, cash: Decimal, *, booked: bool) -> bytes:
+    """The body of ``<prefix>.feed.fill.<portfolio_id>`` (services/core/feeds.py): the fill, the position
+    and the cash after it."""
+    return feeds.encode(feeds.FillFeed(
+        at=feeds.utc(applied.at), portfolio_id=applied.portfolio_id, client_order_id=applied.client_order_id,
+        symbol=applied.symbol, side=applied.side.value, fill_qty=feeds.quantity(applied.fill_qty),
+        fill_price=feeds.price(applied.fill_notional / applied.fill_qty) if applied.fill_qty else None,
+        fill_notional=feeds.money(applied.fill_notional), cash_change=feeds.money(applied.cash_change),
+        realized_pnl=feeds.money(applied.realized_pnl), position_qty=feeds.quantity(applied.position_qty),
+        position_cost_basis=feeds.money(applied.position_cost_basis), cash=feeds.money(cash), booked=booked,
+    ))
 
 
-def feed_payload(kind: str, data: msgspec.Struct, **extra: object) -> bytes:
-    """The JSON body of a live feed message: ``{"kind": ..., **event fields, **extra}``."""
-    body = msgspec.to_builtins(data, builtin_types=(datetime, date))
-    if not isinstance(body, dict):
-        raise TypeError("a feed payload must be a Struct")
-    return _encoder.encode({"kind": kind, **body, **extra})
+def snapshot_feed(snapshot: PortfolioSnapshotTaken) -> bytes:
+    """The body of ``<prefix>.feed.snapshot.<portfolio_id>``."""
+    return feeds.encode(feeds.SnapshotFeed(
+        at=feeds.utc(snapshot.at), portfolio_id=snapshot.portfolio_id, trading_day=snapshot.trading_day,
+        total_value=feeds.money(snapshot.total_value), cash_balance=feeds.money(snapshot.cash_balance),
+        positions_value=feeds.money(snapshot.positions_value), realized_pnl=feeds.money(snapshot.realized_pnl),
+        unrealized_pnl=feeds.money(snapshot.unrealized_pnl),
+    ))
+
+
+def price_feed(symbol: str, price: Decimal, quote: Quote, tick_id: str, at: datetime) -> bytes:
+    """The body of ``<prefix>.feed.price.<SYMBOL>``: ``at`` is the tick's time."""
+    return feeds.encode(feeds.PriceFeed(
+        at=feeds.utc(at), symbol=symbol, price=feeds.price(price), bid=feeds.optional_price(quote.bid),
+        ask=feeds.optional_price(quote.ask), quote_at=feeds.utc(quote.timestamp), tick_id=tick_id,
+    ))
 
 
 # ------------------------------------------------------------------------------------ position_sync

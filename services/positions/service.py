@@ -57,8 +57,10 @@ from services.positions.planning import (
     batches,
     evolve_sync_state,
     feed_key,
-    feed_payload,
+    fill_feed,
+    price_feed,
     snapshot_day,
+    snapshot_feed,
     valuation_quote,
 )
 from services.positions.projection import PortfolioProjection, held_symbols, latest_prices, watched_symbols
@@ -186,17 +188,19 @@ class PositionsService:
             raise Reject(f"invalid {envelope.type}: {exc}") from None
         assert isinstance(fill, OrderPartiallyFilled | OrderFilled)
         await self._wait_for_earlier_fills(fill.portfolio_id, envelope.global_position)
-        booked: list[FillApplied] = []
+        booked: list[tuple[FillApplied, Decimal]] = []
 
         def decide(book: Book, _version: int) -> list[NewEvent]:
-            _, event = record_fill(book, fill)
-            booked[:] = [event.data]
+            after, event = record_fill(book, fill)
+            assert isinstance(event.data, FillApplied)
+            booked[:] = [(event.data, after.cash)]
             return [event]
 
         result = await append_to_portfolio(self.store, fill.portfolio_id, decide)
         # Published when booked, and again on a redelivery (the first attempt may have died before it).
         if result is not None and (result.written or delivery.num_delivered > 1):
-            await self.publish("fill", fill.portfolio_id, feed_payload("fill", booked[0], booked=result.written))
+            applied, cash = booked[0]
+            await self.publish("fill", fill.portfolio_id, fill_feed(applied, cash, booked=result.written))
 
     async def _wait_for_earlier_fills(self, portfolio_id: str, position: int) -> None:
         """Book a portfolio's fills in log order, whichever worker or durable (partial / filled) got
@@ -248,16 +252,7 @@ class PositionsService:
         await self.store.append(quotes_stream(tick_id), [event], NO_STREAM)
         for symbol, price in sorted(check.prices.items()):
             quote = check.fresh[symbol]
-            body = {
-                "kind": "price",
-                "symbol": symbol,
-                "price": str(price),
-                "bid": _text(quote.bid),
-                "ask": _text(quote.ask),
-                "quote_at": quote.timestamp.isoformat(),
-                "tick_id": tick_id,
-            }
-            await self.publish("price", feed_key(symbol), msgspec.json.encode(body))
+            await self.publish("price", feed_key(symbol), price_feed(symbol, price, quote, tick_id, at))
         if check.problems:
             log.warning(
                 "price_update %s: no usable quote for %s",
@@ -321,7 +316,7 @@ class PositionsService:
             if result.written:
                 created += 1
                 assert isinstance(event.data, PortfolioSnapshotTaken)
-                await self.publish("snapshot", portfolio_id, feed_payload("snapshot", event.data))
+                await self.publish("snapshot", portfolio_id, snapshot_feed(event.data))
         if failed:
             raise SnapshotsIncomplete(f"{created} snapshot(s) taken; " + "; ".join(failed))
         return {"snapshots_created": created, "portfolios": len(portfolio_ids)}
@@ -467,10 +462,6 @@ class PositionsService:
 
 class SnapshotsIncomplete(RuntimeError):
     """Some portfolios could not be snapshotted (no price for an open position): the run fails."""
-
-
-def _text(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
 
 
 async def setup(ctx: ServiceContext) -> None:

@@ -32,6 +32,7 @@ async def test_demo_runs_and_summarizes(pg_dsn: str, nats_url: str, subject_pref
         assert heading in out
     assert "simulated 1 trading days" in out and "3 portfolios, seed 7" in out
     assert "openbell jobs" in out and "openbell history" in out and "openbell events" in out
+    assert "dashboard: openbell serve web then open http://127.0.0.1:8080" in out
 
     con = await asyncpg.connect(pg_dsn)
     try:

@@ -33,7 +33,6 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-import msgspec
 from nats.aio.client import Client as NatsClient
 
 from eventstore import (
@@ -45,8 +44,9 @@ from eventstore import (
     RecordedEvent,
     WrongExpectedVersion,
 )
-from services.core import metrics
+from services.core import feeds, metrics
 from services.core.events import new_event, registry
+from services.core.feeds import CircuitOpenedFeed, JobFeed
 from services.core.jobs import breaker
 from services.core.jobs.breaker import DEFAULT_THRESHOLD, JobHealth
 from services.core.jobs.events import (
@@ -147,31 +147,6 @@ def safe_error(exc: BaseException) -> str:
 def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
-
-class JobFeed(msgspec.Struct, frozen=True, kw_only=True):
-    """Core NATS message on ``<prefix>.feed.job.<job_type>`` at the end of each run (or skip)."""
-
-    job_type: str
-    tick_id: str
-    status: str  # completed | failed | skipped
-    attempt: int
-    duration_ms: float | None = None
-    counters: dict[str, int] = {}
-    error: str | None = None
-    cause: str | None = None  # why a tick was skipped
-
-
-class CircuitOpenedNotice(msgspec.Struct, frozen=True, kw_only=True):
-    """Core NATS notification on ``<prefix>.feed.notification.job_circuit_opened``."""
-
-    job_type: str
-    tick_id: str
-    consecutive_failures: int
-    last_error: str
-    opened_at: datetime
-
-
-_encoder = msgspec.json.Encoder()
 
 _TERMINAL = (JobExecutionCompleted, JobExecutionFailed, JobExecutionSkipped)
 
@@ -349,7 +324,8 @@ class JobRunner:
                     )
                     await self.store.append(stream, [new_event(skipped, tick.tick_id, str(attempt))], version)
                     await self._feed(JobFeed(
-                        job_type=tick.job_type.value, tick_id=tick.tick_id, status="skipped",
+                        at=feeds.utc(skipped.skipped_at), job_type=tick.job_type.value, tick_id=tick.tick_id,
+                        status="skipped",
                         attempt=attempt, cause=cause.value,
                     ))
                     return RunOutcome(RunStatus.SKIPPED, tick.tick_id, attempt)
@@ -442,7 +418,8 @@ class JobRunner:
         await self._record_health(terminal)
         status = RunStatus.COMPLETED if error is None else RunStatus.FAILED
         await self._feed(JobFeed(
-            job_type=tick.job_type.value, tick_id=tick.tick_id, status=status.value, attempt=attempt,
+            at=feeds.utc(self.clock()), job_type=tick.job_type.value, tick_id=tick.tick_id, status=status.value,
+            attempt=attempt,
             duration_ms=duration_ms, counters=counters, error=error,
         ))
         return RunOutcome(status, tick.tick_id, attempt, counters, error, duration_ms)
@@ -543,15 +520,15 @@ class JobRunner:
             event.job_type, event.consecutive_failures, event.last_error, event.job_type,
         )
         if self.nc is not None and self.subjects is not None:
-            notice = CircuitOpenedNotice(
-                job_type=event.job_type, tick_id=event.tick_id, consecutive_failures=event.consecutive_failures,
-                last_error=event.last_error, opened_at=event.opened_at,
+            notice = CircuitOpenedFeed(
+                at=feeds.utc(event.opened_at), job_type=event.job_type, tick_id=event.tick_id,
+                consecutive_failures=event.consecutive_failures, last_error=event.last_error,
             )
-            await self.nc.publish(self.subjects.feed("notification", "job_circuit_opened"), _encoder.encode(notice))
+            await self.nc.publish(self.subjects.feed("notification", "job_circuit_opened"), feeds.encode(notice))
 
     async def _feed(self, message: JobFeed) -> None:
         if self.nc is not None and self.subjects is not None:
-            await self.nc.publish(self.subjects.feed("job", message.job_type), _encoder.encode(message))
+            await self.nc.publish(self.subjects.feed("job", message.job_type), feeds.encode(message))
 
     # ------------------------------------------------------------------------------------ operator
 

@@ -1,0 +1,178 @@
+"""Typed queries on the positions read models (portfolios, positions, snapshots, discrepancies, fills).
+
+Every function takes a connection and returns pydantic models: the web API serves them as they are, so
+each model is the documented schema of one resource. Decimals are exact (JSON: strings)."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from decimal import Decimal
+
+import asyncpg
+from pydantic import BaseModel, Field
+
+
+class Position(BaseModel):
+    """One holding of a portfolio, valued at the latest observed price."""
+
+    portfolio_id: str
+    symbol: str
+    qty: Decimal
+    avg_cost: Decimal | None
+    cost_basis: Decimal
+    realized_pnl: Decimal
+    last_price: Decimal | None = Field(description="latest observed price; null until one was seen")
+    market_value: Decimal | None
+    unrealized_pnl: Decimal | None
+    price_at: datetime | None
+    updated_at: datetime
+
+
+class Portfolio(BaseModel):
+    """A portfolio's books and P&L (the ``portfolios`` read model)."""
+
+    portfolio_id: str
+    name: str
+    trading_mode: str
+    starting_cash: Decimal
+    cash: Decimal
+    realized_pnl: Decimal
+    unrealized_pnl: Decimal | None
+    market_value: Decimal | None
+    equity: Decimal | None = Field(description="cash + market value; null while a position has no price")
+    todays_pnl: Decimal | None = Field(
+        description="equity minus the last snapshot of an earlier trading day (or the starting cash)"
+    )
+    unpriced_positions: int
+    halted: bool
+    halt_reason: str | None
+    opened_at: datetime
+    updated_at: datetime
+
+
+class PortfolioDetail(Portfolio):
+    positions: list[Position]
+
+
+class Snapshot(BaseModel):
+    """One end-of-day snapshot: a point of the equity curve."""
+
+    portfolio_id: str
+    trading_day: date
+    total_value: Decimal
+    cash_balance: Decimal
+    positions_value: Decimal
+    realized_pnl: Decimal
+    unrealized_pnl: Decimal
+    taken_at: datetime
+
+
+class Discrepancy(BaseModel):
+    """A difference position_sync found between our books and the broker's, and what was done."""
+
+    event_id: str
+    tick_id: str
+    symbol: str
+    kind: str
+    ours_qty: Decimal
+    broker_qty: Decimal
+    policy: str
+    status: str
+    detected_at: datetime
+    resolved_at: datetime | None
+
+
+class Fill(BaseModel):
+    """A fill booked into a portfolio (``FillApplied``): the position and cash it moved."""
+
+    global_position: int
+    portfolio_id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    fill_qty: Decimal
+    fill_price: Decimal = Field(description="fill notional / fill quantity")
+    fill_notional: Decimal
+    cash_change: Decimal
+    realized_pnl: Decimal
+    position_qty: Decimal
+    at: datetime
+
+
+_PORTFOLIO = """
+SELECT p.*, p.equity - coalesce((
+    SELECT s.total_value FROM portfolio_snapshots s
+    WHERE s.portfolio_id = p.portfolio_id AND s.trading_day < (p.updated_at AT TIME ZONE 'America/New_York')::date
+    ORDER BY s.trading_day DESC LIMIT 1), p.starting_cash) AS todays_pnl
+FROM portfolios p
+"""
+
+
+async def list_portfolios(con: asyncpg.Connection) -> list[Portfolio]:
+    rows = await con.fetch(_PORTFOLIO + " ORDER BY p.portfolio_id")
+    return [Portfolio.model_validate(dict(r)) for r in rows]
+
+
+async def get_portfolio(con: asyncpg.Connection, portfolio_id: str) -> PortfolioDetail | None:
+    row = await con.fetchrow(_PORTFOLIO + " WHERE p.portfolio_id = $1", portfolio_id)
+    if row is None:
+        return None
+    return PortfolioDetail.model_validate({**dict(row), "positions": await list_positions(con, portfolio_id)})
+
+
+async def list_positions(con: asyncpg.Connection, portfolio_id: str | None = None) -> list[Position]:
+    rows = await con.fetch(
+        "SELECT portfolio_id, symbol, qty, avg_cost, cost_basis, realized_pnl, last_price, market_value,"
+        " unrealized_pnl, price_at, updated_at FROM positions"
+        " WHERE qty <> 0 AND ($1::text IS NULL OR portfolio_id = $1) ORDER BY portfolio_id, symbol",
+        portfolio_id,
+    )
+    return [Position.model_validate(dict(r)) for r in rows]
+
+
+async def list_snapshots(con: asyncpg.Connection, portfolio_id: str | None = None) -> list[Snapshot]:
+    rows = await con.fetch(
+        "SELECT * FROM portfolio_snapshots WHERE $1::text IS NULL OR portfolio_id = $1"
+        " ORDER BY portfolio_id, trading_day",
+        portfolio_id,
+    )
+    return [Snapshot.model_validate(dict(r)) for r in rows]
+
+
+async def list_discrepancies(
+    con: asyncpg.Connection, *, open_only: bool = False, limit: int = 200
+) -> list[Discrepancy]:
+    rows = await con.fetch(
+        "SELECT event_id::text, tick_id, symbol, kind, ours_qty, broker_qty, policy, status, detected_at, resolved_at"
+        " FROM position_discrepancies WHERE NOT $1 OR status = 'open' ORDER BY detected_at DESC, event_id LIMIT $2",
+        open_only, limit,
+    )
+    return [Discrepancy.model_validate(dict(r)) for r in rows]
+
+
+async def list_fills(
+    con: asyncpg.Connection, portfolio_id: str, *, before: int | None = None, limit: int = 100
+) -> list[Fill]:
+    """The portfolio's fills, newest first; ``before``: a global position from the previous page (keyset)."""
+    rows = await con.fetch(
+        """SELECT global_position, data FROM events
+           WHERE stream_id = $1 AND event_type = 'FillApplied' AND ($2::bigint IS NULL OR global_position < $2)
+           ORDER BY global_position DESC LIMIT $3""",
+        f"portfolio-{portfolio_id}", before, limit,
+    )
+    fills = []
+    for row in rows:
+        data = json.loads(row["data"]) if isinstance(row["data"], str) else row["data"]
+        qty, notional = Decimal(str(data["fill_qty"])), Decimal(str(data["fill_notional"]))
+        fills.append(
+            Fill(
+                global_position=row["global_position"], portfolio_id=data["portfolio_id"],
+                client_order_id=data["client_order_id"], symbol=data["symbol"], side=data["side"], fill_qty=qty,
+                fill_price=(notional / qty).quantize(Decimal("0.0001")) if qty else Decimal(0),
+                fill_notional=notional, cash_change=Decimal(str(data["cash_change"])),
+                realized_pnl=Decimal(str(data["realized_pnl"])), position_qty=Decimal(str(data["position_qty"])),
+                at=data["at"],
+            )
+        )
+    return fills

@@ -1,0 +1,1 @@
+"""The web service: the dashboard and HTTP API (FastAPI), with live updates over server-sent events."""
