@@ -9,7 +9,11 @@ passes, a seeded plan of faults is carried out, each when the job ledger reaches
 - ``kill``: SIGKILL of a service process, restarted after 0.5-3 s;
 - ``stop``: SIGSTOP of a service process for 5-10 s, then SIGCONT;
 - ``kill_nats`` / ``kill_postgres``: SIGKILL of nats-server / of the postmaster and its backends, restarted
-  on the same data and port after 0.5-3 s.
+  on the same data and port after 0.5-3 s (on a NATS cluster, of one node);
+- ``lose_nats_node`` (cluster only): SIGKILL of the node leading the events stream, never restarted.
+
+With ``nats_nodes=3`` the stack runs on a three-node nats-server cluster with R3 streams
+(``OPENBELL_NATS_URL`` lists the three servers, ``OPENBELL_STREAM_REPLICAS=3``).
 
 When the clock has run every slot and the stack is quiet, the services are stopped and the invariants are
 checked on the database and JetStream (:func:`check_invariants`); a run with faults is also compared with
@@ -56,6 +60,7 @@ from services.core.embedded import EmbeddedNats, EmbeddedPostgres
 from services.core.events import registry
 from services.core.jobs.events import jobrun_stream
 from services.core.jobs.types import parse_tick_id
+from services.core.nats_cluster import NatsCluster
 from services.core.projections import known_projections
 from services.core.subjects import Subjects
 from services.demo import STARTING_CASH, demo_portfolios
@@ -97,7 +102,9 @@ class ChaosConfig:
     ack_wait_seconds: float = 10.0
     job_takeover_seconds: float = 15.0
     tick_timeout: float = 180.0
-    quiet_timeout: float = 90.0
+    quiet_timeout: float = 60.0
+    # 1: one nats-server; 3: a three-node cluster with streams of three replicas
+    nats_nodes: int = 1
 
 
 def plan_faults(config: ChaosConfig) -> list[Fault]:
@@ -108,9 +115,10 @@ def plan_faults(config: ChaosConfig) -> list[Fault]:
     # Within the sessions, not on the first or the last few slots: a fault needs ticks before and after.
     window = slots[len(slots) // 20 : -len(slots) // 20 or None]
     instants = sorted(rng.sample(window, min(config.faults, len(window))))
+    # Every kind once (in a seeded order) before any repeats, so that even a short plan covers them all.
+    kinds = rng.sample(FAULT_KINDS, len(FAULT_KINDS)) + [rng.choice(FAULT_KINDS) for _ in instants]
     faults = []
-    for at in instants:
-        kind = rng.choice(FAULT_KINDS)
+    for at, kind in zip(instants, kinds, strict=False):
         if kind in ("kill", "stop"):
             target = rng.choice(sorted(STACK))
         else:
@@ -134,12 +142,16 @@ class Stack:
     workdir: Path
     config: ChaosConfig
     nats: EmbeddedNats = field(init=False)
+    cluster: NatsCluster | None = field(init=False, default=None)
     postgres: EmbeddedPostgres = field(init=False)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: Counter[str] = field(default_factory=Counter)
+    lost_nodes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.nats = EmbeddedNats(self.workdir / "nats")
+        if self.config.nats_nodes > 1:
+            self.cluster = NatsCluster(self.workdir / "nats-cluster", size=self.config.nats_nodes)
         self.postgres = EmbeddedPostgres(self.workdir / "pg")
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -147,12 +159,17 @@ class Stack:
     def dsn(self) -> str:
         return self.postgres.dsn(DATABASE)
 
+    @property
+    def nats_url(self) -> str:
+        return self.cluster.url if self.cluster is not None else self.nats.url
+
     def env(self) -> dict[str, str]:
         n = self.config.portfolios
         return {
             **os.environ,
             "OPENBELL_DATABASE_URL": self.dsn,
-            "OPENBELL_NATS_URL": self.nats.url,
+            "OPENBELL_NATS_URL": self.nats_url,
+            "OPENBELL_STREAM_REPLICAS": str(self.config.nats_nodes),
             "OPENBELL_SUBJECT_PREFIX": PREFIX,
             "OPENBELL_BROKER": "sim",
             "OPENBELL_SIM_SEED": str(self.config.seed),
@@ -172,7 +189,11 @@ class Stack:
             await con.execute(f'CREATE DATABASE "{DATABASE}"')
         finally:
             await con.close()
-        await asyncio.to_thread(self.nats.start, reuse=False)
+        if self.cluster is None:
+            await asyncio.to_thread(self.nats.start, reuse=False)
+        else:
+            await asyncio.to_thread(self.cluster.start)
+            await _wait_jetstream(self.cluster.url)
 
     def spawn(self, name: str) -> None:
         if name == "clock":
@@ -215,10 +236,22 @@ class Stack:
             os.kill(process.pid, signal.SIGSTOP)
             await asyncio.sleep(fault.seconds)
             os.kill(process.pid, signal.SIGCONT)
+        elif fault.kind == "kill_nats" and self.cluster is not None:
+            index = int(fault.target.removeprefix("n")) - 1 if fault.target.startswith("n") else 0
+            await asyncio.to_thread(self.cluster.kill, index)
+            await asyncio.sleep(fault.seconds)
+            await asyncio.to_thread(self.cluster.restart, index)
         elif fault.kind == "kill_nats":
             await asyncio.to_thread(self.nats.kill)
             await asyncio.sleep(fault.seconds)
             await asyncio.to_thread(self.nats.start, reuse=False)
+        elif fault.kind == "lose_nats_node":
+            if self.cluster is None:
+                raise ValueError("lose_nats_node needs a NATS cluster")
+            leader = await _stream_leader(self.cluster.url, Subjects(PREFIX).events_stream)
+            index = next(i for i, node in enumerate(self.cluster.nodes) if node.name == leader)
+            self.lost_nodes.append(leader)
+            await asyncio.to_thread(self.cluster.kill, index)
         elif fault.kind == "kill_postgres":
             await asyncio.to_thread(self.postgres.kill)
             await asyncio.sleep(fault.seconds)
@@ -243,8 +276,40 @@ class Stack:
         return codes
 
     def stop_servers(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
         self.nats.stop()
         self.postgres.stop()
+        if self.postgres.port is not None and self.postgres._running_port() is not None:
+            self.postgres.kill()  # a fast shutdown that did not end: nothing of a run may outlive it
+
+
+async def _wait_jetstream(url: str, timeout: float = 30.0) -> None:
+    """Until JetStream answers (a new cluster first elects its meta leader)."""
+    nc = await nats.connect(url.split(","))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await nc.jetstream().account_info()
+                return
+            except nats.errors.Error:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+async def _stream_leader(url: str, stream: str) -> str:
+    nc = await nats.connect(url.split(","))
+    try:
+        info = await nc.jetstream().stream_info(stream)
+        if info.cluster is None or info.cluster.leader is None:
+            raise RuntimeError(f"stream {stream} has no cluster leader")
+        return info.cluster.leader
+    finally:
+        await nc.close()
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -324,14 +389,9 @@ async def _wait_quiet(dsn: str, timeout: float) -> bool:
     return False
 
 
-async def run_stack(config: ChaosConfig, workdir: Path, *, with_faults: bool = True) -> RunResult:
-    """One run: servers, portfolios, the stack, the clock, the faults; then the invariants."""
-    t0 = time.perf_counter()
-    stack = Stack(workdir, config)
-    faults = plan_faults(config) if with_faults else []
-    fault_log: list[str] = []
-    violations: list[str] = []
-    clock_exit: int | None = None
+async def _run_and_check(
+    stack: Stack, config: ChaosConfig, faults: list[Fault], fault_log: list[str], violations: list[str]
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     try:
         await stack.start_servers()
         start, end = virtual_span(config.first_day, config.days)
@@ -348,17 +408,8 @@ async def run_stack(config: ChaosConfig, workdir: Path, *, with_faults: bool = T
         stack.spawn("clock")
         clock = stack.processes["clock"]
         injector = asyncio.create_task(_carry_out(stack, faults, clock, fault_log))
-        # The clock ends the run (exit 0 after the last slot, 1 when a tick never got a recorded end); a
-        # fault may kill it, and it is then restarted like any service (it resumes from the ledger).
-        while True:
-            code = await asyncio.to_thread(stack.processes["clock"].wait)
-            if code in (0, 1) or not with_faults:
-                clock_exit = code
-                break
-            await asyncio.sleep(0.1)
-            if stack.processes["clock"].poll() is not None and injector.done():
-                clock_exit = code
-                break
+        # The clock ends the run: exit 0 after the last slot, 1 when a tick never got a recorded end.
+        clock_exit = await asyncio.to_thread(clock.wait)
         await injector
         if clock_exit != 0:
             violations.append(f"the virtual clock ended with exit status {clock_exit}: "
@@ -370,13 +421,30 @@ async def run_stack(config: ChaosConfig, workdir: Path, *, with_faults: bool = T
     died = {n: c for n, c in codes.items() if n != "clock" and c not in (0, -signal.SIGTERM)}
     if died:
         violations.append(f"service processes that had died on their own: {died}")
+    return await check_invariants(stack, config, start, end)
+
+
+async def run_stack(
+    config: ChaosConfig, workdir: Path, *, with_faults: bool = True, faults: list[Fault] | None = None
+) -> RunResult:
+    """One run: servers, portfolios, the stack, the clock, the faults (``faults``, else the seeded plan
+    when ``with_faults``); then the invariants."""
+    t0 = time.perf_counter()
+    stack = Stack(workdir, config)
+    if faults is None:
+        faults = plan_faults(config) if with_faults else []
+    fault_log: list[str] = []
+    violations: list[str] = []
+    clock_exit: int | None = None
     try:
-        facts, outcome, found = await check_invariants(stack, config, start, end)
+        facts, outcome, found = await _run_and_check(stack, config, faults, fault_log, violations)
+        clock_exit = stack.processes["clock"].returncode
     finally:
         stack.stop_servers()
     violations.extend(found)
     facts["faults_log"] = fault_log
     facts["restarts"] = dict(stack.restarts)
+    facts["lost_nats_nodes"] = stack.lost_nodes
     return RunResult(
         seed=config.seed,
         faults=[{**asdict(f), "at": f.at.isoformat()} for f in faults],
@@ -394,17 +462,17 @@ async def run_stack(config: ChaosConfig, workdir: Path, *, with_faults: bool = T
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return str(value.normalize()) if value == value.to_integral() else str(value)
+        return f"{value.normalize():f}"  # 100000.00 and 1E+5 alike: "100000"
     if isinstance(value, datetime | date):
         return value.isoformat()
     return value
 
 
-async def _dead_letters(nats_url: str) -> int:
-    nc = await nats.connect(nats_url)
+async def _stream_messages(nats_url: str, stream: str) -> int:
+    nc = await nats.connect(nats_url.split(","))
     try:
         try:
-            info = await nc.jetstream().stream_info(Subjects(PREFIX).dlq_stream)
+            info = await nc.jetstream().stream_info(stream)
         except NotFoundError:
             return 0
         return int(info.state.messages)
@@ -541,10 +609,20 @@ async def check_invariants(
         if len(snapshots) != expected_snapshots:
             violations.append(f"{len(snapshots)} snapshot streams, expected {expected_snapshots}")
 
-        dead = await _dead_letters(stack.nats.url)
+        subjects = Subjects(PREFIX)
+        dead = await _stream_messages(stack.nats_url, subjects.dlq_stream)
         facts["dead_letters"] = dead
         if dead:
             violations.append(f"{dead} dead letters")
+        # every event published once by the relay (JetStream drops a republished event id as a repeat)
+        published = await _stream_messages(stack.nats_url, subjects.events_stream)
+        facts["events_published"] = published
+        if published != facts["events"]:
+            violations.append(f"{published} events in JetStream, {facts['events']} in the store")
+        ticks_published = await _stream_messages(stack.nats_url, subjects.ticks_stream)
+        facts["ticks_published"] = ticks_published
+        if ticks_published != len(slots):
+            violations.append(f"{ticks_published} ticks in JetStream, {len(slots)} slots")
     finally:
         await store.close()
     outcome = {

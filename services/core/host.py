@@ -28,7 +28,7 @@ from services.core.jobs.runner import JobRunner
 from services.core.metrics import serve_metrics
 from services.core.projections import known_projections
 from services.core.runtime import Runtime, connect_runtime
-from services.core.settings import Settings, SettingsError, load_settings
+from services.core.settings import Settings, SettingsError, load_settings, split_nats_urls
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ async def hosted(
         bus_logger = logging.getLogger("openbell.bus")
         bus_logger.setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
         bus = NatsBroker(
-            runtime.servers.nats_url,
+            split_nats_urls(runtime.servers.nats_url),
             max_reconnect_attempts=-1,
             logger=bus_logger,
             log_level=logging.DEBUG,

@@ -58,8 +58,9 @@ class Subjects:
     def dlq_stream(self) -> str:
         return f"{self.prefix.upper().replace('-', '_')}_DLQ"
 
-    async def ensure_streams(self, js: JetStreamContext, *, dedupe_window: float = 900.0) -> None:
-        """Create (or update) the JetStream streams. ``dedupe_window``: seconds a Nats-Msg-Id is remembered."""
+    async def ensure_streams(self, js: JetStreamContext, *, dedupe_window: float = 900.0, replicas: int = 1) -> None:
+        """Create (or update) the JetStream streams. ``dedupe_window``: seconds a Nats-Msg-Id is remembered;
+        ``replicas``: copies of each stream in a cluster (OPENBELL_STREAM_REPLICAS; 3 survives a lost server)."""
         configs = [
             StreamConfig(name=self.ticks_stream, subjects=[f"{self.prefix}.tick.>"]),
             StreamConfig(name=self.events_stream, subjects=[f"{self.prefix}.event.>"]),
@@ -75,6 +76,7 @@ class Subjects:
             config.storage = StorageType.FILE
             config.discard = DiscardPolicy.OLD
             config.duplicate_window = dedupe_window
+            config.num_replicas = replicas
             try:
                 await js.stream_info(config.name)  # type: ignore[arg-type]
             except NotFoundError:
