@@ -193,7 +193,7 @@ class Stack:
             await asyncio.to_thread(self.nats.start, reuse=False)
         else:
             await asyncio.to_thread(self.cluster.start)
-            await _wait_jetstream(self.cluster.url)
+            await _create_streams(self.cluster.url, self.config.nats_nodes)
 
     def spawn(self, name: str) -> None:
         if name == "clock":
@@ -284,14 +284,15 @@ class Stack:
             self.postgres.kill()  # a fast shutdown that did not end: nothing of a run may outlive it
 
 
-async def _wait_jetstream(url: str, timeout: float = 30.0) -> None:
-    """Until JetStream answers (a new cluster first elects its meta leader)."""
+async def _create_streams(url: str, replicas: int, timeout: float = 60.0) -> None:
+    """Create the streams before the services start, as a deployment would: a new cluster first elects its
+    JetStream meta leader, then forms each stream's replica group (seconds on a loaded machine)."""
     nc = await nats.connect(url.split(","))
     try:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                await nc.jetstream().account_info()
+                await Subjects(PREFIX).ensure_streams(nc.jetstream(), replicas=replicas)
                 return
             except nats.errors.Error:
                 if time.monotonic() > deadline:

@@ -78,8 +78,16 @@ class Subjects:
             config.duplicate_window = dedupe_window
             config.num_replicas = replicas
             try:
-                await js.stream_info(config.name)  # type: ignore[arg-type]
+                info = await js.stream_info(config.name)  # type: ignore[arg-type]
             except NotFoundError:
                 await js.add_stream(config)
             else:
-                await js.update_stream(config)
+                # Only when something changed: on a cluster every update is a round of consensus, and every
+                # process of a stack ensures the streams as it starts.
+                if _differs(info.config, config):
+                    await js.update_stream(config)
+
+
+def _differs(current: StreamConfig, wanted: StreamConfig) -> bool:
+    fields = ("subjects", "retention", "storage", "discard", "duplicate_window", "num_replicas")
+    return any(getattr(current, f) != getattr(wanted, f) for f in fields)
