@@ -422,6 +422,12 @@ async def _run_and_check(
     died = {n: c for n, c in codes.items() if n != "clock" and c not in (0, -signal.SIGTERM)}
     if died:
         violations.append(f"service processes that had died on their own: {died}")
+    # A loop that ended while its process stayed up (and looked healthy) is a fault of its own.
+    for name in stack.processes:
+        lines = stack.log_text(name).splitlines()
+        stopped = [line for line in lines if "background task" in line and "stopped" in line]
+        if stopped:
+            violations.append(f"{name}: {stopped[0].split(': ', 1)[-1][:200]}")
     return await check_invariants(stack, config, start, end)
 
 
