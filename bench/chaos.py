@@ -58,6 +58,7 @@ from services.clock import schedule
 from services.clock.virtual import virtual_span
 from services.core.embedded import EmbeddedNats, EmbeddedPostgres
 from services.core.events import registry
+from services.core.jobs.consumer import H_REASON
 from services.core.jobs.events import jobrun_stream
 from services.core.jobs.types import parse_tick_id
 from services.core.nats_cluster import NatsCluster
@@ -487,6 +488,22 @@ async def _stream_messages(nats_url: str, stream: str) -> int:
         await nc.close()
 
 
+async def _dead_letter_reasons(nats_url: str, stream: str, count: int) -> list[str]:
+    """Each dead letter's subject and the reason the consumer gave (header ``Openbell-Dlq-Reason``)."""
+    nc = await nats.connect(nats_url.split(","))
+    try:
+        js = nc.jetstream()
+        reasons = []
+        for seq in range(1, min(count, 20) + 1):
+            with contextlib.suppress(NotFoundError):
+                msg = await js.get_msg(stream, seq)
+                reason = (msg.headers or {}).get(H_REASON, "?")
+                reasons.append(f"{msg.subject}: {reason[:200]}")
+        return reasons
+    finally:
+        await nc.close()
+
+
 async def check_invariants(
     stack: Stack, config: ChaosConfig, start: datetime, end: datetime
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
@@ -620,7 +637,9 @@ async def check_invariants(
         dead = await _stream_messages(stack.nats_url, subjects.dlq_stream)
         facts["dead_letters"] = dead
         if dead:
-            violations.append(f"{dead} dead letters")
+            reasons = await _dead_letter_reasons(stack.nats_url, subjects.dlq_stream, dead)
+            facts["dead_letter_reasons"] = reasons
+            violations.append(f"{dead} dead letters: {reasons[:3]}")
         # every event published once by the relay (JetStream drops a republished event id as a repeat)
         published = await _stream_messages(stack.nats_url, subjects.events_stream)
         facts["events_published"] = published
