@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
 import typer
@@ -51,6 +51,9 @@ class SafeConsole(Console):
 
 console = SafeConsole(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
 err_console = SafeConsole(stderr=True, soft_wrap=True)
+
+if TYPE_CHECKING:
+    from services.core.host import ServiceContext
 
 T = TypeVar("T")
 
@@ -231,15 +234,29 @@ def replay(
 @app.command()
 def serve(
     names: Annotated[list[str] | None, typer.Argument(help="Services to run (default: all).")] = None,
+    virtual: Annotated[
+        bool, typer.Option("--virtual", help="Simulated time: each slot once the previous slot's runs are recorded.")
+    ] = False,
+    from_day: Annotated[
+        str | None, typer.Option("--from", help="With --virtual and clock: first exchange date YYYY-MM-DD.")
+    ] = None,
+    days: Annotated[int, typer.Option("--days", help="With --virtual and clock: trading days to run.")] = 1,
+    tick_timeout: Annotated[
+        float, typer.Option("--tick-timeout", help="With --virtual and clock: seconds a tick's run may take.")
+    ] = 600.0,
 ) -> None:
     """Run openbell services in this process until interrupted (relay, projections, clock, strategy,
-    orders, positions, alerts, web, or all). More copies of a service share its work."""
+    orders, positions, alerts, web, or all). More copies of a service share its work.
+
+    With --virtual every service runs in simulated time; a virtual clock (clock with --from and --days)
+    emits each slot once the previous slot's runs are recorded, and the process ends after the last."""
     from services.broker import check_trading_configuration
     from services.broker.errors import BrokerConfigError
     from services.core.host import resolve_services, serve_forever
 
     try:
         chosen = resolve_services(names or [])
+        until = _virtual_clock_run(chosen, virtual, from_day, days, tick_timeout)
     except ValueError as exc:
         raise fail(str(exc)) from None
     try:
@@ -247,8 +264,50 @@ def serve(
         check_trading_configuration()  # refused here, at start: never an idle service that warns forever
     except (SettingsError, BrokerConfigError) as exc:
         raise fail(str(exc), 2) from None
-    console.print(f"serving: {', '.join(chosen)} (Ctrl-C to stop)")
-    run_async(lambda: serve_forever(chosen))
+    console.print(f"serving: {', '.join(chosen)}{' in virtual time' if virtual else ''} (Ctrl-C to stop)")
+    run_async(lambda: serve_forever(chosen, virtual=virtual, until=until))
+
+
+def _virtual_clock_run(
+    chosen: list[str], virtual: bool, from_day: str | None, days: int, tick_timeout: float
+) -> Callable[[ServiceContext], Awaitable[None]] | None:
+    """The virtual clock's run when ``serve clock --virtual --from DATE`` asks for one (else None)."""
+    from datetime import date
+
+    from services.clock.virtual import VirtualClock, VirtualClockStalled, virtual_span
+
+    if not virtual:
+        if from_day is not None:
+            raise ValueError("--from needs --virtual (the real-time clock runs from now)")
+        return None
+    if "clock" not in chosen:
+        if from_day is not None:
+            raise ValueError("--from is the virtual clock's: add the clock service")
+        return None
+    if from_day is None:
+        raise ValueError("a virtual clock needs --from YYYY-MM-DD (and --days N)")
+    try:
+        first = date.fromisoformat(from_day)
+    except ValueError:
+        raise ValueError(f"invalid --from {from_day!r}: expected YYYY-MM-DD") from None
+    if tick_timeout <= 0:
+        raise ValueError("--tick-timeout must be positive")
+    start, end = virtual_span(first, days)
+
+    async def run(ctx: ServiceContext) -> None:
+        clock = VirtualClock(ctx.rt.store, ctx.rt.nc, ctx.rt.subjects, tick_timeout=tick_timeout)
+        try:
+            result = await clock.run(start, end, resume=True)
+        except VirtualClockStalled as exc:
+            raise CommandError(str(exc)) from None
+        console.print(
+            f"virtual clock: {result.instants} instants ({result.resumed_instants} already run), {result.ticks}"
+            f" ticks from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC in {result.seconds:.1f}s;"
+            f" {dict(sorted(result.outcomes.items()))}",
+            highlight=False,
+        )
+
+    return run
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -13,6 +13,11 @@ Usage::
     result.executions[JobType.PRICE_UPDATE]    # ticks run per job
 
 Use a subject prefix of its own for simulations: the tick subjects are the real ones.
+
+A restarted virtual clock resumes where the ledger is: it runs from the start again, and an instant whose
+ticks all have a recorded end is passed without publishing (``resume``), so a whole stack of processes
+(``openbell serve ... --virtual``, with ``openbell serve clock --virtual --from DATE --days N``) survives
+the clock's own crash as well as its consumers'.
 """
 
 from __future__ import annotations
@@ -25,14 +30,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
+import asyncpg
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from eventstore import EventStore
-from services.clock import schedule
+from services.clock import calendar, schedule
 from services.clock.schedule import JobType, Slot, TickReason
 from services.clock.ticks import publish_tick
 from services.core.jobs.events import JobExecutionCompleted, JobExecutionFailed, JobExecutionSkipped, jobrun_stream
@@ -43,6 +50,22 @@ log = logging.getLogger(__name__)
 
 _TERMINAL_TYPES = frozenset(
     cls.__name__ for cls in (JobExecutionCompleted, JobExecutionFailed, JobExecutionSkipped)
+)
+
+
+def virtual_span(first_day: date, days: int) -> tuple[datetime, datetime]:
+    """The instants a virtual run over ``days`` trading sessions from ``first_day`` (or the next session)
+    covers: from a minute before the first open to ten minutes after the last close (the snapshot)."""
+    if days < 1:
+        raise ValueError(f"--days must be at least 1, not {days}")
+    sessions = list(itertools.islice(calendar.sessions_from(first_day), days))
+    return sessions[0].open - timedelta(minutes=1), sessions[-1].close + timedelta(minutes=10)
+
+
+# What a restart of NATS or PostgreSQL raises at the clock while it is down: the clock waits it out.
+_SERVER_DOWN = (
+    OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+    nats.errors.Error,
 )
 
 
@@ -58,6 +81,7 @@ class VirtualRunResult:
     instants: int = 0
     executions: Counter[JobType] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)  # completed / failed / skipped
+    resumed_instants: int = 0  # instants a previous run of the clock had already seen through
     seconds: float = 0.0
 
 
@@ -97,12 +121,34 @@ class VirtualClock:
             self._wake.set()
 
     async def _recorded_end(self, tick_id: str) -> str | None:
-        """The ledger's end of this tick's run, read from the store (None while it is not recorded)."""
+        """The ledger's end of this tick's run, read from the store (None while it is not recorded, or
+        while the database cannot be read: the next poll asks again)."""
         status: str | None = None
-        async for e in self.store.read_stream(jobrun_stream(tick_id)):
-            if e.type in _TERMINAL_TYPES:
-                status = e.type.removeprefix("JobExecution").lower()
+        try:
+            async for e in self.store.read_stream(jobrun_stream(tick_id)):
+                if e.type in _TERMINAL_TYPES:
+                    status = e.type.removeprefix("JobExecution").lower()
+        except _SERVER_DOWN as exc:
+            log.warning("cannot read the job ledger (%s); asking again", type(exc).__name__)
+            return None
         return status
+
+    async def _publish(self, tick: Tick) -> None:
+        """Publish until JetStream has it (a restart of NATS is waited out, up to the tick timeout)."""
+        deadline = time.monotonic() + self.tick_timeout
+        delay = 0.1
+        while True:
+            try:
+                await publish_tick(self.js, self.subjects, tick)
+                return
+            except _SERVER_DOWN as exc:
+                if time.monotonic() > deadline:
+                    raise VirtualClockStalled(
+                        f"could not publish {tick.tick_id} for {self.tick_timeout:.0f}s: {type(exc).__name__}"
+                    ) from None
+                log.warning("publishing %s failed (%s); retrying", tick.tick_id, type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _wait_recorded(self, tick_ids: list[str]) -> dict[str, str]:
         pending = set(tick_ids)
@@ -140,20 +186,28 @@ class VirtualClock:
         end: datetime,
         *,
         on_instant: Callable[[datetime, list[Tick]], None] | None = None,
+        resume: bool = False,
     ) -> VirtualRunResult:
-        """Emit every slot with ``start < t <= end`` in simulated time; returns what ran."""
+        """Emit every slot with ``start < t <= end`` in simulated time; returns what ran. With ``resume``,
+        the leading instants whose ticks all have a recorded end already are passed without publishing."""
         result = VirtualRunResult(start=start, end=end)
         t0 = time.perf_counter()
         sub = await self.nc.subscribe(f"{self.subjects.prefix}.feed.job.*", cb=self._on_feed)
         try:
             slots = schedule.all_slots_between(start, end, self.jobs)
+            resuming = resume
             for instant, group in itertools.groupby(slots, key=lambda s: s.scheduled_at):
                 ticks = [self._tick(slot) for slot in group]
-                for tick in ticks:
-                    await publish_tick(self.js, self.subjects, tick)
-                if on_instant is not None:
-                    on_instant(instant, ticks)
-                ends = await self._wait_recorded([t.tick_id for t in ticks])
+                ends = await self._all_recorded(ticks) if resuming else None
+                if ends is None:
+                    resuming = False
+                    for tick in ticks:
+                        await self._publish(tick)
+                    if on_instant is not None:
+                        on_instant(instant, ticks)
+                    ends = await self._wait_recorded([t.tick_id for t in ticks])
+                else:
+                    result.resumed_instants += 1
                 result.instants += 1
                 result.ticks += len(ticks)
                 result.executions.update(t.job_type for t in ticks)
@@ -162,6 +216,16 @@ class VirtualClock:
             await sub.unsubscribe()
         result.seconds = time.perf_counter() - t0
         return result
+
+    async def _all_recorded(self, ticks: list[Tick]) -> dict[str, str] | None:
+        """Each tick's recorded end, or None as soon as one has none yet."""
+        ends: dict[str, str] = {}
+        for tick in ticks:
+            status = await self._recorded_end(tick.tick_id)
+            if status is None:
+                return None
+            ends[tick.tick_id] = status
+        return ends
 
     @staticmethod
     def _tick(slot: Slot) -> Tick:

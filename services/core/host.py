@@ -28,7 +28,7 @@ from services.core.jobs.runner import JobRunner
 from services.core.metrics import serve_metrics
 from services.core.projections import known_projections, report_stops
 from services.core.runtime import Runtime, connect_runtime
-from services.core.settings import Settings, SettingsError, load_settings
+from services.core.settings import Settings, SettingsError, load_settings, split_nats_urls
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ async def hosted(
         bus_logger = logging.getLogger("openbell.bus")
         bus_logger.setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
         bus = NatsBroker(
-            runtime.servers.nats_url,
+            split_nats_urls(runtime.servers.nats_url),
             max_reconnect_attempts=-1,
             logger=bus_logger,
             log_level=logging.DEBUG,
@@ -185,7 +185,15 @@ async def hosted(
                 await ctx._broker.aclose()
 
 
-async def serve_forever(names: Sequence[str], settings: Settings | None = None) -> None:
+async def serve_forever(
+    names: Sequence[str],
+    settings: Settings | None = None,
+    *,
+    virtual: bool = False,
+    until: Callable[[ServiceContext], Awaitable[None]] | None = None,
+) -> None:
+    """Run the services until SIGINT/SIGTERM, or until ``until(ctx)`` returns (a virtual clock's run: the
+    process then ends with it). ``virtual``: the services run in simulated time (see ``hosted``)."""
     import signal
 
     settings = settings or load_settings()
@@ -207,10 +215,29 @@ async def serve_forever(names: Sequence[str], settings: Settings | None = None) 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with hosted(names, settings):
-            await stop.wait()
+        async with hosted(names, settings, virtual=virtual) as ctx:
+            if until is None:
+                await stop.wait()
+            else:
+                await _until_done_or_stopped(until(ctx), stop)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         if stop_metrics is not None:
             stop_metrics()
+
+
+async def _until_done_or_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:
+    """Await ``work``; a stop request cancels it. Its exception, if any, is the caller's."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.done() and not task.cancelled():
+        task.result()

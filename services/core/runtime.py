@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from eventstore import AppendResult, EventStore
 from services.core import metrics
 from services.core.embedded import EmbeddedNats, EmbeddedPostgres
-from services.core.settings import Settings, load_settings
+from services.core.settings import Settings, load_settings, split_nats_urls
 from services.core.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,10 @@ def parse_append_notice(body: bytes) -> tuple[str, int | None]:
 
 
 async def connect_nats(url: str, name: str) -> NatsClient:
+    """Connect to ``url``: one server, or the comma-separated servers of a cluster (any one will do, and the
+    client fails over between them)."""
     return await nats.connect(
-        url,
+        split_nats_urls(url),
         name=name,
         max_reconnect_attempts=-1,  # a service waits out a NATS restart instead of dying
         reconnect_time_wait=0.5,
@@ -123,7 +125,9 @@ async def connect_runtime(
     try:
         js = nc.jetstream()
         subjects = Subjects(settings.subject_prefix)
-        await subjects.ensure_streams(js, dedupe_window=settings.dedupe_window_seconds)
+        await subjects.ensure_streams(
+            js, dedupe_window=settings.dedupe_window_seconds, replicas=settings.stream_replicas
+        )
         runtime = Runtime(settings, servers, store, nc, js, subjects)
 
         pending: set[asyncio.Task[None]] = set()  # keeps each notice alive until sent

@@ -24,7 +24,8 @@ class Settings(BaseSettings):
 
     # Where the embedded servers keep their data (and the default for everything else local).
     data_dir: Path = Path(".openbell")
-    # When unset, openbell starts (or reuses) its own nats-server / PostgreSQL under data_dir.
+    # When unset, openbell starts (or reuses) its own nats-server / PostgreSQL under data_dir. Several NATS
+    # URLs (comma-separated: the servers of a cluster) are all given to every connection, which fails over.
     nats_url: str | None = None
     database_url: SecretStr | None = None
     # Every subject and stream name derives from this, so two deployments (or two tests) can share a server.
@@ -39,6 +40,8 @@ class Settings(BaseSettings):
     # keeps extending it), and how long a job run started by a worker that died blocks its tick.
     ack_wait_seconds: float = Field(default=30.0, gt=0)
     job_takeover_seconds: float = Field(default=120.0, gt=0)
+    # Copies of each JetStream stream in a NATS cluster (3 survives the loss of one server; 1: one server).
+    stream_replicas: int = Field(default=1, ge=1, le=5)
     # An order request that reaches submission longer than this after its tick (by the wall clock, with a
     # broker that trades in real time: Alpaca) is not sent: it was decided on the prices of that tick.
     order_max_age_seconds: float = Field(default=300.0, gt=0)
@@ -54,9 +57,12 @@ class Settings(BaseSettings):
     @field_validator("nats_url")
     @classmethod
     def _nats_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("nats://", "tls://", "ws://", "wss://")):
-            raise ValueError("must start with nats://, tls://, ws:// or wss://")
-        return value
+        if value is None:
+            return None
+        urls = split_nats_urls(value)
+        if not urls or not all(url.startswith(("nats://", "tls://", "ws://", "wss://")) for url in urls):
+            raise ValueError("must be URLs starting with nats://, tls://, ws:// or wss:// (comma-separated)")
+        return ",".join(urls)
 
     @field_validator("web_token", mode="before")
     @classmethod
@@ -77,6 +83,11 @@ class Settings(BaseSettings):
         if value is not None and not value.get_secret_value().startswith(("postgres://", "postgresql://")):
             raise ValueError("must start with postgresql:// or postgres://")
         return value
+
+
+def split_nats_urls(value: str) -> list[str]:
+    """``nats://a:4222, nats://b:4222`` -> the URLs, in order (the servers of one cluster)."""
+    return [url.strip() for url in value.split(",") if url.strip()]
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -66,8 +66,9 @@ class Subjects:
         """Captures every live feed message, so a reader (the web service) can resume from a sequence."""
         return f"{self.prefix.upper().replace('-', '_')}_FEEDS"
 
-    async def ensure_streams(self, js: JetStreamContext, *, dedupe_window: float = 900.0) -> None:
-        """Create (or update) the JetStream streams. ``dedupe_window``: seconds a Nats-Msg-Id is remembered."""
+    async def ensure_streams(self, js: JetStreamContext, *, dedupe_window: float = 900.0, replicas: int = 1) -> None:
+        """Create (or update) the JetStream streams. ``dedupe_window``: seconds a Nats-Msg-Id is remembered;
+        ``replicas``: copies of each stream in a cluster (OPENBELL_STREAM_REPLICAS; 3 survives a lost server)."""
         configs = [
             StreamConfig(name=self.ticks_stream, subjects=[f"{self.prefix}.tick.>"]),
             StreamConfig(name=self.events_stream, subjects=[f"{self.prefix}.event.>"]),
@@ -89,9 +90,18 @@ class Subjects:
             config.storage = StorageType.FILE
             config.discard = DiscardPolicy.OLD
             config.duplicate_window = dedupe_window
+            config.num_replicas = replicas
             try:
-                await js.stream_info(config.name)  # type: ignore[arg-type]
+                info = await js.stream_info(config.name)  # type: ignore[arg-type]
             except NotFoundError:
                 await js.add_stream(config)
             else:
-                await js.update_stream(config)
+                # Only when something changed: on a cluster every update is a round of consensus, and every
+                # process of a stack ensures the streams as it starts.
+                if _differs(info.config, config):
+                    await js.update_stream(config)
+
+
+def _differs(current: StreamConfig, wanted: StreamConfig) -> bool:
+    fields = ("subjects", "retention", "storage", "discard", "duplicate_window", "num_replicas")
+    return any(getattr(current, f) != getattr(wanted, f) for f in fields)

@@ -1,0 +1,41 @@
+"""The chaos suite's quick seed: the stack as separate processes (relay+projections, two strategy, two
+orders, positions, alerts, the virtual clock) over one virtual day, one fault of each kind, then every
+invariant of bench.chaos and the same books, orders and snapshots as a fault-free run of the same seed.
+
+Longer runs: ``python -m bench.chaos --seeds 10 --days 2``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from bench.chaos import FAULT_KINDS, ChaosConfig, compare_outcomes, plan_faults, run_stack
+
+QUICK = ChaosConfig(seed=3, days=1, portfolios=3, faults=4, tick_timeout=60.0, quiet_timeout=45.0)
+
+
+def test_fault_plan_is_seeded_and_covers_every_kind() -> None:
+    plan = plan_faults(QUICK)
+    assert plan == plan_faults(QUICK)
+    assert plan != plan_faults(ChaosConfig(seed=4, faults=4))
+    assert {f.kind for f in plan} == set(FAULT_KINDS)
+    assert all(a.at <= b.at for a, b in itertools.pairwise(plan))
+    for fault in plan:
+        assert fault.at.date() == date(2026, 11, 2)
+        assert 5 <= fault.seconds <= 10 if fault.kind == "stop" else 0.5 <= fault.seconds <= 3
+
+
+@pytest.mark.timeout(400)
+async def test_quick_seed_keeps_every_invariant(tmp_path: Path) -> None:
+    reference = await run_stack(QUICK, tmp_path / "reference", with_faults=False)
+    assert reference.violations == [], reference.clock_output
+    assert reference.facts["orders"] > 0 and reference.facts["snapshots"] == QUICK.portfolios
+
+    result = await run_stack(QUICK, tmp_path / "faults")
+    assert len(result.facts["faults_log"]) == QUICK.faults, result.facts["faults_log"]
+    assert result.violations == [], "\n".join([*result.violations, *result.facts["faults_log"]])
+    assert compare_outcomes(reference.outcome, result.outcome) == []
