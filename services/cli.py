@@ -7,11 +7,14 @@ Each service adds its commands through a ``register(app)`` function in its own `
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
+import json
 import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import msgspec
@@ -22,7 +25,9 @@ from rich.table import Table
 
 from eventstore import EventStoreError, PositionNotFound, RecordedEvent
 from services.core import eventloop
+from services.core.embedded import EmbeddedServerError
 from services.core.runtime import connect_runtime
+from services.core.servers import ServerUnreachable
 from services.core.settings import SettingsError, load_settings
 
 app = typer.Typer(
@@ -70,12 +75,69 @@ def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
     logging.basicConfig(level=settings_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return eventloop.run(coro_factory())  # type: ignore[arg-type]
-    except SettingsError as exc:
+    except (SettingsError, ServerUnreachable, EmbeddedServerError) as exc:
         raise fail(str(exc), 2) from None
     except (CommandError, EventStoreError, ValueError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+# ------------------------------------------------------------------------------------------ servers
+
+servers_app = typer.Typer(
+    help="The embedded nats-server and PostgreSQL under OPENBELL_DATA_DIR: they run until stopped.",
+    no_args_is_help=True,
+)
+app.add_typer(servers_app, name="servers")
+
+
+def _data_dir_or_fail() -> Path:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise fail(str(exc), 2) from None
+    return settings.data_dir
+
+
+@servers_app.command("start")
+def servers_start() -> None:
+    """Start the embedded servers detached (or say that they run already), on their recorded ports."""
+    from services.core.servers import ensure_embedded
+
+    data_dir = _data_dir_or_fail()
+    try:
+        started = ensure_embedded(data_dir)
+    except EmbeddedServerError as exc:
+        raise fail(str(exc), 2) from None
+    for line in started.lines:
+        console.print(line, highlight=False)
+
+
+@servers_app.command("stop")
+def servers_stop() -> None:
+    """Stop the embedded servers of this data dir (services and tails using them lose their connection)."""
+    from services.core.servers import stop_embedded
+
+    for line in stop_embedded(_data_dir_or_fail()):
+        console.print(line, highlight=False)
+
+
+@servers_app.command("status")
+def servers_status(
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON object: {servers: [...]}.")] = False,
+) -> None:
+    """Whether the embedded servers run, with their pid, ports and data dir (exit 1 when one is stopped)."""
+    from services.core.servers import embedded_status
+
+    statuses = embedded_status(_data_dir_or_fail())
+    if as_json:
+        sys.stdout.write(json.dumps({"servers": [dataclasses.asdict(s) for s in statuses]}) + "\n")
+    else:
+        for status in statuses:
+            console.print(status.line(), highlight=False)
+    if not all(s.running for s in statuses):
+        raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------------------- doctor
