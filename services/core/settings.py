@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     # `openbell serve` exposes Prometheus metrics on this port (unset: no metrics server).
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_address: str = "127.0.0.1"
+    # `openbell serve` logs a heartbeat line (services, market, next ticks) at start and this often.
+    heartbeat_seconds: float = Field(default=300.0, gt=0)
 
     @field_validator("nats_url")
     @classmethod
