@@ -141,7 +141,7 @@ def parse_append_notice(body: bytes) -> tuple[str, int | None]:
 async def connect_nats(url: str, name: str, *, timeout: float = CONNECT_TIMEOUT_SECONDS) -> NatsClient:
     """A client that waits out NATS restarts once connected (one warning line when the connection is lost,
     one when it is back), or :class:`ServerUnreachable` when the first connect does not succeed within
-    ``timeout`` (at once for a refused user or password)."""
+    ``timeout`` (at once when refused)."""
     where = redact_url(url)
     errors: list[BaseException] = []
     refused = asyncio.Event()
@@ -151,7 +151,8 @@ async def connect_nats(url: str, name: str, *, timeout: float = CONNECT_TIMEOUT_
         # nats-py reports every failed reconnect attempt here: kept for the one-line message, not logged.
         errors.append(exc)
         del errors[:-1]
-        if isinstance(exc, nats.errors.AuthorizationError) and not state["connected"]:
+        # A refused connection or credentials will not change within seconds: say so at once.
+        if isinstance(exc, nats.errors.AuthorizationError | ConnectionRefusedError) and not state["connected"]:
             refused.set()
         log.debug("nats %s: %r", where, exc)
 

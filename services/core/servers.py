@@ -99,6 +99,10 @@ def _lifecycle_lock(data_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+# (data dir, server) this process started: using them again later is not news worth a line.
+_started_by_this_process: set[tuple[Path, str]] = set()
+
+
 def ensure_embedded(data_dir: Path, *, postgres: bool = True, nats: bool = True) -> EmbeddedServers:
     """Use the embedded servers running for ``data_dir``; start the missing ones detached."""
     data_dir = data_dir.resolve()
@@ -111,21 +115,25 @@ def ensure_embedded(data_dir: Path, *, postgres: bool = True, nats: bool = True)
             running = pg_server._running_port()
             if running is not None:
                 pg_server.port = running
-                lines.append(f"using PostgreSQL on 127.0.0.1:{running} (already running)")
+                if (data_dir, "postgres") not in _started_by_this_process:
+                    lines.append(f"using PostgreSQL on 127.0.0.1:{running} (already running)")
             else:
                 pg_server.port = _free(ports.get("postgres"))
                 pg_server.start(reuse=False)
+                _started_by_this_process.add((data_dir, "postgres"))
                 lines.append(f"started PostgreSQL on 127.0.0.1:{pg_server.port} (stop: openbell servers stop)")
         if nats:
             nats_server = EmbeddedNats(data_dir / "nats", detached=True)
             state = nats_server._read_state()
             if state is not None:
                 nats_server.port, nats_server.websocket_port = int(state["port"]), state.get("websocket_port")
-                lines.append(f"using nats-server on 127.0.0.1:{nats_server.port} (already running)")
+                if (data_dir, "nats") not in _started_by_this_process:
+                    lines.append(f"using nats-server on 127.0.0.1:{nats_server.port} (already running)")
             else:
                 nats_server.port = _free(ports.get("nats"))
                 nats_server.websocket_port = _free(ports.get("websocket"))
                 nats_server.start(reuse=False)
+                _started_by_this_process.add((data_dir, "nats"))
                 lines.append(
                     f"started nats-server on 127.0.0.1:{nats_server.port}, websocket {nats_server.websocket_port}"
                     " (stop: openbell servers stop)"
