@@ -83,6 +83,26 @@ def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
         raise typer.Exit(130) from None
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            console.print(f"openbell {version('openbell')}", highlight=False)
+        except PackageNotFoundError:
+            console.print("openbell (not installed as a package)", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """openbell: an event-sourced automated trading scheduler."""
+
+
 # ------------------------------------------------------------------------------------------ servers
 
 servers_app = typer.Typer(
@@ -187,13 +207,29 @@ def _event_line(event: RecordedEvent) -> str:
     )
 
 
+def event_json(event: RecordedEvent) -> dict[str, object]:
+    """One event as plain JSON: ``data`` an object (not the stored JSON text), times ISO 8601 with zone."""
+    return {
+        "global_position": event.global_position,
+        "stream_id": event.stream_id,
+        "version": event.version,
+        "event_id": str(event.event_id),
+        "type": event.type,
+        "recorded_at": event.recorded_at.isoformat(),
+        "data": msgspec.json.decode(event.data),
+        "metadata": event.metadata,
+    }
+
+
 @app.command()
 def events(
     stream: Annotated[str | None, typer.Option("--stream", "-s", help="Only this stream.")] = None,
     from_position: Annotated[int, typer.Option("--from", help="Start after this global position.")] = 0,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most this many events.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line (data and metadata as nested objects).")
+    ] = False,
 ) -> None:
     """Print the event log (the audit trail), in commit order."""
     if from_position < 0:
@@ -201,7 +237,7 @@ def events(
 
     def show(event: RecordedEvent) -> None:
         if as_json:
-            sys.stdout.write(msgspec.json.encode(event).decode() + "\n")
+            sys.stdout.write(msgspec.json.encode(event_json(event)).decode() + "\n")
         else:
             console.print(_event_line(event), highlight=False, markup=False)
 
@@ -226,6 +262,12 @@ def events(
                             return
             except PositionNotFound as exc:
                 raise CommandError(f"{exc} (use a position printed by 'openbell events')") from None
+            if stream is not None and shown == 0 and not follow:
+                raise CommandError(
+                    f"no stream {stream!r} in the event store (streams: openbell events shows them)"
+                    if await rt.store.stream_version(stream) < 0
+                    else f"stream {stream!r} has no events after position {from_position}"
+                )
 
     run_async(print_events)
 

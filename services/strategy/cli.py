@@ -69,9 +69,12 @@ def portfolio_open(
 
     try:
         Decimal(cash)
+    except InvalidOperation:
+        raise fail(f"--cash must be a number, e.g. 100000 (got {cash!r})") from None
+    try:
         risk_limits = json.loads(risk) if risk else {}
-    except (InvalidOperation, json.JSONDecodeError) as exc:
-        raise fail(f"--cash must be a number and --risk JSON ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise fail(f"--risk must be JSON, e.g. '{{\"max_order_notional\": \"5000\"}}' ({exc})") from None
     spec = {"name": name, "starting_cash": cash, "trading_mode": mode, "risk": risk_limits}
 
     async def action(store: Any) -> CommandResult:
