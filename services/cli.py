@@ -7,10 +7,13 @@ Each service adds its commands through a ``register(app)`` function in its own `
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
+import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
@@ -22,9 +25,11 @@ from rich.text import Text
 
 from eventstore import EventStoreError, PositionNotFound, RecordedEvent
 from services.core import eventloop
+from services.core.embedded import EmbeddedServerError
 from services.core.limits import printable
 from services.core.logs import configure_logging
 from services.core.runtime import connect_runtime
+from services.core.servers import ServerUnreachable
 from services.core.settings import SettingsError, load_settings
 
 app = typer.Typer(
@@ -87,12 +92,89 @@ def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
     configure_logging(settings_level)
     try:
         return eventloop.run(coro_factory())  # type: ignore[arg-type]
-    except SettingsError as exc:
+    except (SettingsError, ServerUnreachable, EmbeddedServerError) as exc:
         raise fail(str(exc), 2) from None
     except (CommandError, EventStoreError, ValueError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            console.print(f"openbell {version('openbell')}", highlight=False)
+        except PackageNotFoundError:
+            console.print("openbell (not installed as a package)", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """openbell: an event-sourced automated trading scheduler."""
+
+
+# ------------------------------------------------------------------------------------------ servers
+
+servers_app = typer.Typer(
+    help="The embedded nats-server and PostgreSQL under OPENBELL_DATA_DIR: they run until stopped.",
+    no_args_is_help=True,
+)
+app.add_typer(servers_app, name="servers")
+
+
+def _data_dir_or_fail() -> Path:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise fail(str(exc), 2) from None
+    return settings.data_dir
+
+
+@servers_app.command("start")
+def servers_start() -> None:
+    """Start the embedded servers detached (or say that they run already), on their recorded ports."""
+    from services.core.servers import ensure_embedded
+
+    data_dir = _data_dir_or_fail()
+    try:
+        started = ensure_embedded(data_dir)
+    except EmbeddedServerError as exc:
+        raise fail(str(exc), 2) from None
+    for line in started.lines:
+        console.print(line, highlight=False)
+
+
+@servers_app.command("stop")
+def servers_stop() -> None:
+    """Stop the embedded servers of this data dir (services and tails using them lose their connection)."""
+    from services.core.servers import stop_embedded
+
+    for line in stop_embedded(_data_dir_or_fail()):
+        console.print(line, highlight=False)
+
+
+@servers_app.command("status")
+def servers_status(
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON object: {servers: [...]}.")] = False,
+) -> None:
+    """Whether the embedded servers run, with their pid, ports and data dir (exit 1 when one is stopped)."""
+    from services.core.servers import embedded_status
+
+    statuses = embedded_status(_data_dir_or_fail())
+    if as_json:
+        sys.stdout.write(json.dumps({"servers": [dataclasses.asdict(s) for s in statuses]}) + "\n")
+    else:
+        for status in statuses:
+            console.print(status.line(), highlight=False)
+    if not all(s.running for s in statuses):
+        raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------------------- doctor
@@ -151,13 +233,29 @@ def _event_line(event: RecordedEvent) -> str:
     )
 
 
+def event_json(event: RecordedEvent) -> dict[str, object]:
+    """One event as plain JSON: ``data`` an object (not the stored JSON text), times ISO 8601 with zone."""
+    return {
+        "global_position": event.global_position,
+        "stream_id": event.stream_id,
+        "version": event.version,
+        "event_id": str(event.event_id),
+        "type": event.type,
+        "recorded_at": event.recorded_at.isoformat(),
+        "data": msgspec.json.decode(event.data),
+        "metadata": event.metadata,
+    }
+
+
 @app.command()
 def events(
     stream: Annotated[str | None, typer.Option("--stream", "-s", help="Only this stream.")] = None,
     from_position: Annotated[int, typer.Option("--from", help="Start after this global position.")] = 0,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
     limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most this many events.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line (data and metadata as nested objects).")
+    ] = False,
 ) -> None:
     """Print the event log (the audit trail), in commit order."""
     if from_position < 0:
@@ -165,7 +263,7 @@ def events(
 
     def show(event: RecordedEvent) -> None:
         if as_json:
-            sys.stdout.write(msgspec.json.encode(event).decode() + "\n")
+            sys.stdout.write(msgspec.json.encode(event_json(event)).decode() + "\n")
         else:
             console.print(_event_line(event), highlight=False, markup=False)
 
@@ -190,6 +288,12 @@ def events(
                             return
             except PositionNotFound as exc:
                 raise CommandError(f"{exc} (use a position printed by 'openbell events')") from None
+            if stream is not None and shown == 0 and not follow:
+                raise CommandError(
+                    f"no stream {stream!r} in the event store (streams: openbell events shows them)"
+                    if await rt.store.stream_version(stream) < 0
+                    else f"stream {stream!r} has no events after position {from_position}"
+                )
 
     run_async(print_events)
 

@@ -9,6 +9,7 @@ the deterministic simulator, so the same seed and days give the same prices, ord
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
+import nats.js.errors
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -163,16 +165,84 @@ def _money(value: Decimal | None) -> str:
     return "-" if value is None else f"{value:,.2f}"
 
 
-async def _reset(rt: Runtime) -> None:
-    """Forget the previous demo: everything in the embedded database, and this prefix's streams and
-    consumers."""
+DEMO_MARKER_TABLE = "openbell_demo_runs"
+
+
+async def mark_demo_run(rt: Runtime, *, days: int, portfolios: int, seed: int) -> None:
+    """Record in the database that a demo made its data: ``--reset`` removes only a database so marked."""
+    async with rt.store.pool.acquire() as con:
+        await con.execute(
+            f"CREATE TABLE IF NOT EXISTS {DEMO_MARKER_TABLE} (started_at timestamptz NOT NULL, days int NOT NULL,"
+            " portfolios int NOT NULL, seed bigint NOT NULL)"
+        )
+        await con.execute(
+            f"INSERT INTO {DEMO_MARKER_TABLE} VALUES ($1, $2, $3, $4)", datetime.now(UTC), days, portfolios, seed
+        )
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """What a previous run left, and whether a demo made all of it."""
+
+    events: int
+    demo_runs: int
+    demo_portfolios: tuple[str, ...]
+    own_portfolios: tuple[str, ...]  # portfolios a demo did not make: the user's
+    alerts: int
+
+    @property
+    def demo_made_all(self) -> bool:
+        return self.demo_runs > 0 and not self.own_portfolios and self.alerts == 0
+
+
+async def previous_data(rt: Runtime) -> DemoData:
+    async with rt.store.pool.acquire() as con:
+        marked = await con.fetchval("SELECT to_regclass($1) IS NOT NULL", DEMO_MARKER_TABLE)
+        runs = await con.fetchval(f"SELECT count(*) FROM {DEMO_MARKER_TABLE}") if marked else 0
+        portfolio_streams = await con.fetch(
+            "SELECT DISTINCT stream_id FROM events WHERE stream_id LIKE 'portfolio-%' ORDER BY 1"
+        )
+        alerts = await con.fetchval("SELECT count(DISTINCT stream_id) FROM events WHERE stream_id LIKE 'alert-%'")
+    names = [row[0].removeprefix("portfolio-") for row in portfolio_streams]
+    demo = tuple(n for n in names if n.startswith("demo-"))
+    own = tuple(n for n in names if not n.startswith("demo-"))
+    return DemoData(await rt.store.count(), int(runs), demo, own, int(alerts))
+
+
+def describe_reset(data: DemoData, rt: Runtime, messages: dict[str, int]) -> list[str]:
+    """Exactly what ``--reset`` removes, one line each."""
+    where = "the embedded database" if rt.servers.embedded_postgres is not None else "the database"
+    portfolios = (
+        f"{len(data.demo_portfolios)} demo portfolios ({data.demo_portfolios[0]} to {data.demo_portfolios[-1]})"
+        if data.demo_portfolios else "no portfolios"
+    )
+    run_word = "run" if data.demo_runs == 1 else "runs"
+    lines = [
+        f"removing what {data.demo_runs} previous demo {run_word} made in {where}: {data.events} events, "
+        f"{portfolios}, the read models and the simulator's state",
+    ]
+    lines += [f"removing stream {name} ({count} messages) and its consumers" for name, count in messages.items()]
+    return lines
+
+
+async def _reset(rt: Runtime, data: DemoData) -> list[str]:
+    """Remove a previous demo's world: the database's tables (a demo made all of them: see
+    :func:`previous_data`) and this prefix's streams. The streams are deleted, not purged: a purge keeps
+    the Nats-Msg-Id duplicate window, and the new run's ticks (same ids: same days) would be dropped."""
+    streams = (
+        rt.subjects.ticks_stream, rt.subjects.events_stream, rt.subjects.work_stream, rt.subjects.dlq_stream,
+        rt.subjects.feeds_stream,
+    )
+    messages = {}
+    for stream in streams:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            messages[stream] = (await rt.js.stream_info(stream)).state.messages
+    lines = describe_reset(data, rt, messages)
     async with rt.store.pool.acquire() as con:
         await con.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-    streams = (rt.subjects.ticks_stream, rt.subjects.events_stream, rt.subjects.work_stream, rt.subjects.dlq_stream)
-    for stream in streams:
-        await rt.js.purge_stream(stream)
-        for consumer in await rt.js.consumers_info(stream):
-            await rt.js.delete_consumer(stream, consumer.name)
+    for stream in messages:
+        await rt.js.delete_stream(stream)
+    return lines
 
 
 def register(app: typer.Typer) -> None:
@@ -181,7 +251,14 @@ def register(app: typer.Typer) -> None:
         days: Annotated[int, typer.Option(min=1, max=60, help="Trading days to simulate.")] = 5,
         portfolios: Annotated[int, typer.Option(min=1, max=200, help="Demo portfolios.")] = 10,
         seed: Annotated[int, typer.Option(help="Market simulator seed (same seed, same run).")] = 1,
-        reset: Annotated[bool, typer.Option("--reset", help="Wipe a previous demo's data first.")] = False,
+        reset: Annotated[
+            bool,
+            typer.Option(
+                "--reset",
+                help="Remove a previous demo's data first (its events, read models and streams; refused when the"
+                " data dir holds portfolios or alerts of your own).",
+            ),
+        ] = False,
         web: Annotated[bool, typer.Option(
             "--web", help="Serve the dashboard during the demo and keep it up afterwards (Ctrl-C to stop)."
         )] = False,
@@ -192,19 +269,23 @@ def register(app: typer.Typer) -> None:
         async def main() -> None:
             t0 = time.perf_counter()
             async with connect_runtime(name="openbell-demo") as rt:
-                events = await rt.store.count()
-                if events > 0:
+                data = await previous_data(rt)
+                if data.events > 0:
+                    if not data.demo_made_all:
+                        own = ", ".join(data.own_portfolios[:5]) or f"{data.alerts} alerts"
+                        raise CommandError(
+                            f"the event store holds {data.events} events that are not all a demo's (your own: {own});"
+                            " the demo runs in a data dir of its own: OPENBELL_DATA_DIR=.openbell-demo openbell demo"
+                        )
                     if not reset:
                         raise CommandError(
-                            f"the event store already holds {events} events; "
-                            "run 'openbell demo --reset' to wipe them and start over"
+                            f"the event store already holds {data.events} events of a previous demo; "
+                            "run 'openbell demo --reset' to remove them and start over"
                         )
-                    if rt.servers.embedded_postgres is None:
-                        raise CommandError(
-                            "--reset only wipes the embedded database, not one named by OPENBELL_DATABASE_URL"
-                        )
-                    await _reset(rt)
+                    for line in await _reset(rt, data):
+                        console.print(line, highlight=False)
             async with connect_runtime(name="openbell-demo") as rt:
+                await mark_demo_run(rt, days=days, portfolios=portfolios, seed=seed)
                 dashboard = None
                 if web:
                     from services.web.server import WebServer
@@ -225,8 +306,9 @@ def register(app: typer.Typer) -> None:
                 await ProjectionRunner(rt.store, known_projections()).run_once()
                 for table in await summary_tables(rt):
                     console.print(table)
+                day_word = "trading day" if len(result.days) == 1 else "trading days"
                 console.print(
-                    f"simulated {len(result.days)} trading days ({result.days[0]} to {result.days[-1]}), "
+                    f"simulated {len(result.days)} {day_word} ({result.days[0]} to {result.days[-1]}), "
                     f"{result.ticks} ticks, {portfolios} portfolios, seed {seed}: "
                     f"{time.perf_counter() - t0:.1f}s from command to summary"
                 )

@@ -81,6 +81,23 @@ def create_command(
     alert = _run("create", payload)["alert"]
     console.print(f"alert {alert['alert_id']}: {alert['symbol']} {alert['condition']} {alert['threshold']}"
                   + (f" (reference {alert['reference_price']})" if alert.get("reference_price") else ""))
+    from services.cli import run_async
+
+    if not run_async(lambda: has_observed_quote(alert["symbol"])):
+        console.print(
+            f"warning: no quote of {alert['symbol']} has been observed: the alert stays unpriced (it cannot fire)"
+            " until alert_price_check gets one; check the symbol", highlight=False,
+        )
+
+
+async def has_observed_quote(symbol: str) -> bool:
+    from services.core.runtime import connect_runtime
+
+    async with connect_runtime(name="openbell-alerts") as rt, rt.store.pool.acquire() as con:
+        if not await con.fetchval("SELECT to_regclass('latest_quotes') IS NOT NULL"):
+            return False
+        return bool(await con.fetchval(
+            "SELECT 1 FROM latest_quotes WHERE symbol = $1 AND price IS NOT NULL", symbol))
 
 
 @alerts_app.command("list")

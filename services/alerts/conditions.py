@@ -118,7 +118,7 @@ def trigger(alert_id: str, spec: AlertSpec, price: Decimal, at: datetime) -> lis
         kind="alert",
         portfolio_id=spec.portfolio_id,
         title=title,
-        body=f"{spec.symbol} at {price} ({at.isoformat()})",
+        body=f"{spec.symbol} at {price}{_actual_move(spec, price)} ({at.isoformat()})",
         ref=alert_id,
         at=at,
     )
@@ -132,7 +132,16 @@ def describe(spec: AlertSpec) -> str:
         case AlertCondition.BELOW:
             return f"price at or below {spec.threshold}"
         case AlertCondition.PERCENT_CHANGE:
-            return f"move of {spec.threshold:+}% from {spec.reference_price}"
+            direction = "or more" if spec.threshold > 0 else "or less"
+            return f"move of {spec.threshold:+}% {direction} from {spec.reference_price}"
+
+
+def _actual_move(spec: AlertSpec, price: Decimal) -> str:
+    """``, +42.75% from 20`` for a percent_change alert (the move that fired it), else nothing."""
+    if spec.condition is not AlertCondition.PERCENT_CHANGE or not spec.reference_price:
+        return ""
+    move = (price - spec.reference_price) / spec.reference_price * 100
+    return f", {move:+.2f}% from {spec.reference_price}"
 
 
 def alert_created(alert_id: str, spec: AlertSpec, at: datetime) -> NewEvent:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import ipaddress
 import json
 import logging
@@ -436,9 +435,14 @@ class AlpacaBroker:
         loop = asyncio.get_running_loop()
         retries = self.settings.alpaca_max_rate_limit_retries
         while True:
-            await self.rate_limiter.acquire(priority)
+            number = await self.rate_limiter.acquire(priority)
+
+            def send(number: int = number) -> T:
+                with self.rate_limiter.sending(number):  # its response's headers describe this request
+                    return fn(*args)
+
             try:
-                return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+                return await loop.run_in_executor(self._executor, send)
             except (APIError, requests.exceptions.RequestException, ValueError, TypeError, KeyError) as exc:
                 # ValueError covers a non-JSON 2xx body and a response that does not fit alpaca-py's models.
                 error = map_error(exc, operation=operation, secrets=self._secrets)

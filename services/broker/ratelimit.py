@@ -5,6 +5,13 @@ priority: order submission > order status > position sync > quotes. Lower priori
 for higher ones (they wait when the budget runs low) and, among waiters, the highest priority goes first.
 After a 429 everyone waits until the reset time the server gave.
 
+The budget counts what it sends, numbering each request. A response's ``X-Ratelimit-Remaining`` was true
+when the server counted that request, not for the requests sent since (a slow response arrives after later
+ones, and concurrent requests are counted in any order): it is taken as the budget only when its request is
+the latest sent and no other is unanswered. A response of a newer window (a later reset time) refills the
+budget to what it says, less the requests still unanswered. The request a response answers is known from
+the thread that sent it (:meth:`RateLimiter.sending`).
+
 The state is guarded by a threading lock, not asyncio primitives: the response hook that feeds it runs in
 the worker threads where alpaca-py's blocking calls execute, and callers may live on any event loop.
 Rate limits are about real time, so this reads the wall clock (injectable for tests).
@@ -13,12 +20,13 @@ Rate limits are about real time, so this reads the wall clock (injectable for te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 
 DEFAULT_LIMIT_PER_MINUTE = 200
@@ -57,6 +65,9 @@ class RateLimiter:
         self.remaining = limit_per_minute
         self.reset_at = clock() + WINDOW_SECONDS  # epoch seconds
         self.blocked_until = 0.0  # epoch seconds; set by a 429
+        self.sent = 0  # requests granted so far: the number of the latest one
+        self._unanswered: set[int] = set()  # numbers of the requests granted and not answered yet
+        self._server_reset: float | None = None  # the latest window end a response gave
         self._waiting: list[tuple[int, int]] = []
         self._tickets = itertools.count()
         self.granted: dict[Priority, int] = dict.fromkeys(Priority, 0)
@@ -71,6 +82,14 @@ class RateLimiter:
 
     def try_acquire(self, priority: Priority, ticket: tuple[int, int] | None = None) -> float:
         """Take a token now and return 0, or return how long to wait before asking again."""
+        return self._try_acquire(priority, ticket)[0]
+
+    def _try_acquire(self, priority: Priority, ticket: tuple[int, int] | None = None) -> tuple[float, int]:
+        """(0, the request's number) when granted, else (how long to wait, 0)."""
+        wait = self._try(priority, ticket)
+        return (wait, self.sent) if wait == 0.0 else (wait, 0)
+
+    def _try(self, priority: Priority, ticket: tuple[int, int] | None) -> float:
         with self._lock:
             now = self._clock()
             self._refill(now)
@@ -80,21 +99,24 @@ class RateLimiter:
                 return self._poll  # someone more important (or earlier) is first in line
             if self.remaining > self._reserve(priority):
                 self.remaining -= 1
+                self.sent += 1
+                self._unanswered.add(self.sent)
                 self.granted[priority] += 1
                 if ticket is not None:
                     heapq.heappop(self._waiting)
                 return 0.0
             return max(self.reset_at - now, self._poll)
 
-    async def acquire(self, priority: Priority) -> None:
+    async def acquire(self, priority: Priority) -> int:
+        """Wait for a token; returns the request's number (pass it to :meth:`sending`)."""
         ticket = (int(priority), next(self._tickets))
         with self._lock:
             heapq.heappush(self._waiting, ticket)
         try:
             while True:
-                wait = self.try_acquire(priority, ticket)
+                wait, number = self._try_acquire(priority, ticket)
                 if wait == 0.0:
-                    return
+                    return number
                 # Poll in short steps: a higher-priority waiter or a header update may change the picture.
                 await asyncio.sleep(min(wait, 0.25))
         except BaseException:
@@ -104,19 +126,48 @@ class RateLimiter:
                     heapq.heapify(self._waiting)
             raise
 
+    @contextlib.contextmanager
+    def sending(self, number: int) -> Iterator[None]:
+        """The requests made in this thread inside the block are request ``number`` (the response hook,
+        called in the same thread, then knows which request its headers describe)."""
+        _sending.number = number
+        try:
+            yield
+        finally:
+            _sending.number = None
+            with self._lock:
+                self._unanswered.discard(number)  # answered, or never will be (timeout, reset)
+
     def update_from_headers(self, headers: Mapping[str, str], status: int) -> None:
         """Feed one response's headers (called from the requests response hook)."""
         limit = _int(headers.get("X-Ratelimit-Limit"))
         remaining = _int(headers.get("X-Ratelimit-Remaining"))
         reset = _int(headers.get("X-Ratelimit-Reset"))
+        number = getattr(_sending, "number", None)
         with self._lock:
             now = self._clock()
             if limit is not None and limit > 0:
                 self.limit = limit
+            # A later window end than any response gave before: the server's window rolled over.
+            newer_window = (
+                reset is not None and self._server_reset is not None and reset > self._server_reset + 0.5
+            )
+            if reset is not None:
+                self._server_reset = max(self._server_reset or 0.0, float(reset))
+            self._unanswered.discard(number)  # type: ignore[arg-type]
+            if remaining is not None:
+                if newer_window:
+                    self.remaining = max(0, remaining - len(self._unanswered))
+                elif number is not None and number == self.sent and not self._unanswered:
+                    # Nothing sent since and nothing pending: the server's count is the whole truth (it
+                    # also counts other clients of the account).
+                    self.remaining = max(0, remaining)
+                elif number is None:
+                    # A response of no numbered request (not sent through ``sending``): it may lower the
+                    # budget, never raise it.
+                    self.remaining = max(0, min(self.remaining, remaining))
             if reset is not None and reset > now:
                 self.reset_at = float(reset)
-            if remaining is not None:
-                self.remaining = remaining
             if status == 429:
                 self.remaining = 0
                 # Without a usable reset header, back off one second rather than hammering.
@@ -126,6 +177,10 @@ class RateLimiter:
         with self._lock:
             moment = max(self.blocked_until, self.reset_at)
         return datetime.fromtimestamp(moment, UTC)
+
+
+# The number of the request the current thread is sending (see RateLimiter.sending).
+_sending = threading.local()
 
 
 def _int(value: str | None) -> int | None:

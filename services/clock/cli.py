@@ -12,6 +12,7 @@ from rich.table import Table
 
 from services.clock import calendar, schedule
 from services.clock.ticks import manual_tick, publish_tick
+from services.core.jobs.runner import JobRunner
 from services.core.jobs.types import parse_job_type
 
 
@@ -79,6 +80,17 @@ def schedule_command(
     console.print(", ".join(f"{job}: {n}" for job, n in counts.items()) + f"; {len(data['slots'])} slots")
 
 
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` is one token, ``>`` the rest."""
+    tokens, wanted = pattern.split("."), subject.split(".")
+    for i, token in enumerate(tokens):
+        if token == ">":
+            return len(wanted) > i
+        if i >= len(wanted) or (token != "*" and token != wanted[i]):
+            return False
+    return len(tokens) == len(wanted)
+
+
 def tick_command(job_type: Annotated[str, typer.Argument(help="One of the six job types.")]) -> None:
     """Emit a manual tick for a job now (the job's consumer runs it)."""
     from services.cli import console, fail, run_async
@@ -97,6 +109,20 @@ def tick_command(job_type: Annotated[str, typer.Argument(help="One of the six jo
                 console.print(f"{tick.tick_id}: already emitted (duplicate dropped by JetStream)")
             else:
                 console.print(f"emitted {tick.tick_id} on {rt.subjects.tick(job.value)} (stream seq {ack.seq})")
+            # Say it when nothing will happen: a disabled job skips it, and with no consumer it waits.
+            health, _, _ = await JobRunner(rt.store).health(job)
+            if health.status.value != "enabled":
+                console.print(
+                    f"warning: {job.value} is {health.status.value}: this tick is recorded as skipped, not run"
+                    f" (openbell jobs enable {job.value})", highlight=False,
+                )
+            consumers = await rt.js.consumers_info(rt.subjects.ticks_stream)
+            subject = rt.subjects.tick(job.value)
+            if not any(subject_matches(c.config.filter_subject or ">", subject) for c in consumers):
+                console.print(
+                    f"warning: no service consumes {job.value} ticks yet: it waits in the stream until one"
+                    " starts (openbell serve)", highlight=False,
+                )
 
     run_async(emit)
 

@@ -94,6 +94,8 @@ class EmbeddedNats:
     port: int | None = None
     websocket_port: int | None = None
     started_here: bool = False
+    # A detached server outlives this process (``openbell servers``): no stop at exit.
+    detached: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -117,7 +119,7 @@ class EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if reuse and (state := self._read_state()) is not None:
             self.port, self.websocket_port = int(state["port"]), state.get("websocket_port")
-            log.info("reusing nats-server pid %s on port %s", state["pid"], self.port)
+            log.info("using nats-server pid %s on port %s", state["pid"], self.port)
             return self
         self.port = self.port or free_port()
         self.websocket_port = self.websocket_port or free_port()
@@ -148,7 +150,8 @@ class EmbeddedNats:
         self._state_file.write_text(json.dumps(
             {"pid": self.process.pid, "port": self.port, "websocket_port": self.websocket_port}))
         self.started_here = True
-        atexit.register(self.stop)
+        if not self.detached:
+            atexit.register(self.stop)
         return self
 
     def stop(self) -> None:
@@ -210,6 +213,8 @@ class EmbeddedPostgres:
     data_dir: Path
     port: int | None = None
     started_here: bool = False
+    # A detached server outlives this process (``openbell servers``): no stop at exit.
+    detached: bool = False
     # Extra postgresql.conf lines for a new cluster (the test suite's shared scratch server turns off
     # fsync; servers that are killed in tests and every real one keep the durable defaults).
     extra_settings: dict[str, str] = field(default_factory=dict)
@@ -251,6 +256,8 @@ class EmbeddedPostgres:
             text=True,
             timeout=timeout,
             cwd="/",
+            # Its own session: a Ctrl-C meant for the command does not reach the postmaster pg_ctl starts.
+            start_new_session=True,
         )
         if result.returncode != 0:
             raise EmbeddedServerError(f"{tool} failed: {result.stderr.strip() or result.stdout.strip()}")
@@ -283,7 +290,7 @@ class EmbeddedPostgres:
     def start(self, *, reuse: bool = True) -> EmbeddedPostgres:
         if reuse and (port := self._running_port()) is not None:
             self.port = port
-            log.info("reusing PostgreSQL on port %s", port)
+            log.info("using PostgreSQL on port %s", port)
             return self
         self.init()
         self._remove_stale_pidfile()
@@ -292,7 +299,8 @@ class EmbeddedPostgres:
         self._pg("pg_ctl", "-D", str(self.pgdata), "-l", str(log_path), "-w", "-t", "60",
                  "-o", f"-p {self.port}", "start", timeout=90)
         self.started_here = True
-        atexit.register(self.stop)
+        if not self.detached:
+            atexit.register(self.stop)
         return self
 
     def _remove_stale_pidfile(self) -> None:

@@ -25,7 +25,6 @@ from services.broker.protocol import Broker
 from services.broker.simulator.broker import ManualClock, SimBroker
 from services.core.jobs.consumer import DurableConsumers
 from services.core.jobs.runner import JobRunner
-from services.core.metrics import serve_metrics
 from services.core.projections import known_projections, report_stops
 from services.core.runtime import Runtime, connect_runtime
 from services.core.settings import Settings, SettingsError, load_settings, split_nats_urls
@@ -195,36 +194,47 @@ async def serve_forever(
     """Run the services until SIGINT/SIGTERM, or until ``until(ctx)`` returns (a virtual clock's run: the
     process then ends with it). ``virtual``: the services run in simulated time (see ``hosted``)."""
     import signal
+    import time
+
+    from services.core.health import HealthState, heartbeat, serve_health
 
     settings = settings or load_settings()
-    stop_metrics: Callable[[], None] | None = None
+    services = resolve_services(names)
+    health = HealthState()
+    stop_http: Callable[[], None] | None = None
     if settings.metrics_port is not None:
         # Before any service starts: a port in use stops the command with one line, nothing half started.
         try:
-            port, stop_metrics = serve_metrics(settings.metrics_port, settings.metrics_address)
+            port, stop_http = serve_health(settings.metrics_port, settings.metrics_address, health)
         except OSError as exc:
             raise SettingsError(
                 f"cannot serve metrics on {settings.metrics_address}:{settings.metrics_port}"
                 f" (OPENBELL_METRICS_PORT): {exc.strerror or exc}"
             ) from None
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_address, port)
+        log.info("metrics, health and readiness on http://%s:%d/metrics, /healthz, /readyz",
+                 settings.metrics_address, port)
     # Handled from the start: a SIGTERM (docker stop) while the services start still stops them cleanly,
     # once started, instead of killing the process halfway.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
     try:
-        async with hosted(names, settings, virtual=virtual) as ctx:
+        async with hosted(services, settings, virtual=virtual) as ctx:
+            ctx.background(heartbeat(ctx, services, health, every=settings.heartbeat_seconds), "heartbeat")
             if until is None:
                 await stop.wait()
             else:
                 await _until_done_or_stopped(until(ctx), stop)
+            log.info("stopping: %s", ", ".join(services))
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        if stop_metrics is not None:
-            stop_metrics()
+        if stop_http is not None:
+            stop_http()
+    log.info("stopped: %s after %.0fs; the servers keep running (openbell servers stop)",
+             ", ".join(services), time.monotonic() - started)
 
 
 async def _until_done_or_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     web_port: int = Field(default=8080, ge=0, le=65535)
     web_address: str = "127.0.0.1"
     web_token: SecretStr | None = None
+    # `openbell serve` logs a heartbeat line (services, market, next ticks) at start and this often.
+    heartbeat_seconds: float = Field(default=300.0, gt=0)
 
     @field_validator("nats_url")
     @classmethod

@@ -193,6 +193,12 @@ async def reconcile_order(
     return []
 
 
+def listing_floor(oldest_open: datetime) -> datetime:
+    """The ``after`` of order_status_check's listing: one microsecond (Alpaca's resolution) below the
+    oldest open order, so that order is listed and a page ending on it is known to be the last."""
+    return oldest_open - timedelta(microseconds=1)
+
+
 async def open_orders(ctx: ServiceContext) -> list[tuple[str, datetime]]:
     """Our orders not yet final, oldest first: (client order id, requested at)."""
     await ctx.catch_up("trades")
@@ -220,8 +226,9 @@ async def order_status_check(ctx: ServiceContext, job: JobContext) -> dict[str, 
     pending = [coid for coid, _ in tracked]
     broker = await ctx.at(now)
     # One listing, paged by the broker layer (500 orders per call), never one call per order. Its floor
-    # is our oldest open order: an order reaches the broker after it is requested.
-    floor = tracked[0][1] - timedelta(seconds=1)
+    # is just below our oldest open order (an order reaches the broker after it is requested): a floor a
+    # whole second lower costs one more page call to prove the end when the pages are full.
+    floor = listing_floor(tracked[0][1])
     listed = await broker.list_orders(status="all", after=floor)
     by_client_id = {order.client_order_id: order for order in listed}
     streams = [order_stream(coid) for coid in pending]

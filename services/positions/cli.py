@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from datetime import date
 from decimal import Decimal
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+import nats.errors
 import typer
 from rich.table import Table
 
@@ -210,13 +212,19 @@ def tail_command(
 ) -> None:
     """Follow live feeds (prices, fills, alerts, snapshots, job runs) in the terminal until Ctrl-C."""
     from services.cli import console, run_async
-    from services.core.runtime import connect_nats, ensure_servers
+    from services.core.runtime import connect_nats
+    from services.core.servers import ensure_embedded
     from services.core.settings import load_settings
 
     async def follow() -> None:
         settings = load_settings()
-        servers = await ensure_servers(settings)
-        nc = await connect_nats(servers.nats_url, "openbell-tail")
+        url = settings.nats_url
+        if url is None:  # only NATS: a tail needs no database
+            embedded = await asyncio.to_thread(ensure_embedded, settings.data_dir, postgres=False)
+            assert embedded.nats is not None
+            url = embedded.nats.url
+        # Across a NATS restart it reconnects (one warning line each way) and keeps its subscription.
+        nc = await connect_nats(url, "openbell-tail")
         target = subject or f"{settings.subject_prefix}.feed.>"
         queue: asyncio.Queue[Any] = asyncio.Queue()
         try:
@@ -228,7 +236,9 @@ def tail_command(
                 seen += 1
                 console.print(format_feed_line(msg.subject, msg.data, raw=raw), highlight=False, markup=False)
         finally:
-            await nc.drain()
+            # Draining needs a connection; a tail stopped while NATS is away just closes.
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await (nc.drain() if nc.is_connected else nc.close())
 
     run_async(follow)
 

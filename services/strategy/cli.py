@@ -81,7 +81,8 @@ def portfolio_open(
     try:
         risk_limits = json.loads(risk) if risk else {}
     except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-        raise fail(f"--risk must be JSON ({one_line(str(exc), 80)})") from None
+        example = '{"max_order_notional": "5000"}'
+        raise fail(f"--risk must be JSON, e.g. '{example}' ({one_line(str(exc), 80)})") from None
     spec = {"name": name, "starting_cash": cash, "trading_mode": mode, "risk": risk_limits}
 
     async def action(store: Any) -> CommandResult:

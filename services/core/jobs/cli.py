@@ -1,4 +1,4 @@
-"""``openbell jobs`` (getJobStats), ``openbell jobs enable|disable <job_type>``, ``openbell history``."""
+"""``openbell jobs``, ``openbell jobs enable|disable <job_type>``, ``openbell history``."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def history_command(
     failed: Annotated[bool, typer.Option("--failed", help="Only failed runs.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Job executions, newest first (getJobHistory)."""
+    """Job executions (runs), newest first, with their counters or error."""
     from services.cli import console, fail, run_async
     from services.core.runtime import connect_runtime
 
@@ -138,7 +138,8 @@ def history_command(
             sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
             return
         if not rows:
-            console.print("no job executions recorded")
+            what = "failed job executions" if failed else "job executions"
+            console.print(f"no {what} recorded" + (f" for {job_type}" if job_type else ""))
             return
         table = Table(title="job executions")
         for column in ("started", "job_type", "tick id", "att.", "status", "ms", "counters / error"):
@@ -150,7 +151,7 @@ def history_command(
             colour = {"completed": "green", "failed": "red"}.get(r["status"], "yellow")
             table.add_row(
                 _fmt(r["started_at"]), r["job_type"], r["tick_id"], str(r["attempt"]),
-                f"[{colour}]{r['status']}[/]", _fmt(r["duration_ms"]), (detail or "-")[:80],
+                f"[{colour}]{r['status']}[/]", _fmt(r["duration_ms"]), detail or "-",
             )
         console.print(table)
 

@@ -197,7 +197,9 @@ class DurableConsumers:
                 continue
             except Exception as exc:  # nothing stops a consumer: it waits, then fetches again
                 if isinstance(exc, NatsError | OSError):  # disconnected, or JetStream unavailable: it reconnects
-                    log.warning("%s: fetch failed (%s); retrying in %.1fs", consumer.durable, exc, delay)
+                    # One line per outage (the first failed fetch), not one per retry.
+                    log.log(logging.WARNING if delay == 0.1 else logging.DEBUG,
+                            "%s: fetch failed (%s); retrying until NATS answers", consumer.durable, exc)
                 else:
                     log.exception("%s: unexpected error fetching; retrying in %.1fs", consumer.durable, delay)
                 await asyncio.sleep(delay)
