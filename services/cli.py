@@ -98,7 +98,9 @@ def doctor() -> None:
             table.add_row("PostgreSQL", f"{version}, database {db!r} ({origins['postgres']})")
             table.add_row("event store", f"schema ready, {await rt.store.count()} events")
             info = rt.nc._server_info
-            where = rt.nc.connected_url.netloc if rt.nc.connected_url else "?"
+            # Host and port only: a URL may carry credentials.
+            url = rt.nc.connected_url
+            where = f"{url.hostname}:{url.port}" if url is not None else "?"
             table.add_row("NATS", f"nats-server {info.get('version')} at {where} ({origins['nats']})")
             account = await rt.js.account_info()
             table.add_row("JetStream", f"enabled, {account.streams} streams, {account.consumers} consumers")

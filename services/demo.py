@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
+import asyncpg
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -164,8 +165,13 @@ def _money(value: Decimal | None) -> str:
 async def _reset(rt: Runtime) -> None:
     """Forget the previous demo: everything in the embedded database, and this prefix's streams and
     consumers."""
-    async with rt.store.pool.acquire() as con:
+    # As the schema's owner (the services' role may not drop anything); the next runtime migrates again.
+    owner_url = rt.servers.database_owner_url or rt.servers.database_url
+    con = await asyncpg.connect(owner_url)
+    try:
         await con.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    finally:
+        await con.close()
     streams = (rt.subjects.ticks_stream, rt.subjects.events_stream, rt.subjects.work_stream, rt.subjects.dlq_stream)
     for stream in streams:
         await rt.js.purge_stream(stream)
@@ -186,7 +192,7 @@ def register(app: typer.Typer) -> None:
 
         async def main() -> None:
             t0 = time.perf_counter()
-            async with connect_runtime(name="openbell-demo") as rt:
+            async with connect_runtime(name="openbell-demo", role="admin") as rt:
                 events = await rt.store.count()
                 if events > 0:
                     if not reset:
@@ -199,7 +205,7 @@ def register(app: typer.Typer) -> None:
                             "--reset only wipes the embedded database, not one named by OPENBELL_DATABASE_URL"
                         )
                     await _reset(rt)
-            async with connect_runtime(name="openbell-demo") as rt:
+            async with connect_runtime(name="openbell-demo", role="admin") as rt:
                 with Progress(
                     TextColumn("{task.description}"),
                     BarColumn(),

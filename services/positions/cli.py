@@ -199,7 +199,7 @@ def tail_command(
     async def follow() -> None:
         settings = load_settings()
         servers = await ensure_servers(settings)
-        nc = await connect_nats(servers.nats_url, "openbell-tail")
+        nc = await connect_nats(servers.nats_url, "openbell-tail", **servers.nats_options("operator"))
         target = subject or f"{settings.subject_prefix}.feed.>"
         queue: asyncio.Queue[Any] = asyncio.Queue()
         try:
