@@ -68,14 +68,6 @@ async def connect(server: EmbeddedNats) -> AsyncIterator[Callable[[str], Awaitab
             await conn.nc.close()
 
 
-async def _until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 async def _delivered(admin: Conn, sender: Conn, subject: str) -> list[str]:
     """Publish ``subject`` from ``sender`` and wait for the server's verdict: the message reaches the
     admin's subscription, or the server reports a permissions violation to the sender (it does so for
@@ -160,6 +152,7 @@ async def test_no_service_role_deletes_purges_or_creates_a_stream(
     for name, attempt in attempts.items():
         with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):  # no answer: the request never passed
             await attempt()
+            pytest.fail(f"{role} could {name} a stream")
     info = await admin_js.stream_info(subjects.work_stream)
     assert info.state.messages == 1 and info.config.subjects == [f"{PREFIX}.work.>"]
     assert {s.config.name for s in await admin_js.streams_info()} == {
