@@ -78,6 +78,33 @@ def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
         raise typer.Exit(130) from None
 
 
+# -------------------------------------------------------------------------------------------- setup
+
+
+@app.command()
+def setup() -> None:
+    """Create or update the JetStream streams (as the NATS admin) and migrate the database (as its owner,
+    OPENBELL_DATABASE_OWNER_URL), then exit: the one step that needs those identities (README, "Security")."""
+    from services.core.runtime import connect_nats, ensure_servers, migrate_database
+    from services.core.subjects import Subjects
+
+    async def main() -> None:
+        settings = load_settings()
+        servers = await ensure_servers(settings)
+        if servers.database_owner_url is None:
+            raise CommandError("setup migrates the database as its owner: set OPENBELL_DATABASE_OWNER_URL")
+        await migrate_database(servers)
+        nc = await connect_nats(servers.nats_url, "openbell-setup", **servers.nats_options("admin"))
+        try:
+            await Subjects(settings.subject_prefix).ensure_streams(
+                nc.jetstream(), dedupe_window=settings.dedupe_window_seconds)
+        finally:
+            await nc.close()
+        console.print("ok: database migrated, streams in place")
+
+    run_async(main)
+
+
 # ------------------------------------------------------------------------------------------- doctor
 
 

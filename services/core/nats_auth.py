@@ -25,7 +25,6 @@ token), so the same rules hold for every test's prefix.
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -147,10 +146,6 @@ def role_permissions(role: str, prefix: str) -> Permissions:
     raise ValueError(f"unknown NATS role {role!r} (known: {', '.join(ROLES)})")
 
 
-def new_passwords() -> dict[str, str]:
-    return {role: secrets.token_urlsafe(24) for role in ROLES}
-
-
 def _list(values: Sequence[str]) -> str:
     return "[" + ", ".join(json.dumps(value) for value in values) + "]"
 
@@ -173,16 +168,18 @@ def _render_permissions(permissions: Permissions) -> str:
     return "{ " + ", ".join(parts) + " }"
 
 
+def compose_password_variable(role: str) -> str:
+    """The environment variable that holds ``role``'s password in the compose stack."""
+    return f"OPENBELL_NATS_{role.upper()}_PASSWORD"
+
+
 def render_authorization(prefix: str, passwords: Mapping[str, str]) -> str:
-    """The ``authorization`` block: one user per role, a password each (``$VAR`` references allowed:
-    nats-server resolves them from its environment)."""
+    """The ``authorization`` block: one user per role, a password each."""
     lines = ["authorization {", "  users: ["]
     for role in ROLES:
         permissions = role_permissions(role, prefix)
-        password = passwords[role]
-        password_value = password if password.startswith("$") else json.dumps(password)
         lines.append(
-            f"    {{ user: {json.dumps(role)}, password: {password_value},"
+            f"    {{ user: {json.dumps(role)}, password: {json.dumps(passwords[role])},"
             f" allowed_connection_types: {_list(permissions.connection_types)},"
             f" permissions: {_render_permissions(permissions)} }}"
         )

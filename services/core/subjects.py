@@ -17,6 +17,10 @@ def _token(value: str, what: str) -> str:
     return value
 
 
+# The stream settings ensure_streams manages (the server fills in the rest).
+_MANAGED_FIELDS = ("subjects", "retention", "storage", "discard", "duplicate_window")
+
+
 class Subjects:
     def __init__(self, prefix: str = "openbell") -> None:
         self.prefix = _token(prefix, "subject prefix")
@@ -76,8 +80,10 @@ class Subjects:
             config.discard = DiscardPolicy.OLD
             config.duplicate_window = dedupe_window
             try:
-                await js.stream_info(config.name)  # type: ignore[arg-type]
+                current = (await js.stream_info(config.name)).config  # type: ignore[arg-type]
             except NotFoundError:
                 await js.add_stream(config)
             else:
-                await js.update_stream(config)
+                # Only when something changed: a service's NATS identity may read streams, not update them.
+                if any(getattr(current, name) != getattr(config, name) for name in _MANAGED_FIELDS):
+                    await js.update_stream(config)
