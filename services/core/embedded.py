@@ -273,11 +273,15 @@ def _run_as() -> str | None:
 
 
 def _let_user_reach(path: Path) -> None:
-    """Give 'others' traverse permission on every parent, so the postgres system user can reach ``path``."""
-    for parent in [path, *path.parents]:
-        mode = parent.stat().st_mode
-        if (mode & 0o005) != 0o005:
-            parent.chmod(mode | 0o005)
+    """Let the postgres system user reach ``path``: 'others' get the traverse bit (x: open a known name, not
+    list or read) on the directories that lack it, and only that; each change is logged. Running openbell
+    as a normal user (PostgreSQL then runs as that user) changes no permission at all."""
+    for directory in [path, *path.parents]:
+        mode = directory.stat().st_mode
+        if not mode & 0o001:
+            directory.chmod(mode | 0o001)
+            log.warning("gave others traverse permission (o+x, not read) on %s so that PostgreSQL, running as"
+                        " %s because openbell runs as root, reaches its files", directory, PG_SYSTEM_USER)
 
 
 @dataclass

@@ -16,7 +16,9 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+import asyncpg
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -25,7 +27,7 @@ from eventstore import AppendResult, EventStore
 from services.core import metrics
 from services.core.dbroles import ensure_roles, migrate_and_grant, role_of
 from services.core.embedded import PG_OWNER_ROLE, PG_SERVICE_ROLE, EmbeddedNats, EmbeddedPostgres
-from services.core.settings import Settings, load_settings, websocket_origins
+from services.core.settings import Settings, SettingsError, load_settings, websocket_origins
 from services.core.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -189,16 +191,48 @@ def parse_append_notice(body: bytes) -> tuple[str, int | None]:
 
 
 
+class CredentialsRefused(SettingsError):
+    """A server refused this process's credentials: a misconfiguration, reported in one line (exit 2)."""
+
+
 async def connect_nats(url: str, name: str, **credentials: Any) -> NatsClient:
-    """``credentials``: ``Servers.nats_options(role)`` (user/password, token, nkey, creds file, TLS)."""
-    return await nats.connect(
+    """``credentials``: ``Servers.nats_options(role)`` (user/password, token, nkey, creds file, TLS).
+
+    A refused identity stops the connect with :class:`CredentialsRefused` (nats-py would otherwise retry
+    it forever: a service waits out a NATS restart, not a wrong password)."""
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def on_error(error: Exception) -> None:
+        text = str(error).lower()
+        if not refused.done() and ("authorization" in text or "authentication" in text):
+            refused.set_result(text)
+
+    connecting = asyncio.ensure_future(nats.connect(
         url,
         name=name,
         max_reconnect_attempts=-1,  # a service waits out a NATS restart instead of dying
         reconnect_time_wait=0.5,
         connect_timeout=5,
+        error_cb=on_error,
         **credentials,
-    )
+    ))
+    await asyncio.wait([connecting, refused], return_when=asyncio.FIRST_COMPLETED)
+    if not connecting.done():
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, nats.errors.Error, OSError):
+            await connecting
+        who = credentials.get("user") or "this identity"
+        raise CredentialsRefused(
+            f"NATS at {_where(url)} refused the credentials of {who} (OPENBELL_NATS_* settings or the data dir's"
+            " credentials.json)")
+    refused.cancel()
+    return connecting.result()
+
+
+def _where(url: str) -> str:
+    """Host and port of a URL, without the credentials it may carry."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}"
 
 
 async def _ensure_streams(servers: Servers, settings: Settings, subjects: Subjects, nc: NatsClient, name: str) -> None:
@@ -229,8 +263,13 @@ async def connect_runtime(
     the CLI, ``services``/``clock``/``relay`` for services, ``admin`` for the demo."""
     settings = settings or load_settings()
     servers = await ensure_servers(settings)
-    await migrate_database(servers)
-    store = await EventStore.connect(servers.database_url, max_size=pool_size)
+    try:
+        await migrate_database(servers)
+        store = await EventStore.connect(servers.database_url, max_size=pool_size)
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+        raise CredentialsRefused(
+            f"PostgreSQL refused the connection: {str(exc).splitlines()[0]}"
+            " (OPENBELL_DATABASE_URL / OPENBELL_DATABASE_OWNER_URL or the data dir's credentials.json)") from None
     try:
         nc = await connect_nats(servers.nats_url, name, **servers.nats_options(role))
     except BaseException:
