@@ -249,9 +249,9 @@ async def run(quick: bool) -> dict[str, float]:
                 await admin.execute(f"CREATE DATABASE {database}")
             await admin.close()
             # The latency first: after the big tick, the server is still busy writing out its 50,000 rows.
-            results.update(await raw_floor(pg.dsn("bench_raw"), nats_server.url, 40 if quick else 200))
-            results.update(await tick_to_order(pg.dsn("bench_latency"), nats_server.url, 40 if quick else 200))
-            results.update(await big_tick(pg.dsn("bench_tick"), nats_server.url, 200 if quick else 1000, 20))
+            results.update(await raw_floor(pg.dsn("bench_raw"), nats_server.admin_url, 40 if quick else 200))
+            results.update(await tick_to_order(pg.dsn("bench_latency"), nats_server.admin_url, 40 if quick else 200))
+            results.update(await big_tick(pg.dsn("bench_tick"), nats_server.admin_url, 200 if quick else 1000, 20))
         finally:
             nats_server.stop()
             pg.stop()

@@ -25,6 +25,7 @@ from typing import ClassVar
 
 import asyncpg
 
+from eventstore.schema import may_change_schema
 from eventstore.store import EventStore, EventStoreError, RecordedEvent
 
 log = logging.getLogger(__name__)
@@ -123,11 +124,14 @@ class ProjectionRunner:
 
     async def setup(self) -> None:
         async with self.store.pool.acquire() as con:
+            # A least-privilege role finds the read models made by the owner's migrations.
+            ddl = await may_change_schema(con)
             for projection in self.projections.values():
                 async with con.transaction():
                     # Serialize DDL of concurrent service copies starting together.
                     await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", checkpoint_name(projection))
-                    await projection.setup(con)
+                    if ddl:
+                        await projection.setup(con)
                     await con.execute(
                         "INSERT INTO eventstore_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT DO NOTHING",
                         checkpoint_name(projection),

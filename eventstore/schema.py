@@ -63,8 +63,28 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+async def may_change_schema(con: asyncpg.Connection) -> bool:
+    """Whether this connection's role may create in its schema: the owner may; a service role (least
+    privilege, see README "Security") may not, and leaves the schema to the owner's migrations."""
+    return bool(await con.fetchval("SELECT has_schema_privilege(current_schema(), 'CREATE')"))
+
+
+async def schema_version(con: asyncpg.Connection) -> int:
+    if await con.fetchval("SELECT to_regclass('eventstore_migrations')") is None:
+        return 0
+    return int(await con.fetchval("SELECT coalesce(max(version), 0) FROM eventstore_migrations"))
+
+
 async def migrate(con: asyncpg.Connection) -> int:
-    """Apply the migrations not yet applied; returns the schema version. Safe under concurrent callers."""
+    """Apply the migrations not yet applied; returns the schema version. Safe under concurrent callers.
+    A role that may not change the schema only checks that the owner's migrations are all applied."""
+    if not await may_change_schema(con):
+        version = await schema_version(con)
+        if version < len(MIGRATIONS):
+            raise PermissionError(
+                f"the event store schema is at version {version} of {len(MIGRATIONS)} and this database role"
+                " may not migrate it: run openbell once with the owner's URL (OPENBELL_DATABASE_OWNER_URL)")
+        return version
     await con.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
         await con.execute(

@@ -141,10 +141,14 @@ def _data_dir_or_fail() -> Path:
 def servers_start() -> None:
     """Start the embedded servers detached (or say that they run already), on their recorded ports."""
     from services.core.servers import ensure_embedded
+    from services.core.settings import websocket_origins
 
     data_dir = _data_dir_or_fail()
+    settings = load_settings()
     try:
-        started = ensure_embedded(data_dir)
+        started = ensure_embedded(
+            data_dir, prefix=settings.subject_prefix, websocket_origins=websocket_origins(settings)
+        )
     except EmbeddedServerError as exc:
         raise fail(str(exc), 2) from None
     for line in started.lines:
@@ -177,6 +181,33 @@ def servers_status(
         raise typer.Exit(1)
 
 
+# -------------------------------------------------------------------------------------------- setup
+
+
+@app.command()
+def setup() -> None:
+    """Create or update the JetStream streams (as the NATS admin) and migrate the database (as its owner,
+    OPENBELL_DATABASE_OWNER_URL), then exit: the one step that needs those identities (README, "Security")."""
+    from services.core.runtime import connect_nats, ensure_servers, migrate_database
+    from services.core.subjects import Subjects
+
+    async def main() -> None:
+        settings = load_settings()
+        servers = await ensure_servers(settings)
+        if servers.database_owner_url is None:
+            raise CommandError("setup migrates the database as its owner: set OPENBELL_DATABASE_OWNER_URL")
+        await migrate_database(servers)
+        nc = await connect_nats(servers.nats_url, "openbell-setup", **servers.nats_options("admin"))
+        try:
+            await Subjects(settings.subject_prefix).ensure_streams(
+                nc.jetstream(), dedupe_window=settings.dedupe_window_seconds)
+        finally:
+            await nc.close()
+        console.print("ok: database migrated, streams in place")
+
+    run_async(main)
+
+
 # ------------------------------------------------------------------------------------------- doctor
 
 
@@ -200,7 +231,9 @@ def doctor() -> None:
             table.add_row("PostgreSQL", f"{version}, database {db!r} ({origins['postgres']})")
             table.add_row("event store", f"schema ready, {await rt.store.count()} events")
             info = rt.nc._server_info
-            where = rt.nc.connected_url.netloc if rt.nc.connected_url else "?"
+            # Host and port only: a URL may carry credentials.
+            url = rt.nc.connected_url
+            where = f"{url.hostname}:{url.port}" if url is not None else "?"
             table.add_row("NATS", f"nats-server {info.get('version')} at {where} ({origins['nats']})")
             account = await rt.js.account_info()
             table.add_row("JetStream", f"enabled, {account.streams} streams, {account.consumers} consumers")

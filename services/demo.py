@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
+import asyncpg
 import nats.js.errors
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -168,9 +169,20 @@ def _money(value: Decimal | None) -> str:
 DEMO_MARKER_TABLE = "openbell_demo_runs"
 
 
+async def _owner_connection(rt: Runtime) -> asyncpg.Connection:
+    """A connection as the schema's owner: the services' role may neither create nor drop a table."""
+    from services.cli import CommandError
+
+    if rt.servers.database_owner_url is None:
+        raise CommandError("the demo records and removes its data as the database's owner: set"
+                           " OPENBELL_DATABASE_OWNER_URL")
+    return await asyncpg.connect(rt.servers.database_owner_url)
+
+
 async def mark_demo_run(rt: Runtime, *, days: int, portfolios: int, seed: int) -> None:
     """Record in the database that a demo made its data: ``--reset`` removes only a database so marked."""
-    async with rt.store.pool.acquire() as con:
+    con = await _owner_connection(rt)
+    try:
         await con.execute(
             f"CREATE TABLE IF NOT EXISTS {DEMO_MARKER_TABLE} (started_at timestamptz NOT NULL, days int NOT NULL,"
             " portfolios int NOT NULL, seed bigint NOT NULL)"
@@ -178,6 +190,8 @@ async def mark_demo_run(rt: Runtime, *, days: int, portfolios: int, seed: int) -
         await con.execute(
             f"INSERT INTO {DEMO_MARKER_TABLE} VALUES ($1, $2, $3, $4)", datetime.now(UTC), days, portfolios, seed
         )
+    finally:
+        await con.close()
 
 
 @dataclass(frozen=True)
@@ -238,8 +252,11 @@ async def _reset(rt: Runtime, data: DemoData) -> list[str]:
         with contextlib.suppress(nats.js.errors.NotFoundError):
             messages[stream] = (await rt.js.stream_info(stream)).state.messages
     lines = describe_reset(data, rt, messages)
-    async with rt.store.pool.acquire() as con:
+    con = await _owner_connection(rt)  # the next runtime migrates again and grants the services' role
+    try:
         await con.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    finally:
+        await con.close()
     for stream in messages:
         await rt.js.delete_stream(stream)
     return lines
@@ -268,7 +285,7 @@ def register(app: typer.Typer) -> None:
 
         async def main() -> None:
             t0 = time.perf_counter()
-            async with connect_runtime(name="openbell-demo") as rt:
+            async with connect_runtime(name="openbell-demo", role="admin") as rt:
                 data = await previous_data(rt)
                 if data.events > 0:
                     if not data.demo_made_all:
@@ -284,7 +301,7 @@ def register(app: typer.Typer) -> None:
                         )
                     for line in await _reset(rt, data):
                         console.print(line, highlight=False)
-            async with connect_runtime(name="openbell-demo") as rt:
+            async with connect_runtime(name="openbell-demo", role="admin") as rt:
                 await mark_demo_run(rt, days=days, portfolios=portfolios, seed=seed)
                 dashboard = None
                 if web:

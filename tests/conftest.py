@@ -16,8 +16,22 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from services.core import eventloop
+from services.core import eventloop, nats_auth
 from services.core.embedded import EmbeddedNats, EmbeddedPostgres
+
+
+class CredentialedNats(EmbeddedNats):
+    """A test's nats-server whose ``url`` carries the admin's credentials, so that tests (and the services
+    they start with ``OPENBELL_NATS_URL``) connect as before. Its users' permissions are those of
+    production for any subject prefix (``*``): each test has a prefix of its own. tests/security checks
+    the roles themselves on servers configured for one prefix."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir, prefix=nats_auth.ANY_PREFIX)
+
+    @property
+    def url(self) -> str:
+        return self.admin_url
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
@@ -50,7 +64,7 @@ def nats_url(servers_dir: Path) -> Iterator[str]:
     if url := os.environ.get("OPENBELL_TEST_NATS_URL"):
         yield url
         return
-    server = EmbeddedNats(servers_dir / "nats").start(reuse=False)
+    server = CredentialedNats(servers_dir / "nats").start(reuse=False)
     yield server.url
     server.stop()
 
@@ -100,6 +114,6 @@ async def nc(nats_url: str, subject_prefix: str) -> AsyncIterator[NatsClient]:
 @pytest.fixture
 def private_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """A nats-server of this test's own (JetStream on disk), so the test may kill and restart it."""
-    server = EmbeddedNats(tmp_path / "nats").start(reuse=False)
+    server = CredentialedNats(tmp_path / "nats").start(reuse=False)
     yield server
     server.stop()

@@ -102,7 +102,8 @@ def tick_command(job_type: Annotated[str, typer.Argument(help="One of the six jo
         raise fail(str(exc)) from None
 
     async def emit() -> None:
-        async with connect_runtime(name="openbell-tick") as rt:
+        # A manual tick is a tick: it is published with the clock's NATS role (README, "Security").
+        async with connect_runtime(name="openbell-tick", role="clock") as rt:
             tick = manual_tick(job, datetime.now(UTC))
             ack = await publish_tick(rt.js, rt.subjects, tick)
             if ack.duplicate:

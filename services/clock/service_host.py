@@ -32,5 +32,7 @@ async def setup(ctx: ServiceContext) -> None:
     if ctx.virtual:
         return
     source: CalendarSource | None = _BrokerCalendar(ctx) if ctx.settings.broker == "alpaca" else None
-    clock = ClockService(ctx.rt.store, ctx.rt.js, ctx.rt.subjects, calendar_source=source)
+    # Ticks are published as the clock, the one NATS role allowed to (README, "Security").
+    nc = await ctx.rt.connect_as("clock", "openbell-clock")
+    clock = ClockService(ctx.rt.store, nc.jetstream(), ctx.rt.subjects, calendar_source=source)
     ctx.background(clock.run(ctx.stop), name="clock")

@@ -19,12 +19,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
+
+from services.core import nats_auth
 
 log = logging.getLogger(__name__)
 
 PG_SUPERUSER = "postgres"
+# Owns the schema and runs the migrations; the services connect as PG_SERVICE_ROLE (see services/core/dbroles.py).
+PG_OWNER_ROLE = "openbell_owner"
+PG_SERVICE_ROLE = "openbell_service"
+PG_ROLES = (PG_SUPERUSER, PG_OWNER_ROLE, PG_SERVICE_ROLE)
 # PostgreSQL refuses to run as root: when we are root, the server runs as this system user.
 PG_SYSTEM_USER = "openbell-pg"
 
@@ -73,6 +81,47 @@ def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-
     raise EmbeddedServerError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+# -------------------------------------------------------------------------------------- credentials
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) readable by its owner only; an existing one is narrowed to
+    0700. Parents that already exist are never touched."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner can read (0600 from the first byte, then renamed in place)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    os.replace(temporary, path)
+
+
+def load_or_create_secrets(path: Path, names: Sequence[str]) -> dict[str, str]:
+    """The generated secrets kept in ``path`` (mode 0600); missing ones are generated and saved."""
+    try:
+        stored = json.loads(path.read_text())
+    except FileNotFoundError:
+        stored = {}
+    except ValueError as exc:
+        raise EmbeddedServerError(f"{path} is not valid JSON: remove it to generate new credentials") from exc
+    if not isinstance(stored, dict) or not all(isinstance(v, str) for v in stored.values()):
+        raise EmbeddedServerError(f"{path} is not a JSON object of strings: remove it to generate new credentials")
+    missing = [name for name in names if name not in stored]
+    if missing:
+        import secrets
+
+        stored.update({name: secrets.token_urlsafe(24) for name in missing})
+        write_private(path, json.dumps(stored, indent=1))
+    elif path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return {name: stored[name] for name in names}
+
+
 # --------------------------------------------------------------------------------------------- NATS
 
 
@@ -88,11 +137,16 @@ def nats_server_binary() -> Path:
 
 @dataclass
 class EmbeddedNats:
-    """A nats-server with JetStream whose store lives in ``data_dir``."""
+    """A nats-server with JetStream whose store lives in ``data_dir``, with one user per role
+    (services/core/nats_auth.py) for the subject prefix ``prefix`` (``*``: any prefix, the test suite's
+    shared server). The generated passwords are kept in ``data_dir/credentials.json`` (mode 0600)."""
 
     data_dir: Path
     port: int | None = None
     websocket_port: int | None = None
+    prefix: str = "openbell"
+    # Pages (scheme://host[:port]) whose scripts may use the websocket listener (as the feed user).
+    websocket_origins: tuple[str, ...] = ("http://127.0.0.1", "http://localhost")
     started_here: bool = False
     # A detached server outlives this process (``openbell servers``): no stop at exit.
     detached: bool = False
@@ -100,7 +154,26 @@ class EmbeddedNats:
 
     @property
     def url(self) -> str:
+        """The server's address, without credentials (see :meth:`password` / :meth:`url_for`)."""
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.data_dir / "credentials.json"
+
+    def passwords(self) -> dict[str, str]:
+        return load_or_create_secrets(self.credentials_file, nats_auth.ROLES)
+
+    def password(self, role: str) -> str:
+        return self.passwords()[role]
+
+    def url_for(self, role: str = "admin") -> str:
+        """A URL with ``role``'s credentials in it (tests and tools; never logged)."""
+        return f"nats://{role}:{quote(self.password(role), safe='')}@127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return self.url_for("admin")
 
     @property
     def _state_file(self) -> Path:
@@ -116,20 +189,25 @@ class EmbeddedNats:
         return None
 
     def start(self, *, reuse: bool = True) -> EmbeddedNats:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         if reuse and (state := self._read_state()) is not None:
+            if state.get("prefix", self.prefix) != self.prefix:
+                raise EmbeddedServerError(
+                    f"the nats-server running for {self.data_dir} serves the subject prefix"
+                    f" {state.get('prefix')!r}, not {self.prefix!r}: stop it or use another OPENBELL_DATA_DIR")
             self.port, self.websocket_port = int(state["port"]), state.get("websocket_port")
             log.info("using nats-server pid %s on port %s", state["pid"], self.port)
             return self
         self.port = self.port or free_port()
         self.websocket_port = self.websocket_port or free_port()
         config = self.data_dir / "nats-server.conf"
-        # The websocket listener lets browsers subscribe to the live feeds (README, "Live feeds").
-        config.write_text(
+        # The websocket listener lets browsers subscribe to the live feeds (README, "Live feeds", "Security").
+        write_private(config,
             f"listen: 127.0.0.1:{self.port}\n"
             f"jetstream {{ store_dir: {json.dumps(str(self.data_dir / 'jetstream'))} }}\n"
-            f"websocket {{ listen: \"127.0.0.1:{self.websocket_port}\", no_tls: true }}\n"
-            f"max_payload: 8MB\n"
+            + nats_auth.render_websocket(f"127.0.0.1:{self.websocket_port}", self.websocket_origins)
+            + "max_payload: 8MB\n"
+            + nats_auth.render_authorization(self.prefix, self.passwords())
         )
         log_path = self.data_dir / "nats-server.log"
         with log_path.open("ab") as log_file:
@@ -147,8 +225,8 @@ class EmbeddedNats:
             raise
         if self.process.poll() is not None:
             raise EmbeddedServerError(f"nats-server exited with {self.process.returncode}; see {log_path}")
-        self._state_file.write_text(json.dumps(
-            {"pid": self.process.pid, "port": self.port, "websocket_port": self.websocket_port}))
+        write_private(self._state_file, json.dumps({"pid": self.process.pid, "port": self.port,
+                                                    "websocket_port": self.websocket_port, "prefix": self.prefix}))
         self.started_here = True
         if not self.detached:
             atexit.register(self.stop)
@@ -199,16 +277,23 @@ def _run_as() -> str | None:
 
 def _let_user_reach(path: Path) -> None:
     """Let the postgres system user reach ``path``: read and traverse on ``path`` itself, traverse only
-    (never listing) on its parents, so a first start as root does not make the parents readable."""
-    for parent, needed in [(path, 0o005), *((p, 0o001) for p in path.parents)]:
-        mode = parent.stat().st_mode
+    (x: open a known name, never list or read) on its parents that lack it, so a first start as root does not
+    make the parents readable; each change is logged. Running openbell as a normal user (PostgreSQL then runs
+    as that user) changes no permission at all."""
+    for directory, needed in [(path, 0o005), *((p, 0o001) for p in path.parents)]:
+        mode = directory.stat().st_mode
         if (mode & needed) != needed:
-            parent.chmod(mode | needed)
+            directory.chmod(mode | needed)
+            log.warning("gave others %s permission on %s so that PostgreSQL, running as %s because openbell"
+                        " runs as root, reaches its files", "read and traverse" if needed == 0o005 else
+                        "traverse (o+x, not read)", directory, PG_SYSTEM_USER)
 
 
 @dataclass
 class EmbeddedPostgres:
-    """A PostgreSQL cluster in ``data_dir/pgdata``, listening on 127.0.0.1 only."""
+    """A PostgreSQL cluster in ``data_dir/pgdata``, listening on 127.0.0.1 only, password (scram-sha-256)
+    authentication for every connection, unix socket included. The generated passwords of the superuser,
+    the owner and the service role are kept in ``data_dir/credentials.json`` (mode 0600)."""
 
     data_dir: Path
     port: int | None = None
@@ -228,10 +313,19 @@ class EmbeddedPostgres:
         """The unix socket's directory (faster than TCP loopback), unless the path is too long for one."""
         return self.pgdata if len(str(self.pgdata)) + len("/.s.PGSQL.65535") < 100 else None
 
-    def dsn(self, database: str = "postgres", *, tcp: bool = False) -> str:
+    @property
+    def credentials_file(self) -> Path:
+        return self.data_dir / "credentials.json"
+
+    def password(self, role: str = PG_SUPERUSER) -> str:
+        return load_or_create_secrets(self.credentials_file, PG_ROLES)[role]
+
+    def dsn(self, database: str = "postgres", *, tcp: bool = False, role: str = PG_SUPERUSER) -> str:
+        """A DSN with ``role``'s password in it: never log it."""
+        userinfo = f"{role}:{quote(self.password(role), safe='')}"
         if self.socket_dir is not None and not tcp:
-            return f"postgresql://{PG_SUPERUSER}@/{database}?host={self.socket_dir}&port={self.port}"
-        return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{self.port}/{database}"
+            return f"postgresql://{userinfo}@/{database}?host={self.socket_dir}&port={self.port}"
+        return f"postgresql://{userinfo}@127.0.0.1:{self.port}/{database}"
 
     def _running_port(self) -> int | None:
         pidfile = self.pgdata / "postmaster.pid"
@@ -244,10 +338,12 @@ class EmbeddedPostgres:
         port = int(lines[3])
         return port if port_open("127.0.0.1", port) else None
 
-    def _pg(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def _pg(self, tool: str, *args: str, timeout: float = 60, stdin: str | None = None
+            ) -> subprocess.CompletedProcess[str]:
         user = _run_as()
         result = subprocess.run(
             [str(postgres_bin_dir() / tool), *args],
+            input=stdin,
             # Drop root's group too: otherwise "group" permission bits of root-owned parents apply.
             user=user,
             group=user,
@@ -273,8 +369,17 @@ class EmbeddedPostgres:
             _let_user_reach(postgres_bin_dir())
             _let_user_reach(self.data_dir)
             shutil.chown(self.pgdata, user, user)
-        self._pg("initdb", "-D", str(self.pgdata), "-U", PG_SUPERUSER, "--auth=trust",
-                 "--encoding=UTF8", "--locale=C", "--no-sync")
+        # The superuser's password reaches initdb through a file only it (and its owner) can read, removed
+        # right after. Every connection, local socket included, then needs a password (no "trust").
+        password_file = self.data_dir / f".initdb-password.{os.getpid()}"
+        write_private(password_file, self.password(PG_SUPERUSER) + "\n")
+        if user is not None:
+            shutil.chown(password_file, user, user)
+        try:
+            self._pg("initdb", "-D", str(self.pgdata), "-U", PG_SUPERUSER, "--auth=scram-sha-256",
+                     f"--pwfile={password_file}", "--encoding=UTF8", "--locale=C", "--no-sync")
+        finally:
+            password_file.unlink(missing_ok=True)
         # Loopback TCP only; enough connections for several services with pools, and a fast shutdown.
         with (self.pgdata / "postgresql.conf").open("a") as conf:
             conf.write(
@@ -299,9 +404,32 @@ class EmbeddedPostgres:
         self._pg("pg_ctl", "-D", str(self.pgdata), "-l", str(log_path), "-w", "-t", "60",
                  "-o", f"-p {self.port}", "start", timeout=90)
         self.started_here = True
+        self._require_passwords()
         if not self.detached:
             atexit.register(self.stop)
         return self
+
+    def _require_passwords(self) -> None:
+        """A cluster made before password authentication (``trust`` in pg_hba.conf) gets the generated
+        superuser password, then scram-sha-256 for every connection."""
+        hba = self.pgdata / "pg_hba.conf"
+        lines = hba.read_text().splitlines()
+        if not any(line.split()[-1:] == ["trust"] for line in lines if not line.lstrip().startswith("#")):
+            return
+        password = self.password(PG_SUPERUSER).replace("'", "''")
+        host = ["-h", str(self.socket_dir)] if self.socket_dir is not None else ["-h", "127.0.0.1"]
+        # On stdin, not in the command line (which other local users can read in /proc).
+        statement = f"SET password_encryption = 'scram-sha-256'; ALTER ROLE {PG_SUPERUSER} PASSWORD '{password}';\n"
+        self._pg("psql", *host, "-p", str(self.port), "-U", PG_SUPERUSER, "-d", "postgres", "-v", "ON_ERROR_STOP=1",
+                 "-q", stdin=statement)
+        rewritten = [
+            line.rsplit("trust", 1)[0] + "scram-sha-256"
+            if not line.lstrip().startswith("#") and line.split()[-1:] == ["trust"] else line
+            for line in lines
+        ]
+        hba.write_text("\n".join(rewritten) + "\n")
+        self._pg("pg_ctl", "-D", str(self.pgdata), "reload")
+        log.info("PostgreSQL in %s now requires passwords (scram-sha-256)", self.pgdata)
 
     def _remove_stale_pidfile(self) -> None:
         # A crashed postmaster can linger as a zombie where nothing reaps orphans (containers); the

@@ -26,7 +26,7 @@ from services.broker.simulator.broker import ManualClock, SimBroker
 from services.core.jobs.consumer import DurableConsumers
 from services.core.jobs.runner import JobRunner
 from services.core.projections import known_projections, report_stops
-from services.core.runtime import Runtime, connect_runtime
+from services.core.runtime import Runtime, connect_runtime, faststream_options
 from services.core.settings import Settings, SettingsError, load_settings, split_nats_urls
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,14 @@ def _log_crash(task: asyncio.Task[Any]) -> None:
         log.error("background task %s stopped: %r", task.get_name(), task.exception())
 
 
+def runtime_role(services: Sequence[str]) -> str:
+    """The NATS role of a service process's main connection: the clock's or the relay's alone, else the
+    services' (a process hosting the clock or the relay among others opens their connections too)."""
+    if list(services) in (["clock"], ["relay"]):
+        return services[0]
+    return "services"
+
+
 def resolve_services(names: Sequence[str]) -> list[str]:
     if not names or list(names) == ["all"]:
         return list(SERVICES)
@@ -134,13 +142,16 @@ async def hosted(
     services = resolve_services(names)
     async with contextlib.AsyncExitStack() as stack:
         if runtime is None:
-            runtime = await stack.enter_async_context(connect_runtime(settings, name=f"openbell-{'+'.join(services)}"))
+            runtime = await stack.enter_async_context(
+                connect_runtime(settings, name=f"openbell-{'+'.join(services)}", role=runtime_role(services)))
         # FastStream logs each message at log_level (debug: quiet by default) and handler errors as errors;
         # its lifecycle chatter stays below warnings unless debugging.
         bus_logger = logging.getLogger("openbell.bus")
         bus_logger.setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+        # Commands and durable consumers: the services' NATS role (services/core/nats_auth.py).
         bus = NatsBroker(
             split_nats_urls(runtime.servers.nats_url),
+            **faststream_options(runtime.nats_options("services")),
             max_reconnect_attempts=-1,
             logger=bus_logger,
             log_level=logging.DEBUG,
@@ -148,7 +159,11 @@ async def hosted(
         ctx = ServiceContext(
             rt=runtime,
             bus=bus,
-            consumers=DurableConsumers(runtime.servers.nats_url, name=f"openbell-{'+'.join(services)}-consumers"),
+            consumers=DurableConsumers(
+                runtime.servers.nats_url,
+                name=f"openbell-{'+'.join(services)}-consumers",
+                credentials=runtime.nats_options("services"),
+            ),
             jobs=JobRunner(
                 runtime.store,
                 nc=runtime.nc,

@@ -15,7 +15,9 @@ EARLY_TYPES = ("OrderRequested",)
 
 
 async def setup(ctx: ServiceContext) -> None:
-    relay = Relay(ctx.rt.store, ctx.rt.nc, ctx.rt.subjects, early_types=EARLY_TYPES)
+    # The event log is published as the relay, the one NATS role allowed to (README, "Security").
+    nc = await ctx.rt.connect_as("relay", "openbell-relay")
+    relay = Relay(ctx.rt.store, nc, ctx.rt.subjects, early_types=EARLY_TYPES)
 
     async def on_appended(msg: Msg) -> None:
         instance, position = parse_append_notice(msg.data)
@@ -27,7 +29,7 @@ async def setup(ctx: ServiceContext) -> None:
             relay.notice(position)
 
     # Appends in other processes announce themselves on core NATS: wake at once instead of polling.
-    await ctx.rt.nc.subscribe(ctx.rt.appended_subject, cb=on_appended)
+    await nc.subscribe(ctx.rt.appended_subject, cb=on_appended)
     metrics.watch_relay(relay)
 
     async def run() -> None:

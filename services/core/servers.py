@@ -103,8 +103,17 @@ def _lifecycle_lock(data_dir: Path) -> Iterator[None]:
 _started_by_this_process: set[tuple[Path, str]] = set()
 
 
-def ensure_embedded(data_dir: Path, *, postgres: bool = True, nats: bool = True) -> EmbeddedServers:
-    """Use the embedded servers running for ``data_dir``; start the missing ones detached."""
+def ensure_embedded(
+    data_dir: Path,
+    *,
+    postgres: bool = True,
+    nats: bool = True,
+    prefix: str = "openbell",
+    websocket_origins: tuple[str, ...] | None = None,
+) -> EmbeddedServers:
+    """Use the embedded servers running for ``data_dir``; start the missing ones detached. A nats-server
+    started here gets one user per role for the subject prefix ``prefix`` (services/core/nats_auth.py) and
+    lets pages of ``websocket_origins`` use its websocket listener as the read-only feed user."""
     data_dir = data_dir.resolve()
     lines: list[str] = []
     pg_server = nats_server = None
@@ -123,7 +132,9 @@ def ensure_embedded(data_dir: Path, *, postgres: bool = True, nats: bool = True)
                 _started_by_this_process.add((data_dir, "postgres"))
                 lines.append(f"started PostgreSQL on 127.0.0.1:{pg_server.port} (stop: openbell servers stop)")
         if nats:
-            nats_server = EmbeddedNats(data_dir / "nats", detached=True)
+            nats_server = EmbeddedNats(data_dir / "nats", prefix=prefix, detached=True)
+            if websocket_origins is not None:
+                nats_server.websocket_origins = websocket_origins
             state = nats_server._read_state()
             if state is not None:
                 nats_server.port, nats_server.websocket_port = int(state["port"]), state.get("websocket_port")

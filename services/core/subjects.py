@@ -20,6 +20,10 @@ def _token(value: str, what: str) -> str:
     return value
 
 
+# The stream settings ensure_streams manages (the server fills in the rest).
+_MANAGED_FIELDS = ("subjects", "retention", "storage", "discard", "duplicate_window", "num_replicas")
+
+
 class Subjects:
     def __init__(self, prefix: str = "openbell") -> None:
         self.prefix = _token(prefix, "subject prefix")
@@ -92,16 +96,11 @@ class Subjects:
             config.duplicate_window = dedupe_window
             config.num_replicas = replicas
             try:
-                info = await js.stream_info(config.name)  # type: ignore[arg-type]
+                current = (await js.stream_info(config.name)).config  # type: ignore[arg-type]
             except NotFoundError:
                 await js.add_stream(config)
             else:
-                # Only when something changed: on a cluster every update is a round of consensus, and every
-                # process of a stack ensures the streams as it starts.
-                if _differs(info.config, config):
+                # Only when something changed: a service's NATS identity may read streams, not update them,
+                # and on a cluster every update is a round of consensus.
+                if any(getattr(current, name) != getattr(config, name) for name in _MANAGED_FIELDS):
                     await js.update_stream(config)
-
-
-def _differs(current: StreamConfig, wanted: StreamConfig) -> bool:
-    fields = ("subjects", "retention", "storage", "discard", "duplicate_window", "num_replicas")
-    return any(getattr(current, f) != getattr(wanted, f) for f in fields)

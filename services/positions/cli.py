@@ -212,19 +212,23 @@ def tail_command(
 ) -> None:
     """Follow live feeds (prices, fills, alerts, snapshots, job runs) in the terminal until Ctrl-C."""
     from services.cli import console, run_async
-    from services.core.runtime import connect_nats
+    from services.core.runtime import NatsCredentials, connect_nats, external_nats_credentials
     from services.core.servers import ensure_embedded
-    from services.core.settings import load_settings
+    from services.core.settings import load_settings, websocket_origins
 
     async def follow() -> None:
         settings = load_settings()
-        url = settings.nats_url
-        if url is None:  # only NATS: a tail needs no database
-            embedded = await asyncio.to_thread(ensure_embedded, settings.data_dir, postgres=False)
+        if settings.nats_url is None:  # only NATS: a tail needs no database
+            embedded = await asyncio.to_thread(
+                ensure_embedded, settings.data_dir, postgres=False, prefix=settings.subject_prefix,
+                websocket_origins=websocket_origins(settings),
+            )
             assert embedded.nats is not None
-            url = embedded.nats.url
+            url, credentials = embedded.nats.url, NatsCredentials(role_passwords=embedded.nats.passwords())
+        else:
+            url, credentials = settings.nats_url, external_nats_credentials(settings)
         # Across a NATS restart it reconnects (one warning line each way) and keeps its subscription.
-        nc = await connect_nats(url, "openbell-tail")
+        nc = await connect_nats(url, "openbell-tail", **credentials.connect_options("operator"))
         target = subject or f"{settings.subject_prefix}.feed.>"
         queue: asyncio.Queue[Any] = asyncio.Queue()
         try:

@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from eventstore.schema import may_change_schema
 from services.broker.errors import (
     AmbiguousSubmit,
     BrokerUnavailable,
@@ -90,7 +91,7 @@ CREATE TABLE IF NOT EXISTS sim_positions (
 );
 """
 # Any constant: serialises concurrent schema creation from several processes.
-_SCHEMA_LOCK_KEY = 0x0B5E11_0001
+SCHEMA_LOCK_KEY = _SCHEMA_LOCK_KEY = 0x0B5E11_0001
 
 OPERATIONS = (
     "submit_order", "get_order", "get_order_by_client_id", "list_orders", "cancel_order", "list_positions",
@@ -204,8 +205,10 @@ class SimBroker:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, reset=_no_session_reset)
         try:
             async with pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
-                await conn.execute(SCHEMA)
+                # A least-privilege role finds the tables made by the owner's migrations (services/core/dbroles.py).
+                if await may_change_schema(conn):
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+                    await conn.execute(SCHEMA)
                 await conn.execute(
                     "INSERT INTO sim_account (id, account_id, seed, cash, created_at) VALUES (1, $1, $2, $3, $4)"
                     " ON CONFLICT (id) DO NOTHING",

@@ -128,9 +128,18 @@ class DurableConsumers:
     run from ``start`` (one fetch loop each, on a connection of their own that reconnects forever) until
     ``stop``."""
 
-    def __init__(self, nats_url: str, *, name: str = "openbell-consumers", drain_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        nats_url: str,
+        *,
+        name: str = "openbell-consumers",
+        drain_seconds: float = 5.0,
+        credentials: Mapping[str, Any] | None = None,
+    ) -> None:
         self.nats_url = nats_url
         self.name = name
+        # How the connection authenticates (``Servers.nats_options(role)``); never logged.
+        self.credentials = dict(credentials or {})
         # On stop, how long the messages being handled may take to finish before they are cancelled.
         self.drain_seconds = drain_seconds
         self._consumers: list[_Consumer] = []
@@ -146,7 +155,7 @@ class DurableConsumers:
 
     async def start(self) -> None:
         """Connect, create (or bind to) every durable consumer, and start fetching."""
-        self._nc = await connect_nats(self.nats_url, self.name)
+        self._nc = await connect_nats(self.nats_url, self.name, **self.credentials)
         self._js = self._nc.jetstream()
         try:
             for consumer in self._consumers:
