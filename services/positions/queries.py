@@ -42,7 +42,8 @@ class Portfolio(BaseModel):
     market_value: Decimal | None
     equity: Decimal | None = Field(description="cash + market value; null while a position has no price")
     todays_pnl: Decimal | None = Field(
-        description="equity minus the last snapshot of an earlier trading day (or the starting cash)"
+        description="equity minus the last snapshot of a trading day before the latest price's (or the starting"
+        " cash)"
     )
     unpriced_positions: int
     halted: bool
@@ -100,10 +101,14 @@ class Fill(BaseModel):
     at: datetime
 
 
+# "Today" is the New York date of the portfolio's latest price (of the books' last change when it holds
+# nothing priced): after the close it is still that session, so today's P&L is the session's.
 _PORTFOLIO = """
 SELECT p.*, p.equity - coalesce((
     SELECT s.total_value FROM portfolio_snapshots s
-    WHERE s.portfolio_id = p.portfolio_id AND s.trading_day < (p.updated_at AT TIME ZONE 'America/New_York')::date
+    WHERE s.portfolio_id = p.portfolio_id AND s.trading_day < (coalesce(
+        (SELECT max(q.price_at) FROM positions q WHERE q.portfolio_id = p.portfolio_id), p.updated_at
+    ) AT TIME ZONE 'America/New_York')::date
     ORDER BY s.trading_day DESC LIMIT 1), p.starting_cash) AS todays_pnl
 FROM portfolios p
 """
