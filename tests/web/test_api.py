@@ -181,6 +181,17 @@ async def test_live_stream_resumes_after_the_last_sequence_and_halts_have_a_feed
         bad = await http.get("/api/live", params={"after": "x"})
         assert bad.status_code == 400
 
+        # A sequence the stream never reached (a page of a recreated stream): reset, then from the end.
+        async with http.stream("GET", "/api/live", params={"after": start + 1000}) as stale:
+            await rt.nc.publish(f"{rt.subjects.prefix}.feed.price.V0", b'{"kind": "price"}')
+            lines = []
+            async for line in stale.aiter_lines():
+                lines.append(line)
+                if line.startswith("id: "):
+                    break
+        reset = json.loads(lines[lines.index("event: reset") + 1].removeprefix("data: "))
+        assert reset["resume_after"] == start + 6 and lines[-1] == f"id: {start + 7}"
+
 
 async def test_money_prices_and_quantities_follow_one_rule() -> None:
     assert feeds.money(Decimal("100065.2200")) == "100065.22" and feeds.money(Decimal("0")) == "0.00"
