@@ -94,6 +94,8 @@ def create_app(rt: Runtime) -> FastAPI:
 
     app = FastAPI(
         title="openbell", version="1", lifespan=lifespan,
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN: only the document itself is served.
+        docs_url=None, redoc_url=None,
         description="Portfolios, orders, jobs, alerts and the event log of openbell; live updates at /api/live.",
     )
     app.state.stop = stop

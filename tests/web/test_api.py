@@ -88,6 +88,11 @@ async def test_resources_pages_and_errors(rt: Runtime, web: WebServer) -> None:
         )
         assert (await http.get("/")).text.count("/static/app.js") == 1
         assert "function equityCurve" in (await http.get("/static/app.js")).text
+        # Offline: nothing is loaded from elsewhere (the SVG namespace is a name, not a request).
+        for asset in ("/", "/static/app.js", "/static/style.css"):
+            text = (await http.get(asset)).text.replace("http://www.w3.org/2000/svg", "")
+            assert "http://" not in text and "https://" not in text and "//cdn" not in text, asset
+        assert (await http.get("/docs")).status_code == 404  # FastAPI's page would load a CDN's scripts
 
 
 async def test_operator_actions_need_the_token_and_the_same_origin(rt: Runtime, web: WebServer) -> None:
