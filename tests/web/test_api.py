@@ -47,6 +47,9 @@ async def test_resources_pages_and_errors(rt: Runtime, web: WebServer) -> None:
         portfolios = response.json()
         assert [p["portfolio_id"] for p in portfolios] == ["alpha", "beta"]
         assert portfolios[0]["starting_cash"] == "25000" and portfolios[0]["halted"] is False
+        async with rt.store.pool.acquire() as con:  # PostgreSQL may hand back 1.0E+5: JSON says 100000
+            await con.execute("UPDATE portfolios SET cash = $1 WHERE portfolio_id = 'beta'", Decimal("1.0E+5"))
+        assert (await http.get("/api/portfolios/beta")).json()["cash"] == "100000"
         assert (await http.get("/api/portfolios/nope")).json() == {"error": "no portfolio 'nope'"}
         assert (await http.get("/api/portfolios/alpha")).json()["positions"] == []
         jobs = (await http.get("/api/jobs")).json()
