@@ -9,6 +9,7 @@ the deterministic simulator, so the same seed and days give the same prices, ord
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from dataclasses import dataclass
@@ -204,13 +205,15 @@ def register(app: typer.Typer) -> None:
                             "--reset only wipes the embedded database, not one named by OPENBELL_DATABASE_URL"
                         )
                     await _reset(rt)
-            async with connect_runtime(name="openbell-demo") as rt:
+            async with contextlib.AsyncExitStack() as stack:
+                rt = await stack.enter_async_context(connect_runtime(name="openbell-demo"))
                 dashboard = None
                 if web:
                     from services.web.server import WebServer
 
                     dashboard = WebServer(rt)
                     await dashboard.start()  # a port in use stops the command before the demo starts
+                    stack.push_async_callback(dashboard.stop)  # also when the demo fails or is interrupted
                     console.print(f"dashboard: {dashboard.url} (live during the demo)")
                 with Progress(
                     TextColumn("{task.description}"),
@@ -248,10 +251,9 @@ def register(app: typer.Typer) -> None:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, stop.set)
                 try:
-                    await dashboard.run_until(stop)
+                    await stop.wait()
                 finally:
                     for sig in (signal.SIGINT, signal.SIGTERM):
                         loop.remove_signal_handler(sig)
-                    await dashboard.stop()
 
         run_async(main)
