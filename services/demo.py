@@ -301,7 +301,8 @@ def register(app: typer.Typer) -> None:
                         )
                     for line in await _reset(rt, data):
                         console.print(line, highlight=False)
-            async with connect_runtime(name="openbell-demo", role="admin") as rt:
+            async with contextlib.AsyncExitStack() as stack:
+                rt = await stack.enter_async_context(connect_runtime(name="openbell-demo", role="admin"))
                 await mark_demo_run(rt, days=days, portfolios=portfolios, seed=seed)
                 dashboard = None
                 if web:
@@ -309,6 +310,7 @@ def register(app: typer.Typer) -> None:
 
                     dashboard = WebServer(rt)
                     await dashboard.start()  # a port in use stops the command before the demo starts
+                    stack.push_async_callback(dashboard.stop)  # also when the demo fails or is interrupted
                     console.print(f"dashboard: {dashboard.url} (live during the demo)")
                 with Progress(
                     TextColumn("{task.description}"),
@@ -347,10 +349,9 @@ def register(app: typer.Typer) -> None:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, stop.set)
                 try:
-                    await dashboard.run_until(stop)
+                    await stop.wait()
                 finally:
                     for sig in (signal.SIGINT, signal.SIGTERM):
                         loop.remove_signal_handler(sig)
-                    await dashboard.stop()
 
         run_async(main)

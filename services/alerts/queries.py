@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 
 import asyncpg
 from pydantic import BaseModel, Field
+
+from services.core.decimals import PlainDecimal
 
 
 class Alert(BaseModel):
@@ -15,14 +16,14 @@ class Alert(BaseModel):
     alert_id: str
     symbol: str
     condition: str = Field(description="above, below or percent_change")
-    threshold: Decimal
-    reference_price: Decimal | None
+    threshold: PlainDecimal
+    reference_price: PlainDecimal | None
     portfolio_id: str | None
     status: str
     active: bool
     created_at: datetime
     triggered_at: datetime | None
-    triggered_price: Decimal | None
+    triggered_price: PlainDecimal | None
 
 
 class Notification(BaseModel):

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from decimal import Decimal
 
 import asyncpg
 from pydantic import BaseModel, Field
 
+from services.core.decimals import PlainDecimal
 from services.orders.lifecycle import OrderStatus
 
 OPEN_STATUSES = ("requested", "submitted", "unknown", "partially_filled")
@@ -25,13 +25,13 @@ class Order(BaseModel):
     symbol: str
     side: str
     order_type: str
-    qty: Decimal
-    limit_price: Decimal | None
+    qty: PlainDecimal
+    limit_price: PlainDecimal | None
     status: OrderStatus
     broker_order_id: str | None
-    filled_qty: Decimal
-    avg_fill_price: Decimal | None
-    filled_notional: Decimal
+    filled_qty: PlainDecimal
+    avg_fill_price: PlainDecimal | None
+    filled_notional: PlainDecimal
     strategy: str
     tick_id: str
     reason: str | None

@@ -12,19 +12,21 @@ from decimal import Decimal
 import asyncpg
 from pydantic import BaseModel, Field
 
+from services.core.decimals import PlainDecimal
+
 
 class Position(BaseModel):
     """One holding of a portfolio, valued at the latest observed price."""
 
     portfolio_id: str
     symbol: str
-    qty: Decimal
-    avg_cost: Decimal | None
-    cost_basis: Decimal
-    realized_pnl: Decimal
-    last_price: Decimal | None = Field(description="latest observed price; null until one was seen")
-    market_value: Decimal | None
-    unrealized_pnl: Decimal | None
+    qty: PlainDecimal
+    avg_cost: PlainDecimal | None
+    cost_basis: PlainDecimal
+    realized_pnl: PlainDecimal
+    last_price: PlainDecimal | None = Field(description="latest observed price; null until one was seen")
+    market_value: PlainDecimal | None
+    unrealized_pnl: PlainDecimal | None
     price_at: datetime | None
     updated_at: datetime
 
@@ -35,14 +37,15 @@ class Portfolio(BaseModel):
     portfolio_id: str
     name: str
     trading_mode: str
-    starting_cash: Decimal
-    cash: Decimal
-    realized_pnl: Decimal
-    unrealized_pnl: Decimal | None
-    market_value: Decimal | None
-    equity: Decimal | None = Field(description="cash + market value; null while a position has no price")
-    todays_pnl: Decimal | None = Field(
-        description="equity minus the last snapshot of an earlier trading day (or the starting cash)"
+    starting_cash: PlainDecimal
+    cash: PlainDecimal
+    realized_pnl: PlainDecimal
+    unrealized_pnl: PlainDecimal | None
+    market_value: PlainDecimal | None
+    equity: PlainDecimal | None = Field(description="cash + market value; null while a position has no price")
+    todays_pnl: PlainDecimal | None = Field(
+        description="equity minus the last snapshot of a trading day before the latest price's (or the starting"
+        " cash)"
     )
     unpriced_positions: int
     halted: bool
@@ -60,11 +63,11 @@ class Snapshot(BaseModel):
 
     portfolio_id: str
     trading_day: date
-    total_value: Decimal
-    cash_balance: Decimal
-    positions_value: Decimal
-    realized_pnl: Decimal
-    unrealized_pnl: Decimal
+    total_value: PlainDecimal
+    cash_balance: PlainDecimal
+    positions_value: PlainDecimal
+    realized_pnl: PlainDecimal
+    unrealized_pnl: PlainDecimal
     taken_at: datetime
 
 
@@ -75,8 +78,8 @@ class Discrepancy(BaseModel):
     tick_id: str
     symbol: str
     kind: str
-    ours_qty: Decimal
-    broker_qty: Decimal
+    ours_qty: PlainDecimal
+    broker_qty: PlainDecimal
     policy: str
     status: str
     detected_at: datetime
@@ -91,19 +94,23 @@ class Fill(BaseModel):
     client_order_id: str
     symbol: str
     side: str
-    fill_qty: Decimal
-    fill_price: Decimal = Field(description="fill notional / fill quantity")
-    fill_notional: Decimal
-    cash_change: Decimal
-    realized_pnl: Decimal
-    position_qty: Decimal
+    fill_qty: PlainDecimal
+    fill_price: PlainDecimal = Field(description="fill notional / fill quantity")
+    fill_notional: PlainDecimal
+    cash_change: PlainDecimal
+    realized_pnl: PlainDecimal
+    position_qty: PlainDecimal
     at: datetime
 
 
+# "Today" is the New York date of the portfolio's latest price (of the books' last change when it holds
+# nothing priced): after the close it is still that session, so today's P&L is the session's.
 _PORTFOLIO = """
 SELECT p.*, p.equity - coalesce((
     SELECT s.total_value FROM portfolio_snapshots s
-    WHERE s.portfolio_id = p.portfolio_id AND s.trading_day < (p.updated_at AT TIME ZONE 'America/New_York')::date
+    WHERE s.portfolio_id = p.portfolio_id AND s.trading_day < (coalesce(
+        (SELECT max(q.price_at) FROM positions q WHERE q.portfolio_id = p.portfolio_id), p.updated_at
+    ) AT TIME ZONE 'America/New_York')::date
     ORDER BY s.trading_day DESC LIMIT 1), p.starting_cash) AS todays_pnl
 FROM portfolios p
 """

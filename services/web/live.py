@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -59,16 +60,19 @@ def parse_after(value: str | None) -> int | None:
 async def live_stream(
     js: JetStreamContext, subjects: Subjects, after: int | None, stop: asyncio.Event
 ) -> AsyncIterator[bytes]:
-    """SSE frames: ``feed`` for every message after ``after`` (from now when None), ``reset`` when some are
-    gone, a comment every few seconds to keep proxies from closing an idle stream."""
+    """SSE frames: ``feed`` for every message after ``after`` (from now when None); ``reset`` (with the
+    sequence it resumes after) when the page's sequence is gone or of another stream; a comment every few
+    seconds to keep proxies from closing an idle stream."""
     yield f"retry: {RECONNECT_MS}\n\n".encode()
     first, last = await feed_position(js, subjects)
     if after is None:
         after = last
-    elif last and after + 1 < first:
-        # The messages right after the page's last one were removed (age): it must reload its resources.
-        yield sse("reset", {"first": first, "last": last, "after": after})
-        after = first - 1
+    elif after > last or (last and after + 1 < first):
+        # A sequence this stream never reached (it was recreated), or the messages right after it were
+        # removed (age): the page must reload its resources, and goes on from what the stream has.
+        resume_after = last if after > last else first - 1
+        yield sse("reset", {"first": first, "last": last, "after": after, "resume_after": resume_after})
+        after = resume_after
     config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
     sub = await js.subscribe(
         f"{subjects.prefix}.feed.>", stream=subjects.feeds_stream, ordered_consumer=True, config=config,
@@ -98,5 +102,6 @@ async def live_stream(
                 event_id=seq,
             )
     finally:
-        with contextlib.suppress(Exception):
+        # The consumer is ephemeral: if NATS is gone, the server forgets it on its own.
+        with contextlib.suppress(nats.errors.Error, OSError):
             await sub.unsubscribe()

@@ -63,7 +63,8 @@ class WebServer:
         self.port = self._sock.getsockname()[1]
         self.requested_port = self.port  # a restart listens where the pages reconnect to
         config = uvicorn.Config(
-            create_app(self.rt), log_level="warning", access_log=False, lifespan="on",
+            # lifespan off: stop() ends the live streams itself, and a Ctrl-C does not print its cancellation.
+            create_app(self.rt), log_level="warning", access_log=False, lifespan="off",
             timeout_graceful_shutdown=2, ws="none",
         )
         self._server = _Server(config)

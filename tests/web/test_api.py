@@ -47,6 +47,9 @@ async def test_resources_pages_and_errors(rt: Runtime, web: WebServer) -> None:
         portfolios = response.json()
         assert [p["portfolio_id"] for p in portfolios] == ["alpha", "beta"]
         assert portfolios[0]["starting_cash"] == "25000" and portfolios[0]["halted"] is False
+        async with rt.store.pool.acquire() as con:  # PostgreSQL may hand back 1.0E+5: JSON says 100000
+            await con.execute("UPDATE portfolios SET cash = $1 WHERE portfolio_id = 'beta'", Decimal("1.0E+5"))
+        assert (await http.get("/api/portfolios/beta")).json()["cash"] == "100000"
         assert (await http.get("/api/portfolios/nope")).json() == {"error": "no portfolio 'nope'"}
         assert (await http.get("/api/portfolios/alpha")).json()["positions"] == []
         jobs = (await http.get("/api/jobs")).json()
@@ -88,6 +91,11 @@ async def test_resources_pages_and_errors(rt: Runtime, web: WebServer) -> None:
         )
         assert (await http.get("/")).text.count("/static/app.js") == 1
         assert "function equityCurve" in (await http.get("/static/app.js")).text
+        # Offline: nothing is loaded from elsewhere (the SVG namespace is a name, not a request).
+        for asset in ("/", "/static/app.js", "/static/style.css"):
+            text = (await http.get(asset)).text.replace("http://www.w3.org/2000/svg", "")
+            assert "http://" not in text and "https://" not in text and "//cdn" not in text, asset
+        assert (await http.get("/docs")).status_code == 404  # FastAPI's page would load a CDN's scripts
 
 
 async def test_operator_actions_need_the_token_and_the_same_origin(rt: Runtime, web: WebServer) -> None:
@@ -180,6 +188,17 @@ async def test_live_stream_resumes_after_the_last_sequence_and_halts_have_a_feed
             assert [e["data"]["subject"].rsplit(".", 1)[1] for e in rest] == ["U0", "U1"]
         bad = await http.get("/api/live", params={"after": "x"})
         assert bad.status_code == 400
+
+        # A sequence the stream never reached (a page of a recreated stream): reset, then from the end.
+        async with http.stream("GET", "/api/live", params={"after": start + 1000}) as stale:
+            await rt.nc.publish(f"{rt.subjects.prefix}.feed.price.V0", b'{"kind": "price"}')
+            lines = []
+            async for line in stale.aiter_lines():
+                lines.append(line)
+                if line.startswith("id: "):
+                    break
+        reset = json.loads(lines[lines.index("event: reset") + 1].removeprefix("data: "))
+        assert reset["resume_after"] == start + 6 and lines[-1] == f"id: {start + 7}"
 
 
 async def test_money_prices_and_quantities_follow_one_rule() -> None:

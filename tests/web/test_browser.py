@@ -15,6 +15,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from eventstore.projections import ProjectionRunner
+from services.core import feeds
 from services.core.host import hosted
 from services.core.projections import known_projections
 from services.core.runtime import Runtime
@@ -100,6 +101,19 @@ async def test_dashboard_during_a_demo_day(rt: Runtime, web: WebServer, page: Pa
     await ProjectionRunner(rt.store, known_projections()).run_once()
 
     last = (await feed_position(rt.js, rt.subjects))[1]
+    # Every message of the day's feeds follows the contract (its kind's Struct decodes it), and the
+    # lifecycle feeds derived from the events were published along the others.
+    kinds: dict[str, int] = {}
+    sub = await rt.js.subscribe(f"{rt.subjects.prefix}.feed.>", stream=rt.subjects.feeds_stream,
+                                ordered_consumer=True)
+    for _ in range(last):
+        msg = await sub.next_msg(timeout=10)
+        body = feeds.decode(msg.data)
+        assert msg.subject.split(".")[2] == feeds.kind_of(type(body)) and body.at.endswith("Z")
+        kinds[feeds.kind_of(type(body))] = kinds.get(feeds.kind_of(type(body)), 0) + 1
+    await sub.unsubscribe()
+    assert {"price", "fill", "snapshot", "job", "order", "risk"} <= set(kinds), kinds
+    assert kinds["snapshot"] == PORTFOLIOS
     await page.wait_for_function(f"window.openbell.seqs.includes({last})", timeout=30_000)
     seqs = await page_seqs(page)
     first = seqs[0]

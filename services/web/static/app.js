@@ -214,7 +214,12 @@ function connect() {
   const status = document.getElementById("live-status");
   source.onopen = () => { status.textContent = "live"; status.className = "pill ok"; };
   source.addEventListener("feed", (e) => onFeed(JSON.parse(e.data)));
-  source.addEventListener("reset", () => { window.openbell.resets += 1; refreshSoon(); });
+  source.addEventListener("reset", (e) => {
+    // Our sequence is gone (too old) or of another stream: reload the resources, go on from the server's.
+    window.openbell.resets += 1;
+    state.lastSeq = JSON.parse(e.data).resume_after;
+    refreshSoon();
+  });
   source.onerror = () => {
     // Reconnect ourselves, after the last sequence seen (the browser's own retry would also send it, but
     // gives up for good on some errors).
