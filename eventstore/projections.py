@@ -40,8 +40,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
     asyncpg.LockNotAvailableError,
-    asyncpg.QueryCanceledError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutdown, crash recovery, a cancelled statement
+    asyncpg.exceptions.InsufficientResourcesError,  # disk full, out of memory: waited out, not a bad event
 )
 STOP_AFTER = 3  # failures in a row at one position before a projection is declared stopped
 
@@ -257,12 +258,7 @@ class ProjectionRunner:
             try:
                 await self.run_once()
                 delay = poll_interval
-            except (
-                OSError,
-                asyncpg.PostgresConnectionError,
-                asyncpg.InterfaceError,
-                asyncpg.CannotConnectNowError,
-            ) as exc:
+            except TRANSIENT_ERRORS as exc:
                 log.warning("projections: database unavailable (%s); retrying in %.1fs", exc, delay)
                 delay = min(delay * 2, 2.0)
             with contextlib.suppress(TimeoutError):

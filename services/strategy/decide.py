@@ -27,7 +27,7 @@ import msgspec
 from eventstore import NewEvent
 from services.alerts.events import NotificationRaised
 from services.core.events import new_event
-from services.core.limits import MAX_MONEY, one_line
+from services.core.limits import one_line
 from services.orders.ids import client_order_id
 from services.orders.types import OrderType, Side, require_aware
 from services.positions.accounting import ZERO, Position
@@ -73,11 +73,13 @@ def call_strategy(function: StrategyFunction, data: StrategyInput) -> Signal:
     if not isinstance(signal.action, Action) or not isinstance(signal.reason, str):
         raise StrategyFailure("returned a Signal whose action is not an Action or whose reason is not a string")
     strength = signal.strength
+    # adjusted(): the exponent of the leading digit, cheap (as_tuple() would cost more than the call).
     if strength is not None and (
-        not isinstance(strength, Decimal) or not strength.is_finite() or abs(strength) > MAX_MONEY
-        or strength.as_tuple().exponent < -12  # type: ignore[operator]  # finite: an int exponent
+        not isinstance(strength, Decimal) or not strength.is_finite()
+        or (strength and not -12 <= strength.adjusted() <= 12)
+        or len(str(strength)) > 40
     ):
-        raise StrategyFailure("returned a Signal whose strength is not a finite Decimal of at most 12 places")
+        raise StrategyFailure("returned a Signal whose strength is not a finite Decimal between 1e-12 and 1e12")
     if len(signal.reason) > MAX_SIGNAL_REASON or not signal.reason.isprintable():
         signal = msgspec.structs.replace(signal, reason=one_line(signal.reason, MAX_SIGNAL_REASON))
     return signal
