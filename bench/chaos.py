@@ -540,8 +540,9 @@ async def check_invariants(
             facts["ticks_not_completed_once"] = not_once[:20]
             facts["failed_executions"] = sum(c["JobExecutionFailed"] for c in per_tick.values())
             if not_once:
+                examples = {t: dict(per_tick[jobrun_stream(t)]) for t in not_once[:3]}
                 violations.append(f"{len(not_once)} of {len(slots)} ticks without exactly one completed execution,"
-                                  f" e.g. {not_once[:3]}")
+                                  f" e.g. {examples}")
 
             # the broker: no client order id twice, every order final
             twice = await con.fetchval(
