@@ -122,6 +122,8 @@ def plan_faults(config: ChaosConfig) -> list[Fault]:
     for at, kind in zip(instants, kinds, strict=False):
         if kind in ("kill", "stop"):
             target = rng.choice(sorted(STACK))
+        elif kind == "kill_nats" and config.nats_nodes > 1:
+            target = f"n{rng.randrange(config.nats_nodes) + 1}"  # a node of the cluster
         else:
             target = kind.removeprefix("kill_")
         seconds = rng.uniform(5, 10) if kind == "stop" else rng.uniform(0.5, 3)
@@ -238,7 +240,7 @@ class Stack:
             await asyncio.sleep(fault.seconds)
             os.kill(process.pid, signal.SIGCONT)
         elif fault.kind == "kill_nats" and self.cluster is not None:
-            index = int(fault.target.removeprefix("n")) - 1 if fault.target.startswith("n") else 0
+            index = int(fault.target.removeprefix("n")) - 1 if fault.target.removeprefix("n").isdigit() else 0
             await asyncio.to_thread(self.cluster.kill, index)
             await asyncio.sleep(fault.seconds)
             await asyncio.to_thread(self.cluster.restart, index)
@@ -538,8 +540,9 @@ async def check_invariants(
             facts["ticks_not_completed_once"] = not_once[:20]
             facts["failed_executions"] = sum(c["JobExecutionFailed"] for c in per_tick.values())
             if not_once:
+                examples = {t: dict(per_tick[jobrun_stream(t)]) for t in not_once[:3]}
                 violations.append(f"{len(not_once)} of {len(slots)} ticks without exactly one completed execution,"
-                                  f" e.g. {not_once[:3]}")
+                                  f" e.g. {examples}")
 
             # the broker: no client order id twice, every order final
             twice = await con.fetchval(
@@ -738,12 +741,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=1)
     parser.add_argument("--portfolios", type=int, default=4)
     parser.add_argument("--faults", type=int, default=8, help="faults per run")
-    parser.add_argument("--from", dest="first_day", default="2026-11-02", help="first exchange date")
+    parser.add_argument("--from", dest="first_day", type=date.fromisoformat, default=date(2026, 11, 2),
+                        help="first exchange date, YYYY-MM-DD")
+    parser.add_argument("--nats-nodes", type=int, default=1, choices=(1, 3, 5),
+                        help="1: one nats-server; 3 or 5: a cluster with streams of as many replicas")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--keep", type=Path, help="keep the servers' data and logs under this directory")
     args = parser.parse_args(argv)
+    if min(args.days, args.portfolios, args.seeds) < 1 or args.faults < 0:
+        parser.error("--days, --portfolios and --seeds must be at least 1, --faults at least 0")
     base = ChaosConfig(days=args.days, portfolios=args.portfolios, faults=args.faults,
-                       first_day=date.fromisoformat(args.first_day))
+                       first_day=args.first_day, nats_nodes=args.nats_nodes)
     seeds = args.seed or list(range(1, args.seeds + 1))
     with contextlib.ExitStack() as exit_stack:
         if args.keep:
