@@ -6,6 +6,7 @@ Each service adds its commands through a ``register(app)`` function in its own `
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import importlib
@@ -13,10 +14,12 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
 
+import asyncpg
 import msgspec
 import typer
 from rich.console import Console
@@ -44,6 +47,7 @@ console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS")
 err_console = Console(stderr=True, soft_wrap=True)
 
 T = TypeVar("T")
+log = logging.getLogger("openbell")
 
 # Modules with a ``register(app: typer.Typer) -> None`` adding their commands.
 _COMMAND_MODULES = (
@@ -79,6 +83,9 @@ def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
         raise fail(str(exc), 2) from None
     except (CommandError, EventStoreError, ValueError) as exc:
         raise fail(str(exc)) from None
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError) as exc:
+        # A server that went away in the middle of a command: one line, like one that was never there.
+        raise fail(f"lost the connection to a server: {str(exc).splitlines()[0] if str(exc) else exc!r}", 2) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -242,17 +249,20 @@ def events(
             console.print(_event_line(event), highlight=False, markup=False)
 
     async def print_events() -> None:
+        if follow:
+            await follow_events()
+            return
         async with connect_runtime(name="openbell-events") as rt:
             shown = 0
-            if stream is not None and not follow:
+            if stream is not None:
                 source = rt.store.read_stream(stream)
             else:
-                source = rt.store.subscribe_all(from_position) if follow else rt.store.read_all(from_position)
+                source = rt.store.read_all(from_position)
             try:
                 # aclosing: leaving early must release the generator's database connection at once.
                 async with contextlib.aclosing(source) as stream_of_events:
                     async for event in stream_of_events:
-                        if event.global_position <= from_position and stream is not None and not follow:
+                        if event.global_position <= from_position and stream is not None:
                             continue
                         if stream is not None and event.stream_id != stream:
                             continue
@@ -268,6 +278,40 @@ def events(
                     if await rt.store.stream_version(stream) < 0
                     else f"stream {stream!r} has no events after position {from_position}"
                 )
+
+    async def follow_events() -> None:
+        """Catch up, then follow; a lost database is one warning line, and it resumes after the last event
+        printed once the database answers again."""
+        import asyncpg
+
+        from services.core.servers import redact_url
+
+        after, shown, down_since = from_position, 0, None
+        async with connect_runtime(name="openbell-events") as rt:
+            where = redact_url(rt.servers.database_url)
+            while True:
+                try:
+                    async with contextlib.aclosing(rt.store.subscribe_all(after)) as stream_of_events:
+                        async for event in stream_of_events:
+                            if down_since is not None:
+                                log.warning("PostgreSQL at %s is back", where)
+                                down_since = None
+                            after = event.global_position
+                            if stream is not None and event.stream_id != stream:
+                                continue
+                            show(event)
+                            shown += 1
+                            if limit is not None and shown >= limit:
+                                return
+                except PositionNotFound as exc:
+                    raise CommandError(f"{exc} (use a position printed by 'openbell events')") from None
+                except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                        asyncpg.CannotConnectNowError) as exc:
+                    if down_since is None:
+                        down_since = time.monotonic()
+                        log.warning("lost PostgreSQL at %s (%s); retrying every 2s", where,
+                                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    await asyncio.sleep(2)
 
     run_async(print_events)
 

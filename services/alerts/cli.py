@@ -167,7 +167,7 @@ def notifications_command(
     for column in ("at", "kind", "portfolio", "title", "detail"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["at"].strftime("%Y-%m-%d %H:%M"), r["kind"], r["portfolio_id"] or "-", r["title"], r["body"])
+        table.add_row(r["at"].strftime("%Y-%m-%d %H:%MZ"), r["kind"], r["portfolio_id"] or "-", r["title"], r["body"])
     console.print(table)
 
 
