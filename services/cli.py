@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -214,6 +213,10 @@ def _event_line(event: RecordedEvent) -> str:
     )
 
 
+# What a database going away mid-command raises (refused, shutting down, connection closed).
+_LOST_DATABASE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
+
+
 def event_json(event: RecordedEvent) -> dict[str, object]:
     """One event as plain JSON: ``data`` an object (not the stored JSON text), times ISO 8601 with zone."""
     return {
@@ -282,20 +285,15 @@ def events(
     async def follow_events() -> None:
         """Catch up, then follow; a lost database is one warning line, and it resumes after the last event
         printed once the database answers again."""
-        import asyncpg
-
         from services.core.servers import redact_url
 
-        after, shown, down_since = from_position, 0, None
+        after, shown = from_position, 0
         async with connect_runtime(name="openbell-events") as rt:
             where = redact_url(rt.servers.database_url)
             while True:
                 try:
                     async with contextlib.aclosing(rt.store.subscribe_all(after)) as stream_of_events:
                         async for event in stream_of_events:
-                            if down_since is not None:
-                                log.warning("PostgreSQL at %s is back", where)
-                                down_since = None
                             after = event.global_position
                             if stream is not None and event.stream_id != stream:
                                 continue
@@ -305,13 +303,18 @@ def events(
                                 return
                 except PositionNotFound as exc:
                     raise CommandError(f"{exc} (use a position printed by 'openbell events')") from None
-                except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                        asyncpg.CannotConnectNowError) as exc:
-                    if down_since is None:
-                        down_since = time.monotonic()
-                        log.warning("lost PostgreSQL at %s (%s); retrying every 2s", where,
-                                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                    await asyncio.sleep(2)
+                except _LOST_DATABASE as exc:
+                    log.warning("lost PostgreSQL at %s (%s); retrying every 2s", where,
+                                str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    while True:
+                        await asyncio.sleep(2)
+                        try:
+                            async with rt.store.pool.acquire() as con:
+                                await con.fetchval("SELECT 1")
+                        except _LOST_DATABASE:
+                            continue
+                        log.warning("PostgreSQL at %s is back", where)
+                        break
 
     run_async(print_events)
 

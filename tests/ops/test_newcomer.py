@@ -127,6 +127,7 @@ async def test_newcomer_session(data_dir: Path, tmp_path: Path) -> None:
         _until(lambda: "n=1" in tail_log.read_text(), 10, "the first message")
         assert "stopped (pid" in "\n".join(_openbell(data_dir, "servers", "stop").stdout.splitlines())
         _until(lambda: "lost NATS" in tail_log.read_text(), 10, "the outage line")
+        _until(lambda: "lost PostgreSQL" in follow_log.read_text(), 60, "the follow's outage line")
         restarted = _openbell(data_dir, "servers", "start")
         assert f"started nats-server on 127.0.0.1:{nats_port}" in restarted.stdout, restarted.stdout
         nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
