@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
+
 from services.alerts.conditions import AlertCondition, AlertSpec, trigger
 from tests.trading.test_demo_cli import run_cli
 
@@ -20,6 +22,8 @@ def test_a_percent_change_notification_gives_the_actual_move() -> None:
     assert "+42.75% from 20" in notification.body
 
 
+# A dozen openbell processes: half a minute on an idle machine, minutes on a loaded one.
+@pytest.mark.timeout(300)
 async def test_silent_acceptance_is_said(pg_dsn: str, nats_url: str, subject_prefix: str) -> None:
     def cli(*args: str) -> tuple[int, str, str]:
         result = run_cli(list(args), pg_dsn, nats_url, subject_prefix)
@@ -43,6 +47,8 @@ async def test_silent_acceptance_is_said(pg_dsn: str, nats_url: str, subject_pre
     code, out, err = cli("alerts", "create", "ZZZZ", "above", "1")
     assert code == 0, err
     assert "warning: no quote of ZZZZ has been observed: the alert stays unpriced" in out
+    code, out, _ = cli("alerts", "list", "--json")
+    assert code == 0 and [(a["symbol"], a["last_price"]) for a in json.loads(out)] == [("ZZZZ", None)]
 
     code, _, err = cli("portfolio", "open", "mine", "--cash", "abc")
     assert code == 1 and err.strip() == "error: --cash must be a number, e.g. 100000 (got 'abc')"
