@@ -69,7 +69,7 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 # Three demo runs and a dozen openbell processes: about a minute alone, more on a loaded machine.
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 async def test_newcomer_session(data_dir: Path, tmp_path: Path) -> None:
     t0 = time.monotonic()
     # The README's first line, small: the first run starts both servers and says so, nothing is "reused".
