@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -24,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperOption
 
 from eventstore import EventStoreError, PositionNotFound, RecordedEvent
 from services.core import eventloop
@@ -46,6 +47,19 @@ console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS")
 err_console = Console(stderr=True, soft_wrap=True)
 
 T = TypeVar("T")
+
+
+def _help_type_label(self: TyperOption, ctx: Any) -> str | None:
+    """A flag takes no value, so its help shows no type (Typer printed ``<bool>`` on every one); choices
+    are spaced so a narrow terminal wraps them between words, never inside one."""
+    if self.is_flag:
+        return None
+    label = _typer_type_label(self, ctx)
+    return label.replace("|", " | ") if label else label
+
+
+_typer_type_label = TyperOption.display_type_rich
+TyperOption.display_type_rich = _help_type_label  # type: ignore[method-assign]
 log = logging.getLogger("openbell")
 
 # Modules with a ``register(app: typer.Typer) -> None`` adding their commands.

@@ -60,3 +60,15 @@ async def test_silent_acceptance_is_said(pg_dsn: str, nats_url: str, subject_pre
     lines = [json.loads(line) for line in out.splitlines()]
     assert lines and all(isinstance(e["data"], dict) and isinstance(e["metadata"], dict) for e in lines)
     assert all(datetime.fromisoformat(e["recorded_at"]).tzinfo is not None for e in lines)
+
+
+def test_help_shows_no_type_on_flags_and_wraps_choices_between_words() -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import _register_commands, app
+
+    _register_commands()
+    result = CliRunner().invoke(app, ["orders", "--help"], env={"COLUMNS": "70"}, terminal_width=70)
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output
+    assert "partially_filled" in result.output  # a choice is never cut inside its name
