@@ -6,22 +6,26 @@ Each service adds its commands through a ``register(app)`` function in its own `
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import importlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import asyncpg
 import msgspec
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperOption
 
 from eventstore import EventStoreError, PositionNotFound, RecordedEvent
 from services.core import eventloop
@@ -62,6 +66,20 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+
+def _help_type_label(self: TyperOption, ctx: Any) -> str | None:
+    """A flag takes no value, so its help shows no type (Typer printed ``<bool>`` on every one); choices
+    are spaced so a narrow terminal wraps them between words, never inside one."""
+    if self.is_flag:
+        return None
+    label = _typer_type_label(self, ctx)
+    return label.replace("|", " | ") if label else label
+
+
+_typer_type_label = TyperOption.display_type_rich
+TyperOption.display_type_rich = _help_type_label  # type: ignore[method-assign]
+log = logging.getLogger("openbell")
+
 # Modules with a ``register(app: typer.Typer) -> None`` adding their commands.
 _COMMAND_MODULES = (
     "services.clock.cli",
@@ -96,6 +114,9 @@ def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
         raise fail(str(exc), 2) from None
     except (CommandError, EventStoreError, ValueError) as exc:
         raise fail(str(exc)) from None
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError) as exc:
+        # A server that went away in the middle of a command: one line, like one that was never there.
+        raise fail(f"lost the connection to a server: {str(exc).splitlines()[0] if str(exc) else exc!r}", 2) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -266,6 +287,10 @@ def _event_line(event: RecordedEvent) -> str:
     )
 
 
+# What a database going away mid-command raises (refused, shutting down, connection closed).
+_LOST_DATABASE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
+
+
 def event_json(event: RecordedEvent) -> dict[str, object]:
     """One event as plain JSON: ``data`` an object (not the stored JSON text), times ISO 8601 with zone."""
     return {
@@ -301,17 +326,20 @@ def events(
             console.print(_event_line(event), highlight=False, markup=False)
 
     async def print_events() -> None:
+        if follow:
+            await follow_events()
+            return
         async with connect_runtime(name="openbell-events") as rt:
             shown = 0
-            if stream is not None and not follow:
+            if stream is not None:
                 source = rt.store.read_stream(stream)
             else:
-                source = rt.store.subscribe_all(from_position) if follow else rt.store.read_all(from_position)
+                source = rt.store.read_all(from_position)
             try:
                 # aclosing: leaving early must release the generator's database connection at once.
                 async with contextlib.aclosing(source) as stream_of_events:
                     async for event in stream_of_events:
-                        if event.global_position <= from_position and stream is not None and not follow:
+                        if event.global_position <= from_position and stream is not None:
                             continue
                         if stream is not None and event.stream_id != stream:
                             continue
@@ -327,6 +355,40 @@ def events(
                     if await rt.store.stream_version(stream) < 0
                     else f"stream {stream!r} has no events after position {from_position}"
                 )
+
+    async def follow_events() -> None:
+        """Catch up, then follow; a lost database is one warning line, and it resumes after the last event
+        printed once the database answers again."""
+        from services.core.servers import redact_url
+
+        after, shown = from_position, 0
+        async with connect_runtime(name="openbell-events") as rt:
+            where = redact_url(rt.servers.database_url)
+            while True:
+                try:
+                    async with contextlib.aclosing(rt.store.subscribe_all(after)) as stream_of_events:
+                        async for event in stream_of_events:
+                            after = event.global_position
+                            if stream is not None and event.stream_id != stream:
+                                continue
+                            show(event)
+                            shown += 1
+                            if limit is not None and shown >= limit:
+                                return
+                except PositionNotFound as exc:
+                    raise CommandError(f"{exc} (use a position printed by 'openbell events')") from None
+                except _LOST_DATABASE as exc:
+                    log.warning("lost PostgreSQL at %s (%s); retrying every 2s", where,
+                                str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    while True:
+                        await asyncio.sleep(2)
+                        try:
+                            async with rt.store.pool.acquire() as con:
+                                await con.fetchval("SELECT 1")
+                        except _LOST_DATABASE:
+                            continue
+                        log.warning("PostgreSQL at %s is back", where)
+                        break
 
     run_async(print_events)
 

@@ -90,6 +90,18 @@ def create_command(
         )
 
 
+async def observed_prices(symbols: list[str]) -> dict[str, str]:
+    """The latest observed price of each symbol that has one (as exact decimal strings)."""
+    from services.core.runtime import connect_runtime
+
+    async with connect_runtime(name="openbell-alerts") as rt, rt.store.pool.acquire() as con:
+        if not await con.fetchval("SELECT to_regclass('latest_quotes') IS NOT NULL"):
+            return {}
+        rows = await con.fetch(
+            "SELECT symbol, price FROM latest_quotes WHERE symbol = ANY($1::text[]) AND price IS NOT NULL", symbols)
+    return {row["symbol"]: str(row["price"]) for row in rows}
+
+
 async def has_observed_quote(symbol: str) -> bool:
     from services.core.runtime import connect_runtime
 
@@ -110,6 +122,12 @@ def list_command(
     from services.cli import console
 
     alerts = _run("list", {"active_only": active, "portfolio_id": portfolio})["alerts"]
+    from services.cli import run_async
+
+    prices = run_async(lambda: observed_prices(sorted({a["symbol"] for a in alerts}))) if alerts else {}
+    for a in alerts:
+        # The latest observed price (null: unpriced, the alert cannot fire until a quote is seen).
+        a["last_price"] = prices.get(a["symbol"])
     if as_json:
         sys.stdout.write(msgspec.json.encode(alerts).decode() + "\n")
         return
@@ -117,12 +135,13 @@ def list_command(
         console.print("no alerts")
         return
     table = Table(title="alerts")
-    for column in ("id", "symbol", "condition", "threshold", "reference", "portfolio", "status", "triggered"):
+    for column in ("id", "symbol", "condition", "threshold", "reference", "last price", "portfolio", "status",
+                   "triggered"):
         table.add_column(column)
     for a in alerts:
-        fired = f"{a['triggered_price']} at {a['triggered_at'][:16]}" if a.get("triggered_at") else "-"
+        fired = f"{a['triggered_price']} at {a['triggered_at'][:16]}Z" if a.get("triggered_at") else "-"
         table.add_row(a["alert_id"], a["symbol"], a["condition"], a["threshold"], a.get("reference_price") or "-",
-                      a.get("portfolio_id") or "-", a["status"], fired)
+                      a["last_price"] or "unpriced", a.get("portfolio_id") or "-", a["status"], fired)
     console.print(table)
 
 
@@ -167,7 +186,7 @@ def notifications_command(
     for column in ("at", "kind", "portfolio", "title", "detail"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["at"].strftime("%Y-%m-%d %H:%M"), r["kind"], r["portfolio_id"] or "-", r["title"], r["body"])
+        table.add_row(r["at"].strftime("%Y-%m-%d %H:%MZ"), r["kind"], r["portfolio_id"] or "-", r["title"], r["body"])
     console.print(table)
 
 

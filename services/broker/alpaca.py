@@ -616,7 +616,7 @@ class AlpacaBroker:
         down is lost, and it does not wait for the listen acknowledgement: polling is the backfill."""
         key = self.settings.api_key_id.get_secret_value()  # type: ignore[union-attr]
         secret = self.settings.api_secret_key.get_secret_value()  # type: ignore[union-attr]
-        stream = TradingStream(
+        stream = QuietTradingStream(
             key, secret, paper=self.settings.trading_mode == "paper", url_override=self.settings.api_stream_url
         )
         queue: asyncio.Queue[TradeUpdate] = asyncio.Queue()
@@ -641,6 +641,50 @@ class AlpacaBroker:
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
             await stream.close()
+
+
+class _StreamOutage(logging.Filter):
+    """alpaca-py logs a warning or a full traceback at every reconnect attempt of its trade stream: keep
+    the last one's text for :class:`QuietTradingStream`'s single line and let none through (a secret is
+    never in them, but a traceback per backoff buries everything else)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_error = "unreachable"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        self.last_error = str(error or record.getMessage()).splitlines()[0][:200] or type(error).__name__
+        return False
+
+
+_stream_outage = _StreamOutage()
+logging.getLogger("alpaca.trading.stream").addFilter(_stream_outage)
+
+
+class QuietTradingStream(TradingStream):
+    """alpaca-py's TradingStream saying a broker outage in one warning line, with the next retry time, and
+    one line when it is connected again."""
+
+    _down = False
+
+    async def _wait_before_reconnect(self, retries: int) -> None:
+        if not self._down:
+            self._down = True
+            retry_at = datetime.now(UTC) + timedelta(seconds=self._reconnect_delay(retries))
+            log.warning(
+                "Alpaca trade stream down (%s); reconnecting with backoff, next try at %s UTC"
+                " (order_status_check polls fills meanwhile)", _stream_outage.last_error, f"{retry_at:%H:%M:%S}",
+            )
+        await super()._wait_before_reconnect(retries)
+
+    async def _start_ws(self) -> None:
+        await super()._start_ws()
+        if self._down:
+            self._down = False
+            log.warning("Alpaca trade stream connected again")
 
 
 def next_page_needed(page: Sequence[Order], fresh: int, after: datetime | None) -> bool:

@@ -131,9 +131,15 @@ class ClockService:
             return
         try:
             mismatch = await check_calendar(self.store, self.calendar_source, day)
-        except Exception:  # the broker being down must not stop the clock; retried next pass
-            log.exception("calendar cross-check for %s failed", day)
+        except Exception as exc:  # the broker being down must not stop the clock; retried next pass
+            # One line per outage, not a traceback per pass (a bug still shows its traceback at debug level).
+            if not getattr(self, "_calendar_check_failing", False):
+                log.warning("calendar cross-check for %s failed (%s); retried at every clock pass until it"
+                            " answers", day, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.debug("calendar cross-check failure", exc_info=True)
+            self._calendar_check_failing = True
             return
+        self._calendar_check_failing = False
         self._checked_day = day
         if mismatch is not None:
             log.error("calendar mismatch on %s: %s", day, mismatch.detail)

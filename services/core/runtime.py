@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -192,6 +193,34 @@ async def ensure_servers(settings: Settings) -> Servers:
         nats_url = embedded_nats.url
         credentials = NatsCredentials(role_passwords=embedded_nats.passwords())
     return Servers(database_url, nats_url, embedded_pg, embedded_nats, owner_url, credentials)
+
+
+class _OncePerOutage(logging.Filter):
+    """asyncpg's pool logs a traceback every time it fails to reconnect its minimum connections: one line
+    (no traceback) per minute of outage is enough; whoever uses the pool reports the outage itself."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        super().__init__()
+        self.every = every
+        self.last = -every
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return False
+        self.last = now
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            record.msg, record.args = f"{record.getMessage()} ({reason})", ()
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_OncePerOutage())
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
+import msgspec
 import typer
 from rich.table import Table
 
@@ -16,6 +18,7 @@ def register(app: typer.Typer) -> None:
         portfolio: Annotated[str | None, typer.Option("--portfolio", "-p", help="Only this portfolio.")] = None,
         status: Annotated[OrderStatus | None, typer.Option("--status", help="Only orders with this status.")] = None,
         limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many.")] = 50,
+        as_json: Annotated[bool, typer.Option("--json", help="A JSON array of orders.")] = False,
     ) -> None:
         """Orders with their status, quantities, average fill price and broker ids."""
         from eventstore.projections import ProjectionRunner
@@ -35,7 +38,12 @@ def register(app: typer.Typer) -> None:
                         limit,
                     )
 
-        table = Table(title="orders")
+        rows = run_async(main)
+        if as_json:
+            # Money and quantities as strings (exact decimals), times ISO 8601 in UTC.
+            sys.stdout.write(msgspec.json.encode([dict(r) for r in rows], enc_hook=str).decode() + "\n")
+            return
+        table = Table(title="orders (times UTC)")
         for column in (
             "requested",
             "portfolio",
@@ -50,9 +58,9 @@ def register(app: typer.Typer) -> None:
             "broker id",
         ):
             table.add_column(column)
-        for row in run_async(main):
+        for row in rows:
             table.add_row(
-                f"{row['requested_at']:%Y-%m-%d %H:%M}",
+                f"{row['requested_at']:%Y-%m-%d %H:%MZ}",
                 row["portfolio_id"],
                 row["symbol"],
                 row["side"],

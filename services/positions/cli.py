@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -123,6 +124,9 @@ def discrepancies_command(
 def snapshots_command(
     portfolio: Annotated[str | None, typer.Option("--portfolio", "-p", help="Only this portfolio.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Draw the equity curve into this PNG file.")] = None,
+    percent: Annotated[
+        bool, typer.Option("--percent", help="Plot the change from the starting cash in percent, not money.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The equity curve: one snapshot per portfolio per trading day (portfolio_snapshot at close + 5 min)."""
@@ -131,8 +135,8 @@ def snapshots_command(
     if plot is not None and plot.suffix.lower() != ".png":
         raise fail(f"--plot needs a .png file name, got {str(plot)!r}")
     (rows,) = run_async(lambda: _fetch(
-        ("SELECT * FROM portfolio_snapshots WHERE ($1::text IS NULL OR portfolio_id = $1)"
-         " ORDER BY portfolio_id, trading_day", portfolio),
+        ("SELECT s.*, p.starting_cash FROM portfolio_snapshots s LEFT JOIN portfolios p USING (portfolio_id)"
+         " WHERE ($1::text IS NULL OR s.portfolio_id = $1) ORDER BY s.portfolio_id, s.trading_day", portfolio),
     ))
     if as_json:
         _json_rows(rows)
@@ -155,30 +159,68 @@ def snapshots_command(
     console.print(table)
     if plot is not None:
         try:
-            draw_equity_curve(rows, plot)
+            draw_equity_curve(rows, plot, percent=percent)
         except OSError as exc:
             raise fail(f"cannot write {plot}: {exc.strerror or exc}") from None
         console.print(f"equity curve written to {plot}")
 
 
-def draw_equity_curve(rows: list[dict[str, Any]], path: Path) -> None:
+@dataclass(frozen=True)
+class EquitySeries:
+    """What the plot draws: trading days as evenly spaced positions (no weekend or holiday gaps), each
+    portfolio's value per day (None: no snapshot that day) and its starting cash (the baseline)."""
+
+    days: list[date]
+    curves: dict[str, list[float | None]]
+    baselines: dict[str, float | None]
+
+
+def equity_series(rows: list[dict[str, Any]], *, percent: bool = False) -> EquitySeries:
+    days = sorted({r["trading_day"] for r in rows})
+    position = {day: i for i, day in enumerate(days)}
+    curves: dict[str, list[float | None]] = {}
+    baselines: dict[str, float | None] = {}
+    for r in rows:
+        start = r.get("starting_cash")
+        curve = curves.setdefault(r["portfolio_id"], [None] * len(days))
+        value = Decimal(r["total_value"])
+        if percent:
+            # Drawing only: the numbers stay Decimal everywhere else.
+            curve[position[r["trading_day"]]] = float((value / start - 1) * 100) if start else None
+            baselines[r["portfolio_id"]] = 0.0 if start else None
+        else:
+            curve[position[r["trading_day"]]] = float(value)
+            baselines[r["portfolio_id"]] = float(start) if start is not None else None
+    return EquitySeries(days, curves, baselines)
+
+
+def draw_equity_curve(rows: list[dict[str, Any]], path: Path, *, percent: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    curves: dict[str, tuple[list[date], list[float]]] = {}
-    for r in rows:
-        days, values = curves.setdefault(r["portfolio_id"], ([], []))
-        days.append(r["trading_day"])
-        values.append(float(r["total_value"]))  # drawing only: the numbers stay Decimal everywhere else
+    series = equity_series(rows, percent=percent)
+    x = list(range(len(series.days)))
     fig, ax = plt.subplots(figsize=(9, 4.5))
     try:
-        for portfolio_id, (days, values) in sorted(curves.items()):
-            ax.plot(days, values, marker="o", label=portfolio_id)
-        ax.set_title("openbell equity curve")
-        ax.set_xlabel("trading day")
-        ax.set_ylabel("total value")
+        for portfolio_id, values in sorted(series.curves.items()):
+            (line,) = ax.plot(x, [v if v is not None else float("nan") for v in values], marker="o",
+                              label=portfolio_id)
+            baseline = series.baselines.get(portfolio_id)
+            if baseline is not None:
+                ax.axhline(baseline, color=line.get_color(), linestyle="--", linewidth=0.8, alpha=0.6)
+        ax.set_title("openbell equity curve" + (" (change from starting cash)" if percent else ""))
+        ax.set_xlabel("trading day (dashed: starting cash)")
+        ax.set_ylabel("change" if percent else "total value")
+        # One position per trading day: weekends and holidays leave no gaps; at most ~12 labels.
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=min(12, max(1, len(x))), integer=True))
+        ax.xaxis.set_major_formatter(FuncFormatter(
+            lambda v, _: series.days[int(v)].isoformat() if 0 <= int(v) < len(series.days) and v == int(v) else ""))
+        ax.set_xlim(-0.5, len(x) - 0.5)
+        ax.yaxis.set_major_formatter(FuncFormatter(
+            (lambda v, _: f"{v:+.1f}%") if percent else (lambda v, _: f"${v:,.0f}")))
         ax.grid(True, alpha=0.3)
         ax.legend()
         fig.autofmt_xdate()

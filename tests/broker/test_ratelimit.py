@@ -5,7 +5,10 @@ listing floor lists 10,000 open orders in 20 calls."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
+
+import pytest
 
 from services.broker.alpaca import AlpacaBroker
 from services.broker.ratelimit import Priority, RateLimiter
@@ -79,3 +82,30 @@ async def test_status_check_floor_lists_ten_thousand_orders_in_twenty_calls(
     fake_alpaca.reset_counts()
     await alpaca_broker.list_orders("all", after=oldest - timedelta(seconds=1))
     assert fake_alpaca.calls["GET /v2/orders"] == 21
+
+
+async def test_a_trade_stream_outage_is_one_warning_line(
+    fake_alpaca: FakeAlpaca, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No Alpaca stream to connect to: alpaca-py's traceback per backoff becomes one line with the next try."""
+    from services.core.embedded import free_port
+
+    broker = AlpacaBroker(
+        alpaca_settings_for(fake_alpaca, api_stream_url=f"ws://127.0.0.1:{free_port()}/stream"), RateLimiter(1000)
+    )
+    caplog.set_level(logging.DEBUG)
+    updates = broker.trade_updates()
+    reader = asyncio.ensure_future(updates.__anext__())
+    try:
+        await asyncio.wait({reader}, timeout=4)  # several reconnect attempts (backoff from 0.5 s)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await updates.aclose()
+        await broker.aclose()
+    attempts = [r for r in caplog.records if "starting trading websocket connection" in r.getMessage()]
+    assert len(attempts) >= 2  # it did retry
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 1, [r.getMessage() for r in loud]
+    assert "Alpaca trade stream down" in loud[0].getMessage() and "next try at" in loud[0].getMessage()
+    assert loud[0].exc_info is None

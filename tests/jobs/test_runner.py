@@ -268,7 +268,8 @@ async def test_projection_live_equals_rebuilt(store: EventStore) -> None:
     assert se["status"] == "enabled" and se["total_failures"] == 1 and se["consecutive_failures"] == 1
     assert stats["alert_price_check"]["status"] == "disabled"
     assert stats["alert_price_check"]["total_skipped"] == 1
-    assert len(history) == 8
+    assert len(history) == 8 + 1  # the runs and the skipped tick 7 (status skipped, its cause)
+    assert [h["error"] for h in history if h["status"] == "skipped"] == ["circuit_open"]
     assert history[0]["tick_id"] == tick(8).tick_id and history[0]["status"] == "completed"
     assert history[0]["metadata"] == {"symbols_updated": 3, "minute": 10}
     assert {h["status"] for h in failed} == {"failed"} and len(failed) == 4

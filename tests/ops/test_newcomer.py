@@ -69,7 +69,7 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 # Three demo runs and a dozen openbell processes: about a minute alone, more on a loaded machine.
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 async def test_newcomer_session(data_dir: Path, tmp_path: Path) -> None:
     t0 = time.monotonic()
     # The README's first line, small: the first run starts both servers and says so, nothing is "reused".
@@ -113,17 +113,21 @@ async def test_newcomer_session(data_dir: Path, tmp_path: Path) -> None:
     assert _openbell(data_dir, "servers", "status").returncode == 0  # stopping serve left them running
 
     print(f"serve all: {time.monotonic() - t0:.1f}s")
-    # tail across a restart of the servers: one line when NATS goes, one when it is back, same port.
-    tail_log = tmp_path / "tail.log"
+    # tail and events --follow across a restart of the servers: one line when a server goes, one when it
+    # is back, same port; the follow resumes after the last event it printed.
+    tail_log, follow_log = tmp_path / "tail.log", tmp_path / "follow.log"
     tail = _spawn(data_dir, tail_log, "tail", "--count", "2", OPENBELL_LOG_LEVEL="INFO")
+    follow = _spawn(data_dir, follow_log, "events", "--follow", "--stream", "portfolio-demo-01")
     try:
         _until(lambda: "following" in tail_log.read_text(), 30, "tail to follow")
+        _until(lambda: "PortfolioOpened" in follow_log.read_text(), 30, "events --follow to catch up")
         nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
         await nc.publish("openbell.feed.test.one", b'{"n": 1}')
         await nc.close()
         _until(lambda: "n=1" in tail_log.read_text(), 10, "the first message")
         assert "stopped (pid" in "\n".join(_openbell(data_dir, "servers", "stop").stdout.splitlines())
         _until(lambda: "lost NATS" in tail_log.read_text(), 10, "the outage line")
+        _until(lambda: "lost PostgreSQL" in follow_log.read_text(), 60, "the follow's outage line")
         restarted = _openbell(data_dir, "servers", "start")
         assert f"started nats-server on 127.0.0.1:{nats_port}" in restarted.stdout, restarted.stdout
         nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
@@ -134,10 +138,20 @@ async def test_newcomer_session(data_dir: Path, tmp_path: Path) -> None:
             await asyncio.sleep(0.2)
         await nc.close()
         tail.wait(5)
+        assert _openbell(data_dir, "portfolio", "halt", "demo-01").returncode == 0
+        _until(lambda: "PortfolioHalted" in follow_log.read_text(), 30, "the follow to resume")
     finally:
-        if tail.poll() is None:
-            tail.kill()
-            tail.wait()
+        for process in (tail, follow):
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+    followed = follow_log.read_text()
+    assert followed.count("lost PostgreSQL") == 1 and "is back" in followed and "Traceback" not in followed
+    assert follow.returncode == 130, followed[-3000:]  # Ctrl-C
     text = tail_log.read_text()
     assert tail.returncode == 0, text[-3000:]
     assert "n=2" in text and text.count("lost NATS") == 1 and "is back" in text

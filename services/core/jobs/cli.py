@@ -145,7 +145,8 @@ def history_command(
         for column in ("started", "job_type", "tick id", "att.", "status", "ms", "counters / error"):
             table.add_column(column)
         for r in rows:
-            detail = r["error"] if r["status"] == "failed" else ", ".join(
+            detail = r["error"] if r["status"] == "failed" else f"not run: {r['error']}" if r["status"] == "skipped" \
+                else ", ".join(
                 f"{k}={v}" for k, v in (r["metadata"] or {}).items()
             )
             colour = {"completed": "green", "failed": "red"}.get(r["status"], "yellow")

@@ -84,6 +84,15 @@ DDL = (
     );
     CREATE INDEX IF NOT EXISTS job_executions_job_started ON job_executions (job_type, started_at DESC);
     CREATE INDEX IF NOT EXISTS job_executions_started ON job_executions (started_at DESC);
+    -- Ticks that were not run (job disabled or breaker open, too late, ...), for history.
+    CREATE TABLE IF NOT EXISTS job_skips (
+        tick_id text PRIMARY KEY,
+        job_type job_type NOT NULL,
+        scheduled_for timestamptz NOT NULL,
+        skipped_at timestamptz NOT NULL,
+        cause text NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS job_skips_skipped ON job_skips (skipped_at DESC);
     """
 )
 
@@ -111,7 +120,7 @@ _json = msgspec.json.Encoder()
 
 class JobsProjection(Projection):
     name: ClassVar[str] = "jobs"
-    tables: ClassVar[tuple[str, ...]] = ("scheduled_jobs", "job_executions")
+    tables: ClassVar[tuple[str, ...]] = ("scheduled_jobs", "job_executions", "job_skips")
     event_types: ClassVar[frozenset[str] | None] = EVENT_TYPES
 
     async def setup(self, con: asyncpg.Connection) -> None:
@@ -175,6 +184,11 @@ class JobsProjection(Projection):
                        WHERE job_type = $1""",
                     event.job_type, _next_run_after(event.job_type, event.scheduled_for), event.tick_id, at,
                 )
+                await con.execute(
+                    """INSERT INTO job_skips (tick_id, job_type, scheduled_for, skipped_at, cause)
+                       VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tick_id) DO NOTHING""",
+                    event.tick_id, event.job_type, event.scheduled_for, event.skipped_at, str(event.cause),
+                )
             case _ if isinstance(event, HEALTH_EVENTS):
                 health = breaker.health_after(event)
                 await con.execute(
@@ -211,11 +225,17 @@ HISTORY_COLUMNS = (
 async def job_history(
     con: asyncpg.Connection, *, job_type: str | None = None, limit: int = 20, failed_only: bool = False
 ) -> list[dict[str, Any]]:
-    """getJobHistory: the newest executions first."""
+    """The newest executions first, with the ticks that were skipped (status ``skipped``, the cause as
+    ``error``: a tick that did nothing shows why)."""
     rows = await con.fetch(
-        f"""SELECT {', '.join(HISTORY_COLUMNS)} FROM job_executions
-            WHERE ($1::job_type IS NULL OR job_type = $1::job_type)
-              AND (NOT $2 OR status = 'failed')
+        f"""SELECT * FROM (
+                SELECT {', '.join(HISTORY_COLUMNS)}, status::text AS status_text FROM job_executions
+                WHERE ($1::job_type IS NULL OR job_type = $1::job_type) AND (NOT $2 OR status = 'failed')
+                UNION ALL
+                SELECT NULL::uuid, job_type, tick_id, 0, NULL::execution_status, 'skipped', scheduled_for,
+                       skipped_at, skipped_at, NULL::double precision, '{{}}'::jsonb, cause, 'skipped'
+                FROM job_skips WHERE ($1::job_type IS NULL OR job_type = $1::job_type) AND NOT $2
+            ) AS runs
             ORDER BY started_at DESC, tick_id DESC, attempt DESC
             LIMIT $3""",
         job_type, failed_only, limit,
@@ -223,6 +243,7 @@ async def job_history(
     result = []
     for r in rows:
         row = dict(r)
+        row["status"] = row.pop("status_text")
         row["metadata"] = msgspec.json.decode(row["metadata"]) if isinstance(row["metadata"], str) else row["metadata"]
         result.append(row)
     return result
