@@ -112,9 +112,9 @@ def _log_crash(task: asyncio.Task[Any]) -> None:
 
 
 def runtime_role(services: Sequence[str]) -> str:
-    """The NATS role of a service process's main connection: the clock's or the relay's alone, else the
+    """The NATS role of a service process's main connection: the clock's, the relay's or the web's alone, else the
     services' (a process hosting the clock or the relay among others opens their connections too)."""
-    if list(services) in (["clock"], ["relay"]):
+    if list(services) in (["clock"], ["relay"], ["web"]):
         return services[0]
     return "services"
 

@@ -9,11 +9,13 @@ Roles:
 - ``admin``: creates and updates the JetStream streams (and may do anything: the demo resets its streams);
   never used by a service.
 - ``clock``: alone publishes ticks (``<prefix>.tick.>``). ``openbell tick`` (a manual tick) uses it too.
-- ``relay``: alone publishes the event log (``<prefix>.event.>``).
+- ``relay``: alone publishes the event log (``<prefix>.event.>``); it also turns stored events into feeds
+  (halts, order lifecycle, risk refusals, discrepancies) through durable consumers on the events stream.
 - ``services``: strategy, orders, positions, alerts, projections: consume their durable consumers, publish
   feeds, dead letters, work items and replies to the commands they serve.
 - ``operator``: the CLI: sends commands (``<prefix>.cmd.>``) and reads.
-- ``web``: the HTTP dashboard: reads feeds, sends halt/resume/job commands.
+- ``web``: the HTTP dashboard: reads the feeds stream through ordered consumers of its own (its operator
+  actions append to the event store, like the CLI's).
 - ``feed``: read-only, for browsers: subscribes ``<prefix>.feed.>`` only, over the websocket only.
 
 No role but ``admin`` may create, update, delete or purge a stream.
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 
 ROLES: tuple[str, ...] = ("admin", "clock", "relay", "services", "operator", "web", "feed")
 ANY_PREFIX = "*"
-STREAM_KINDS = ("TICKS", "EVENTS", "WORK", "DLQ")
+STREAM_KINDS = ("TICKS", "EVENTS", "WORK", "DLQ", "FEEDS")
 # Commands the web dashboard may send (halt/resume a portfolio, enable/disable a job).
 WEB_COMMANDS = ("cmd.portfolio.halt", "cmd.portfolio.resume", "cmd.job.>")
 
@@ -111,7 +113,9 @@ def role_permissions(role: str, prefix: str) -> Permissions:
         )
     if role == "relay":
         return Permissions(
-            publish_allow=(f"{p}.event.>", notice, *_reading(p)),
+            publish_allow=(
+                f"{p}.event.>", f"{p}.feed.>", f"{p}.dlq.>", notice, *_reading(p), *_consuming(p, ("EVENTS",)),
+            ),
             publish_deny=STREAM_ADMIN_DENY,
             subscribe_allow=(notice, *inbox),
         )
@@ -132,9 +136,14 @@ def role_permissions(role: str, prefix: str) -> Permissions:
             subscribe_allow=(f"{p}.feed.>", notice, *inbox),
         )
     if role == "web":
+        feeds = stream_token(p, "FEEDS")
         return Permissions(
-            publish_allow=(*(f"{p}.{command}" for command in WEB_COMMANDS), *_reading(p)),
-            publish_deny=STREAM_ADMIN_DENY,
+            publish_allow=(
+                *(f"{p}.{command}" for command in WEB_COMMANDS), *_reading(p),
+                # Ordered (ephemeral) consumers of the feeds stream, and their flow-control answers.
+                f"$JS.API.CONSUMER.CREATE.{feeds}", f"$JS.API.CONSUMER.CREATE.{feeds}.>", f"$JS.FC.{feeds}.>",
+            ),
+            publish_deny=(f"{p}.tick.>", f"{p}.event.>", *STREAM_ADMIN_DENY),
             subscribe_allow=(f"{p}.feed.>", *inbox),
         )
     if role == "feed":

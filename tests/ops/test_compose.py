@@ -112,7 +112,8 @@ def test_no_secret_has_a_default_and_ports_are_on_loopback() -> None:
     for name, spec in services.items():
         for port in spec.get("ports", []):
             assert port.startswith("${OPENBELL_BIND_ADDRESS:-127.0.0.1}:"), (name, port)
-    assert set(services) - {"nats"} == {name for name, spec in services.items() if "ports" not in spec}
+    # Only NATS and the dashboard are published (on loopback unless OPENBELL_BIND_ADDRESS says otherwise).
+    assert set(services) - {"nats", "web"} == {name for name, spec in services.items() if "ports" not in spec}
 
 
 def test_nats_runs_from_a_config_it_accepts_with_the_users_and_permissions_of_the_embedded_server(
@@ -131,8 +132,8 @@ def test_nats_runs_from_a_config_it_accepts_with_the_users_and_permissions_of_th
     services = compose()["services"]
     roles = {name: spec["environment"]["OPENBELL_NATS_USER"] for name, spec in services.items()
              if name not in ("nats", "postgres")}
-    assert roles == {"setup": "admin", "clock": "clock", "relay": "relay", **{
-        name: "services" for name in SERVICES if name not in ("clock", "relay")}}
+    assert roles == {"setup": "admin", "clock": "clock", "relay": "relay", "web": "web", **{
+        name: "services" for name in SERVICES if name not in ("clock", "relay", "web")}}
     for name, role in roles.items():
         variable = nats_auth.compose_password_variable(role)
         assert services[name]["environment"]["OPENBELL_NATS_PASSWORD"].startswith("${" + variable + ":?")

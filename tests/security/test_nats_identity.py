@@ -156,7 +156,8 @@ async def test_no_service_role_deletes_purges_or_creates_a_stream(
     info = await admin_js.stream_info(subjects.work_stream)
     assert info.state.messages == 1 and info.config.subjects == [f"{PREFIX}.work.>"]
     assert {s.config.name for s in await admin_js.streams_info()} == {
-        subjects.ticks_stream, subjects.events_stream, subjects.work_stream, subjects.dlq_stream}
+        subjects.ticks_stream, subjects.events_stream, subjects.work_stream, subjects.dlq_stream,
+        subjects.feeds_stream}
 
 
 async def test_the_feed_user_is_refused_on_the_plain_listener(server: EmbeddedNats) -> None:
