@@ -321,9 +321,8 @@ async def connect_nats(
         state["connected"] = True
         return nc
     connecting.cancel()
-    with contextlib.suppress(BaseException):
-        await connecting
-    with contextlib.suppress(BaseException):
+    await asyncio.gather(connecting, return_exceptions=True)  # (a cancellation of ours still propagates)
+    with contextlib.suppress(nats.errors.Error, OSError):
         await nc.close()
     if connecting.done() and not connecting.cancelled() and connecting.exception() is not None:
         errors.append(connecting.exception())  # type: ignore[arg-type]
