@@ -22,10 +22,10 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from eventstore import NewEvent
-from services.alerts.events import AlertCreated, AlertTriggered, NotificationRaised
 from services.core.events import new_event
-from services.orders.types import require_aware
-from services.strategy.config import ConfigError, validate_symbol
+from services.model.events.alerts import AlertCreated, AlertTriggered, NotificationRaised
+from services.model.symbols import ConfigError, validate_symbol
+from services.model.vocabulary import require_aware
 
 
 class AlertCondition(StrEnum):

@@ -34,17 +34,17 @@ from nats.aio.msg import Msg
 
 from eventstore import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
 from services.alerts.conditions import AlertSpec, alert_created, check_alerts, parse_alert_spec
-from services.alerts.events import AlertRemoved, AlertTriggered, NotificationRaised
 from services.alerts.projection import AlertsProjection
-from services.alerts.state import AlertState, alert_stream, evolve_alert, validate_alert_id
+from services.alerts.state import AlertState, evolve_alert, validate_alert_id
+from services.broker.quotes import QuoteSettings, QuotesUnavailable, fetch_quotes, load_quote_settings
 from services.core.events import new_event, registry
 from services.core.host import ServiceContext
 from services.core.jobs.consumer import subscribe_ticks
 from services.core.jobs.runner import JobContext
 from services.core.jobs.types import JobType
-from services.positions.planning import feed_payload
-from services.positions.service import QuotesUnavailable, catch_up, fetch_quotes
-from services.positions.settings import PositionsSettings, load_positions_settings
+from services.model.events.alerts import AlertRemoved, AlertTriggered, NotificationRaised
+from services.model.feeds import feed_payload
+from services.model.streams import alert_stream, portfolio_stream
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class AlertCommands:
                 )
             payload["reference_price"] = str(price)
         spec = parse_alert_spec(payload)
-        if spec.portfolio_id is not None and await self.store.stream_version(f"portfolio-{spec.portfolio_id}") < 0:
+        if spec.portfolio_id is not None and await self.store.stream_version(portfolio_stream(spec.portfolio_id)) < 0:
             raise CommandFailed(f"invalid alert: unknown portfolio {spec.portfolio_id!r}")
         created = alert_created(alert_id, spec, self.clock())
         try:
@@ -168,7 +168,7 @@ class AlertCommands:
 
 
 class AlertsService:
-    def __init__(self, ctx: ServiceContext, settings: PositionsSettings) -> None:
+    def __init__(self, ctx: ServiceContext, settings: QuoteSettings) -> None:
         self.ctx = ctx
         self.settings = settings
         self.commands = AlertCommands(ctx.rt.store, self.price_of)
@@ -204,7 +204,7 @@ class AlertsService:
 
     async def alert_price_check(self, job: JobContext) -> dict[str, int]:
         at = job.scheduled_at
-        await catch_up(self.ctx, AlertsProjection.name)
+        await self.ctx.catch_up(AlertsProjection.name)
         async with self.store.pool.acquire() as con:
             rows = await con.fetch("SELECT alert_id FROM alerts WHERE active ORDER BY alert_id")
         active: dict[str, AlertSpec] = {}
@@ -265,7 +265,7 @@ class AlertsService:
 
 
 async def setup(ctx: ServiceContext) -> None:
-    service = AlertsService(ctx, load_positions_settings())
+    service = AlertsService(ctx, load_quote_settings())
     subscription = await ctx.rt.nc.subscribe(ctx.rt.subjects.cmd("alert.*"), queue=SERVICE, cb=service.on_command)
 
     async def unsubscribe_on_stop() -> None:

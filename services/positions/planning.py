@@ -3,25 +3,21 @@ belongs to, batching of quote requests, broker quotes into valuation quotes, fee
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from datetime import date, datetime
 
 import msgspec
 
-from services.broker.models import Quote as BrokerQuote
 from services.clock import calendar
-from services.orders.types import require_aware
-from services.positions.events import (
+from services.model.events.positions import (
     PositionDiscrepancyDetected,
     PositionDiscrepancyResolved,
     SymbolQuarantined,
     SymbolQuarantineLifted,
 )
+from services.model.vocabulary import require_aware
 from services.positions.reconcile import Discrepancy, DiscrepancyKind, PolicyAction
-from services.positions.valuation import Quote
 
 # Statuses of the ``trades`` read model of an order that may still fill.
-IN_FLIGHT_STATUSES = ("requested", "submitted", "unknown", "partially_filled")
 
 
 def snapshot_day(at: datetime) -> date:
@@ -36,36 +32,9 @@ def snapshot_day(at: datetime) -> date:
     return next(calendar.sessions_before(day)).day
 
 
-def batches(symbols: Iterable[str], size: int) -> Iterator[list[str]]:
-    """Sorted, de-duplicated symbols in batches of at most ``size`` (one broker call each)."""
-    if size < 1:
-        raise ValueError("batch size must be >= 1")
-    ordered = sorted(set(symbols))
-    for start in range(0, len(ordered), size):
-        yield ordered[start : start + size]
-
-
-def valuation_quote(quote: BrokerQuote) -> Quote:
-    """A broker quote as the valuation logic sees it; a non-positive side is no price (never 0)."""
-    bid = quote.bid_price if quote.bid_price > 0 else None
-    ask = quote.ask_price if quote.ask_price > 0 else None
-    return Quote(symbol=quote.symbol, bid=bid, ask=ask, last=None, timestamp=quote.timestamp)
-
-
 def feed_key(symbol: str) -> str:
     """A symbol as a NATS subject token (``BRK.B`` -> ``BRK_B``: a dot separates tokens)."""
     return symbol.replace(".", "_")
-
-
-_encoder = msgspec.json.Encoder(decimal_format="string")
-
-
-def feed_payload(kind: str, data: msgspec.Struct, **extra: object) -> bytes:
-    """The JSON body of a live feed message: ``{"kind": ..., **event fields, **extra}``."""
-    body = msgspec.to_builtins(data, builtin_types=(datetime, date))
-    if not isinstance(body, dict):
-        raise TypeError("a feed payload must be a Struct")
-    return _encoder.encode({"kind": kind, **body, **extra})
 
 
 # ------------------------------------------------------------------------------------ position_sync

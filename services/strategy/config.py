@@ -31,34 +31,19 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from services.orders.types import OrderType
-from services.positions.events import UNASSIGNED_PORTFOLIO
+from services.model.events.positions import UNASSIGNED_PORTFOLIO
+from services.model.symbols import ConfigError, validate_symbol
+from services.model.vocabulary import OrderType
 from services.strategy.plugins import resolve_strategy
 from services.strategy.risk import RiskLimits
 from services.strategy.sizing import PercentOfEquity, SizingSpec
 
-SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z.]{0,9}$")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
-
-
-class ConfigError(ValueError):
-    """Invalid portfolio or strategy input; the message says which field and why."""
 
 
 class TradingMode(StrEnum):
     PAPER = "paper"
     LIVE = "live"
-
-
-def validate_symbol(symbol: str) -> str:
-    if not isinstance(symbol, str) or not SYMBOL_PATTERN.match(symbol):
-        hint = (
-            f" (did you mean {symbol.upper()!r}?)"
-            if isinstance(symbol, str) and SYMBOL_PATTERN.match(symbol.upper())
-            else ""
-        )
-        raise ValueError(f"{symbol!r} is not a symbol (1-10 upper-case letters or dots, e.g. 'BRK.B'){hint}")
-    return symbol
 
 
 def validate_name(name: str, what: str) -> str:

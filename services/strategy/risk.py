@@ -26,7 +26,7 @@ from decimal import Decimal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.orders.types import Side
+from services.model.vocabulary import Side
 
 ZERO = Decimal(0)
 

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.orders.types import Side
+from services.model.vocabulary import Side
 
 ZERO = Decimal(0)
 _WHOLE = Decimal(1)

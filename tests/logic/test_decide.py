@@ -1,9 +1,10 @@
 from datetime import timedelta
 from decimal import Decimal
 
-from services.orders.ids import client_order_id
-from services.orders.types import OrderType, Side
-from services.positions.accounting import Position
+from services.model.accounting import Position
+from services.model.events.strategy import OrderRejectedByRisk, OrderRequested, PortfolioHalted, SignalGenerated
+from services.model.ids import client_order_id
+from services.model.vocabulary import OrderType, Side
 from services.strategy import risk
 from services.strategy.config import StrategySpec, parse_strategy_spec
 from services.strategy.decide import (
@@ -19,7 +20,6 @@ from services.strategy.decide import (
     decide_portfolio,
     limit_price_for,
 )
-from services.strategy.events import OrderRejectedByRisk, OrderRequested, PortfolioHalted, SignalGenerated
 from services.strategy.risk import RiskLimits
 from services.strategy.strategies import Action
 from tests.logic.helpers import T0, D, bars_from_closes
