@@ -1,29 +1,25 @@
 """The ``openbell`` command.
 
 Each service adds its commands through a ``register(app)`` function in its own ``cli`` module, listed in
-``_COMMAND_MODULES``; this file holds the foundation's commands: doctor, events, replay, relay.
+``_COMMAND_MODULES``; this file holds the foundation's commands: doctor, events, replay, serve.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
-import os
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import msgspec
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from eventstore import EventStoreError, PositionNotFound, RecordedEvent
-from services.core import eventloop
+from eventstore import PositionNotFound, RecordedEvent
+from services.cli_support import CommandError, console, err_console, fail, run_async
 from services.core.runtime import connect_runtime
-from services.core.settings import SettingsError, load_settings
+from services.core.settings import SettingsError
 
 app = typer.Typer(
     name="openbell",
@@ -32,13 +28,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# Tables keep Rich's width on a terminal (or COLUMNS); piped into a file or another program, they are not
-# cut to Rich's default of 80 columns, where the wider tables (jobs, history, orders) become unreadable.
-PIPED_WIDTH = 160
-console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
-err_console = Console(stderr=True, soft_wrap=True)
-
-T = TypeVar("T")
 
 # Modules with a ``register(app: typer.Typer) -> None`` adding their commands.
 _COMMAND_MODULES = (
@@ -50,32 +39,6 @@ _COMMAND_MODULES = (
     "services.alerts.cli",
     "services.demo",
 )
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
-    """Run a command's coroutine; turn expected failures into one-line errors instead of tracebacks."""
-    try:
-        settings_level = load_settings().log_level
-    except SettingsError as exc:
-        raise fail(str(exc), 2) from None
-    logging.basicConfig(level=settings_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return eventloop.run(coro_factory())  # type: ignore[arg-type]
-    except SettingsError as exc:
-        raise fail(str(exc), 2) from None
-    except (CommandError, EventStoreError, ValueError) as exc:
-        raise fail(str(exc)) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
 
 
 # ------------------------------------------------------------------------------------------- doctor
@@ -202,7 +165,7 @@ def replay(
         raise fail(str(exc.args[0])) from None
 
 
-# -------------------------------------------------------------------------------------------- relay
+# -------------------------------------------------------------------------------------------- serve
 
 
 @app.command()

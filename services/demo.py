@@ -22,6 +22,7 @@ from eventstore.projections import ProjectionRunner
 from services.broker.simulator.broker import SimBroker, SimConfig
 from services.broker.simulator.engine import FillPolicy
 from services.broker.simulator.market import DEFAULT_SYMBOLS
+from services.cli_support import CommandError, console, run_async
 from services.clock.calendar import sessions_between
 from services.clock.schedule import JobType, all_slots_between
 from services.clock.virtual import VirtualClock
@@ -182,8 +183,6 @@ def register(app: typer.Typer) -> None:
         reset: Annotated[bool, typer.Option("--reset", help="Wipe a previous demo's data first.")] = False,
     ) -> None:
         """Run a virtual trading week (or N days) on the simulator with the whole system live."""
-        from services.cli import CommandError, console, run_async
-
         async def main() -> None:
             t0 = time.perf_counter()
             async with connect_runtime(name="openbell-demo") as rt:

@@ -10,6 +10,7 @@ import msgspec
 import typer
 from rich.table import Table
 
+from services.cli_support import console, fail, run_async
 from services.clock import calendar, schedule
 from services.clock.ticks import manual_tick, publish_tick
 from services.core.jobs.types import parse_job_type
@@ -52,8 +53,6 @@ def schedule_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print every job slot of a trading day, in New York time and UTC (no server needed)."""
-    from services.cli import console, fail
-
     try:
         data = schedule_data(_parse_date(day))
     except ValueError as exc:
@@ -81,7 +80,6 @@ def schedule_command(
 
 def tick_command(job_type: Annotated[str, typer.Argument(help="One of the six job types.")]) -> None:
     """Emit a manual tick for a job now (the job's consumer runs it)."""
-    from services.cli import console, fail, run_async
     from services.core.runtime import connect_runtime
 
     try:

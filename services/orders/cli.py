@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from services.cli_support import console, run_async
 from services.orders.lifecycle import OrderStatus
 
 
@@ -19,7 +20,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Orders with their status, quantities, average fill price and broker ids."""
         from eventstore.projections import ProjectionRunner
-        from services.cli import console, run_async
         from services.core.runtime import connect_runtime
         from services.orders.projection import TradesProjection
 

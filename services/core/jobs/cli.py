@@ -12,6 +12,7 @@ from rich.table import Table
 
 from eventstore import EventStore
 from eventstore.projections import ProjectionRunner
+from services.cli_support import console, fail, run_async
 from services.core.jobs.projection import JobsProjection, job_history, job_stats
 from services.core.jobs.runner import JobRunner
 from services.core.jobs.types import parse_job_type
@@ -42,7 +43,6 @@ def jobs_command(
     """Table of the six jobs: status, schedule, last/next run, runs, failures, average duration."""
     if ctx.invoked_subcommand is not None:
         return
-    from services.cli import console, run_async
     from services.core.runtime import connect_runtime
 
     async def show() -> None:
@@ -72,7 +72,6 @@ def jobs_command(
 
 
 def _operator_action(job_type: str, enable: bool, reason: str) -> None:
-    from services.cli import console, fail, run_async
     from services.core.runtime import connect_runtime
 
     try:
@@ -121,7 +120,6 @@ def history_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Job executions, newest first (getJobHistory)."""
-    from services.cli import console, fail, run_async
     from services.core.runtime import connect_runtime
 
     try:
