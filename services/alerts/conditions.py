@@ -1,4 +1,4 @@
-"""Price alerts: the seed's three conditions, validated, and evaluated against a price.
+"""Price alerts: three conditions (above, below, percent change), validated, and evaluated against a price.
 
 - ``above``: fires when the price is at or above ``threshold``;
 - ``below``: fires when the price is at or below ``threshold``;

@@ -1,5 +1,5 @@
-"""The notifications of an order's life (the seed's "alerts for executed trades, fills, cancellations
-and rejections"): one NotificationRaised per order event that a person wants to hear about, with an id
+"""The notifications of an order's life (executed trades, fills, cancellations and
+rejections): one NotificationRaised per order event that a person wants to hear about, with an id
 derived from that event's cause, so a redelivered order event notifies once."""
 
 from __future__ import annotations

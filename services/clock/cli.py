@@ -78,7 +78,7 @@ def schedule_command(
     console.print(", ".join(f"{job}: {n}" for job, n in counts.items()) + f"; {len(data['slots'])} slots")
 
 
-def tick_command(job_type: Annotated[str, typer.Argument(help="One of the six job types.")]) -> None:
+def tick_command(job_type: Annotated[str, typer.Argument(help="A job type (openbell jobs lists them).")]) -> None:
     """Emit a manual tick for a job now (the job's consumer runs it)."""
     from services.core.runtime import connect_runtime
 

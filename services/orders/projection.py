@@ -1,4 +1,4 @@
-"""The ``trades`` read model (the seed's trade records): one row per order, from its stream's events.
+"""The ``trades`` read model (the trade records): one row per order, from its stream's events.
 
 ``booked_qty`` is how much of the order's filled quantity the positions service has booked into the
 portfolio's books (its FillApplied events): an order with ``status`` open or ``filled_qty > booked_qty``

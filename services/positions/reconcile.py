@@ -69,7 +69,7 @@ class PolicyAction(StrEnum):
 
 
 class ReconcilePolicy(BaseModel):
-    """What to do with each kind of discrepancy. The defaults are the seed's behaviour: fix them all."""
+    """What to do with each kind of discrepancy. The default is to fix them all."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -1,4 +1,4 @@
-"""``openbell jobs`` (getJobStats), ``openbell jobs enable|disable <job_type>``, ``openbell history``."""
+"""``openbell jobs`` (job stats), ``openbell jobs enable|disable <job_type>``, ``openbell history``."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def jobs_command(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Table of the six jobs: status, schedule, last/next run, runs, failures, average duration."""
+    """Table of every job: status, schedule, last/next run, runs, failures, average duration."""
     if ctx.invoked_subcommand is not None:
         return
     from services.core.runtime import connect_runtime
@@ -97,7 +97,7 @@ def _operator_action(job_type: str, enable: bool, reason: str) -> None:
 
 @jobs_app.command("enable")
 def enable_command(
-    job_type: Annotated[str, typer.Argument(help="One of the six job types.")],
+    job_type: Annotated[str, typer.Argument(help="A job type (openbell jobs lists them).")],
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the event).")] = "",
 ) -> None:
     """Enable a job (closes an open circuit breaker and resets its failure streak)."""
@@ -106,7 +106,7 @@ def enable_command(
 
 @jobs_app.command("disable")
 def disable_command(
-    job_type: Annotated[str, typer.Argument(help="One of the six job types.")],
+    job_type: Annotated[str, typer.Argument(help="A job type (openbell jobs lists them).")],
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the event).")] = "",
 ) -> None:
     """Disable a job: its ticks are acknowledged and recorded as skipped without running."""
@@ -119,7 +119,7 @@ def history_command(
     failed: Annotated[bool, typer.Option("--failed", help="Only failed runs.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Job executions, newest first (getJobHistory)."""
+    """Job executions, newest first."""
     from services.core.runtime import connect_runtime
 
     try:

@@ -23,7 +23,7 @@ class JobType(StrEnum):
 
 
 class UnknownJobType(ValueError):
-    """A job type that is not one of the six."""
+    """A value that names no job type."""
 
     def __init__(self, value: str) -> None:
         valid = ", ".join(j.value for j in JobType)
