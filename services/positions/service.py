@@ -35,6 +35,7 @@ import msgspec
 from eventstore import NO_STREAM, EventCodecError, EventStore, NewEvent, WrongExpectedVersion
 from eventstore.relay import envelope_decoder
 from services.broker.quotes import QuotesUnavailable, fetch_quotes
+from services.broker.views import position_view
 from services.core.events import registry
 from services.core.host import ServiceContext
 from services.core.jobs.consumer import Delivery, Reject, subscribe_durable, subscribe_ticks
@@ -340,10 +341,7 @@ class PositionsService:
             }
             portfolios = int(await con.fetchval("SELECT count(*) FROM portfolios"))
         broker = await self.ctx.at(at)
-        at_broker = [
-            BrokerPosition(symbol=p.symbol, qty=p.qty, avg_entry_price=p.avg_entry_price)
-            for p in await broker.list_positions()
-        ]
+        at_broker = [position_view(p) for p in await broker.list_positions()]
         in_flight |= {o.symbol for o in await broker.list_orders(status="open")}
         found = find_discrepancies(
             at_broker,
