@@ -1,4 +1,5 @@
-"""Settings of the positions and alerts jobs (environment, prefix ``OPENBELL_``).
+"""Settings of the positions jobs (environment, prefix ``OPENBELL_``); the quote settings are
+``services.broker.quotes.QuoteSettings``, shared with alerts.
 
 - ``OPENBELL_POSITION_SYNC_POLICY``: JSON, the policy per discrepancy kind, e.g.
   ``{"quantity": "fix", "unknown_at_broker": "quarantine", "closed_at_broker": "halt"}``; kinds left out
