@@ -587,7 +587,7 @@ async def check_invariants(
 
         # books equal fills; the broker's account equals the sum of the books
         specs = demo_portfolios(config.portfolios)
-        from services.orders.types import Side
+        from services.model.vocabulary import Side
         from services.positions.books import load_book
 
         books: dict[str, dict[str, Any]] = {}

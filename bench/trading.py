@@ -41,10 +41,10 @@ from services.core.host import ServiceContext, hosted
 from services.core.jobs.types import JobType, Tick, TickReason
 from services.core.runtime import connect_runtime
 from services.core.settings import load_settings
-from services.orders.ids import client_order_id
+from services.model.ids import client_order_id
+from services.model.streams import order_stream
 from services.strategy.commands import apply_all
 from services.strategy.config import parse_portfolio_spec
-from services.strategy.portfolio import order_stream
 
 TARGETS = {"tick_1000x20_seconds": 5.0, "tick_to_order_p50_ms": 10.0, "tick_to_order_p99_ms": 50.0}
 T0 = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)  # Tuesday 10:00 New York

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 if TYPE_CHECKING:
-    from eventstore.store import RecordedEvent
+    from eventstore.records import RecordedEvent
 
 S = TypeVar("S", bound=type[msgspec.Struct])
 

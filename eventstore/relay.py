@@ -35,7 +35,8 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 
-from eventstore.store import AppendResult, EventStore, RecordedEvent, category_of
+from eventstore.records import RecordedEvent, category_of
+from eventstore.store import AppendResult, EventStore
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ import asyncpg
 import msgspec
 
 from eventstore.codec import encode
+from eventstore.records import NewEvent, RecordedEvent
 from eventstore.schema import migrate
 
 # Expected-version sentinels (any other value >= 0 is the exact version of the stream's last event).
@@ -55,30 +56,6 @@ class PositionNotFound(EventStoreError):
     pass
 
 
-class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """An event to append. ``event_id`` must be derived from the event's cause (idempotency)."""
-
-    type: str
-    data: Any  # a msgspec Struct, a mapping, or JSON bytes
-    event_id: uuid.UUID
-    metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
-
-
-class RecordedEvent(msgspec.Struct, frozen=True):
-    global_position: int
-    stream_id: str
-    version: int
-    event_id: uuid.UUID
-    type: str
-    data: str  # the stored JSON, exactly as written; decode with an EventRegistry
-    metadata: dict[str, Any]
-    recorded_at: datetime
-
-    @property
-    def category(self) -> str:
-        return category_of(self.stream_id)
-
-
 class Page(msgspec.Struct, frozen=True):
     """Events in commit-safe global order, and the transaction id of the last one (``after_tx`` when empty):
     with its global position, where a reader's checkpoint stands after this page."""
@@ -94,10 +71,6 @@ class AppendResult(msgspec.Struct, frozen=True):
     # The events as written (empty for a repeat), for listeners in this process (the relay's early
     # publish): their data is the JSON sent, which the database stores as the same value.
     recorded: tuple[RecordedEvent, ...] = ()
-
-
-def category_of(stream_id: str) -> str:
-    return stream_id.split("-", 1)[0]
 
 
 _APPEND = """

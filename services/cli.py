@@ -1,7 +1,7 @@
 """The ``openbell`` command.
 
 Each service adds its commands through a ``register(app)`` function in its own ``cli`` module, listed in
-``_COMMAND_MODULES``; this file holds the foundation's commands: doctor, events, replay, relay.
+``_COMMAND_MODULES``; this file holds the foundation's commands: doctor, events, replay, serve.
 """
 
 from __future__ import annotations
@@ -12,28 +12,22 @@ import dataclasses
 import importlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import asyncpg
 import msgspec
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from rich.text import Text
 from typer.core import TyperOption
 
-from eventstore import EventStoreError, PositionNotFound, RecordedEvent
-from services.core import eventloop
+from eventstore import PositionNotFound, RecordedEvent
+from services.cli_support import CommandError, console, err_console, fail, run_async
 from services.core.embedded import EmbeddedServerError
-from services.core.limits import printable
-from services.core.logs import configure_logging
 from services.core.runtime import connect_runtime
-from services.core.servers import ServerUnreachable
 from services.core.settings import SettingsError, load_settings
 
 app = typer.Typer(
@@ -43,28 +37,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# Tables keep Rich's width on a terminal (or COLUMNS); piped into a file or another program, they are not
-# cut to Rich's default of 80 columns, where the wider tables (jobs, history, orders) become unreadable.
-PIPED_WIDTH = 160
-
-
-class SafeConsole(Console):
-    """A Rich console that drops terminal escape sequences and control characters from every string it
-    renders (table cells included): names, reasons, feeds and errors come from the log and from clients,
-    and an escape sequence in them must not reach the operator's terminal. Rich's own styling is added
-    after this, so colours still work."""
-
-    def render_str(self, text: str, **kwargs: Any) -> Text:
-        return super().render_str(printable(text), **kwargs)
-
-
-console = SafeConsole(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
-err_console = SafeConsole(stderr=True, soft_wrap=True)
 
 if TYPE_CHECKING:
     from services.core.host import ServiceContext
-
-T = TypeVar("T")
 
 
 def _help_type_label(self: TyperOption, ctx: Any) -> str | None:
@@ -90,35 +65,6 @@ _COMMAND_MODULES = (
     "services.alerts.cli",
     "services.demo",
 )
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
-    """Run a command's coroutine; turn expected failures into one-line errors instead of tracebacks."""
-    try:
-        settings_level = load_settings().log_level
-    except SettingsError as exc:
-        raise fail(str(exc), 2) from None
-    configure_logging(settings_level)
-    try:
-        return eventloop.run(coro_factory())  # type: ignore[arg-type]
-    except (SettingsError, ServerUnreachable, EmbeddedServerError) as exc:
-        raise fail(str(exc), 2) from None
-    except (CommandError, EventStoreError, ValueError) as exc:
-        raise fail(str(exc)) from None
-    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError) as exc:
-        # A server that went away in the middle of a command: one line, like one that was never there.
-        raise fail(f"lost the connection to a server: {str(exc).splitlines()[0] if str(exc) else exc!r}", 2) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
 
 
 def _show_version(value: bool) -> None:
@@ -427,7 +373,7 @@ def replay(
         raise fail(str(exc.args[0])) from None
 
 
-# -------------------------------------------------------------------------------------------- relay
+# -------------------------------------------------------------------------------------------- serve
 
 
 @app.command()

@@ -27,6 +27,7 @@ from eventstore.projections import ProjectionRunner
 from services.broker.simulator.broker import SimBroker, SimConfig
 from services.broker.simulator.engine import FillPolicy
 from services.broker.simulator.market import DEFAULT_SYMBOLS
+from services.cli_support import CommandError, console, run_async
 from services.clock.calendar import sessions_between
 from services.clock.schedule import JobType, all_slots_between
 from services.clock.virtual import VirtualClock
@@ -171,8 +172,6 @@ DEMO_MARKER_TABLE = "openbell_demo_runs"
 
 async def _owner_connection(rt: Runtime) -> asyncpg.Connection:
     """A connection as the schema's owner: the services' role may neither create nor drop a table."""
-    from services.cli import CommandError
-
     if rt.servers.database_owner_url is None:
         raise CommandError("the demo records and removes its data as the database's owner: set"
                            " OPENBELL_DATABASE_OWNER_URL")
@@ -281,8 +280,6 @@ def register(app: typer.Typer) -> None:
         )] = False,
     ) -> None:
         """Run a virtual trading week (or N days) on the simulator with the whole system live."""
-        from services.cli import CommandError, console, run_async
-
         async def main() -> None:
             t0 = time.perf_counter()
             async with connect_runtime(name="openbell-demo", role="admin") as rt:

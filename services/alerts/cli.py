@@ -17,6 +17,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from rich.table import Table
 
+from services.cli_support import console, fail, run_async
+
 alerts_app = typer.Typer(help="Price alerts: above, below, percent_change.", no_args_is_help=True)
 
 REQUEST_TIMEOUT = 5.0
@@ -48,8 +50,6 @@ async def send_command(name: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(name: str, payload: dict[str, Any]) -> dict[str, Any]:
-    from services.cli import fail, run_async
-
     reply = run_async(lambda: send_command(name, payload))
     if "error" in reply:
         raise fail(str(reply["error"]))
@@ -69,8 +69,6 @@ def create_command(
     alert_id: Annotated[str | None, typer.Option("--id", help="Alert id (makes the create idempotent).")] = None,
 ) -> None:
     """Create a price alert."""
-    from services.cli import console
-
     payload: dict[str, Any] = {"symbol": symbol, "condition": condition, "threshold": threshold}
     if reference is not None:
         payload["reference_price"] = reference
@@ -81,7 +79,6 @@ def create_command(
     alert = _run("create", payload)["alert"]
     console.print(f"alert {alert['alert_id']}: {alert['symbol']} {alert['condition']} {alert['threshold']}"
                   + (f" (reference {alert['reference_price']})" if alert.get("reference_price") else ""))
-    from services.cli import run_async
 
     if not run_async(lambda: has_observed_quote(alert["symbol"])):
         console.print(
@@ -119,10 +116,7 @@ def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List alerts and their status (active, triggered, removed)."""
-    from services.cli import console
-
     alerts = _run("list", {"active_only": active, "portfolio_id": portfolio})["alerts"]
-    from services.cli import run_async
 
     prices = run_async(lambda: observed_prices(sorted({a["symbol"] for a in alerts}))) if alerts else {}
     for a in alerts:
@@ -148,8 +142,6 @@ def list_command(
 @alerts_app.command("remove")
 def remove_command(alert_id: Annotated[str, typer.Argument(help="The alert's id.")]) -> None:
     """Remove an alert (it will not trigger any more)."""
-    from services.cli import console
-
     reply = _run("remove", {"alert_id": alert_id})
     console.print(f"alert {alert_id}: " + ("removed" if reply["removed"] else "already removed"))
 
@@ -162,7 +154,6 @@ def notifications_command(
     """Notifications: fills, cancels, rejections, triggered alerts, tripped breakers, halts, discrepancies."""
     from eventstore.projections import ProjectionRunner
     from services.alerts.projection import AlertsProjection
-    from services.cli import console, run_async
     from services.core.runtime import connect_runtime
 
     async def fetch() -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Price alerts: the seed's three conditions, validated, and evaluated against a price.
+"""Price alerts: three conditions (above, below, percent change), validated, and evaluated against a price.
 
 - ``above``: fires when the price is at or above ``threshold``;
 - ``below``: fires when the price is at or below ``threshold``;
@@ -22,11 +22,11 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from eventstore import NewEvent
-from services.alerts.events import AlertCreated, AlertTriggered, NotificationRaised
 from services.core.events import new_event
 from services.core.limits import fraction, money
-from services.orders.types import require_aware
-from services.strategy.config import ConfigError, validate_name, validate_symbol
+from services.model.events.alerts import AlertCreated, AlertTriggered, NotificationRaised
+from services.model.symbols import ConfigError, validate_name, validate_symbol
+from services.model.vocabulary import require_aware
 
 MAX_THRESHOLD = Decimal("1e9")  # a price (or a percent) no alert needs to exceed
 

@@ -3,7 +3,7 @@
 - ``alerts``: one row per alert: its spec, ``status`` (active | triggered | removed), ``active``, when
   and at which price it fired.
 - ``notifications``: what a person is told: order fills, partial fills, cancels, expiries and rejections
-  (from the order events themselves, through ``services.orders.notifications``), refusals by risk,
+  (from the order events themselves, through ``services.alerts.notifications``), refusals by risk,
   triggered alerts, tripped job breakers, halted portfolios, position discrepancies, and every
   NotificationRaised. The row id is the notification's event id, derived from its cause, so the same
   notification reached by two paths (an order event and a NotificationRaised made from it) is one row.
@@ -19,13 +19,13 @@ import asyncpg
 
 from eventstore import RecordedEvent
 from eventstore.projections import Projection
-from services.alerts.events import AlertCreated, AlertRemoved, AlertTriggered, NotificationRaised
+from services.alerts.notifications import order_notification
 from services.core.events import registry
 from services.core.jobs.events import JobCircuitOpened
-from services.orders.events import OrderCanceled, OrderExpired, OrderFilled, OrderPartiallyFilled, OrderRejected
-from services.orders.notifications import order_notification
-from services.positions.events import PositionDiscrepancyDetected
-from services.strategy.events import OrderRejectedByRisk, PortfolioHalted
+from services.model.events.alerts import AlertCreated, AlertRemoved, AlertTriggered, NotificationRaised
+from services.model.events.orders import OrderCanceled, OrderExpired, OrderFilled, OrderPartiallyFilled, OrderRejected
+from services.model.events.positions import PositionDiscrepancyDetected
+from services.model.events.strategy import OrderRejectedByRisk, PortfolioHalted
 
 DDL = """
 CREATE TABLE IF NOT EXISTS alerts (

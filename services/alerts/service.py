@@ -34,19 +34,20 @@ from nats.aio.msg import Msg
 
 from eventstore import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
 from services.alerts.conditions import AlertSpec, alert_created, check_alerts, parse_alert_spec
-from services.alerts.events import AlertRemoved, AlertTriggered, NotificationRaised
 from services.alerts.projection import AlertsProjection
-from services.alerts.state import AlertState, alert_stream, evolve_alert, validate_alert_id
+from services.alerts.state import AlertState, evolve_alert, validate_alert_id
+from services.broker.quotes import QuoteSettings, QuotesUnavailable, fetch_quotes, load_quote_settings
 from services.core import feeds
 from services.core.events import new_event, registry
 from services.core.host import ServiceContext
 from services.core.jobs.consumer import subscribe_ticks
 from services.core.jobs.runner import JobContext, safe_error
 from services.core.jobs.types import JobType
-from services.core.limits import decode_command, error_reply, one_line, shown
-from services.positions.service import QuotesUnavailable, catch_up, fetch_quotes
-from services.positions.settings import PositionsSettings, load_positions_settings
-from services.strategy.config import validate_name
+from services.core.limits import decode_command, error_reply
+from services.model.events.alerts import AlertRemoved, AlertTriggered, NotificationRaised
+from services.model.streams import alert_stream, portfolio_stream
+from services.model.symbols import validate_name
+from services.model.text import one_line, shown
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class AlertCommands:
                 )
             payload["reference_price"] = str(price)
         spec = parse_alert_spec(payload)
-        if spec.portfolio_id is not None and await self.store.stream_version(f"portfolio-{spec.portfolio_id}") < 0:
+        if spec.portfolio_id is not None and await self.store.stream_version(portfolio_stream(spec.portfolio_id)) < 0:
             raise CommandFailed(f"invalid alert: unknown portfolio {spec.portfolio_id!r}")
         created = alert_created(alert_id, spec, self.clock())
         try:
@@ -175,7 +176,7 @@ class AlertCommands:
 
 
 class AlertsService:
-    def __init__(self, ctx: ServiceContext, settings: PositionsSettings) -> None:
+    def __init__(self, ctx: ServiceContext, settings: QuoteSettings) -> None:
         self.ctx = ctx
         self.settings = settings
         self.commands = AlertCommands(ctx.rt.store, self.price_of)
@@ -211,7 +212,7 @@ class AlertsService:
 
     async def alert_price_check(self, job: JobContext) -> dict[str, int]:
         at = job.scheduled_at
-        await catch_up(self.ctx, AlertsProjection.name)
+        await self.ctx.catch_up(AlertsProjection.name)
         async with self.store.pool.acquire() as con:
             rows = await con.fetch("SELECT alert_id FROM alerts WHERE active ORDER BY alert_id")
         active: dict[str, AlertSpec] = {}
@@ -274,7 +275,7 @@ class AlertsService:
 
 
 async def setup(ctx: ServiceContext) -> None:
-    service = AlertsService(ctx, load_positions_settings())
+    service = AlertsService(ctx, load_quote_settings())
     subscription = await ctx.rt.nc.subscribe(ctx.rt.subjects.cmd("alert.*"), queue=SERVICE, cb=service.on_command)
 
     async def unsubscribe_on_stop() -> None:

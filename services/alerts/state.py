@@ -8,8 +8,8 @@ from enum import StrEnum
 import msgspec
 
 from services.alerts.conditions import AlertSpec, spec_of
-from services.alerts.events import AlertCreated, AlertRemoved, AlertTriggered, NotificationRaised
-from services.core.limits import shown
+from services.model.events.alerts import AlertCreated, AlertRemoved, AlertTriggered, NotificationRaised
+from services.model.text import shown
 
 ALERT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: a trailing newline is not an id
 
@@ -42,10 +42,6 @@ def evolve_alert(state: AlertState | None, event: AlertEvent) -> AlertState | No
         case AlertRemoved() if state is not None and state.status is not AlertStatus.REMOVED:
             return msgspec.structs.replace(state, status=AlertStatus.REMOVED)
     return state
-
-
-def alert_stream(alert_id: str) -> str:
-    return f"alert-{alert_id}"
 
 
 def validate_alert_id(alert_id: object) -> str:

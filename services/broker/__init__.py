@@ -78,6 +78,12 @@ def check_trading_configuration() -> None:
         check_settings(alpaca)
 
 
+def reports_exchange_calendar(broker: str) -> bool:
+    """Whether the configured broker has an exchange calendar of its own to cross-check ours against
+    (Alpaca's; the simulator's calendar is ours). ``broker`` is the OPENBELL_BROKER setting."""
+    return broker == "alpaca"
+
+
 async def create_broker(
     settings: BrokerSettings | None = None,
     *,

@@ -68,7 +68,7 @@ from services.broker.models import (
 )
 from services.broker.protocol import ORDERS_PAGE_LIMIT, OrderQueryStatus, Timeframe
 from services.broker.ratelimit import Priority, RateLimiter, shared_rate_limiter
-from services.broker.simulator.market import NEW_YORK
+from services.clock.calendar import NEW_YORK
 from services.core.redaction import register_secrets
 
 log = logging.getLogger(__name__)
@@ -424,6 +424,9 @@ class AlpacaBroker:
 
     def __repr__(self) -> str:
         return f"AlpacaBroker(mode={self.settings.trading_mode}, base_url={self.settings.api_base_url or 'default'})"
+
+    def time_moved(self) -> None:
+        """Alpaca trades in real time: a tick's time moving forward changes nothing here."""
 
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -88,4 +88,9 @@ class Broker(Protocol):
         """The fill stream. Events sent while disconnected are lost: polling remains the backfill."""
         ...
 
+    def time_moved(self) -> None:
+        """The ticks' time moved forward. The simulator, whose market moves with that time, settles its open
+        orders up to it in the background (as a real broker fills between our calls); Alpaca does nothing."""
+        ...
+
     async def aclose(self) -> None: ...

@@ -12,7 +12,7 @@ import functools
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
 NEW_YORK = ZoneInfo("America/New_York")
@@ -87,10 +87,6 @@ def session(day: date) -> Session | None:
     return _year_index(day.year).get(day)
 
 
-def is_trading_day(day: date) -> bool:
-    return session(day) is not None
-
-
 def sessions_between(start: date, end: date) -> list[Session]:
     """Sessions with ``start <= day <= end`` in order."""
     if end < start:
@@ -131,11 +127,3 @@ def exchange_date(instant: datetime) -> date:
 def ny_time(day: date, hh: int, mm: int) -> datetime:
     """A New York wall-clock time on ``day`` as a tz-aware UTC instant."""
     return datetime(day.year, day.month, day.day, hh, mm, tzinfo=NEW_YORK).astimezone(UTC)
-
-
-def day_bounds_utc(day: date) -> tuple[datetime, datetime]:
-    """[start, end) of the New York calendar day ``day`` in UTC."""
-    start = datetime(day.year, day.month, day.day, tzinfo=NEW_YORK)
-    nxt = day + timedelta(days=1)
-    end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=NEW_YORK)
-    return start.astimezone(UTC), end.astimezone(UTC)

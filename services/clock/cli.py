@@ -10,6 +10,7 @@ import msgspec
 import typer
 from rich.table import Table
 
+from services.cli_support import console, fail, run_async
 from services.clock import calendar, schedule
 from services.clock.ticks import manual_tick, publish_tick
 from services.core.jobs.runner import JobRunner
@@ -53,8 +54,6 @@ def schedule_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print every job slot of a trading day, in New York time and UTC (no server needed)."""
-    from services.cli import console, fail
-
     try:
         data = schedule_data(_parse_date(day))
     except ValueError as exc:
@@ -91,9 +90,8 @@ def subject_matches(pattern: str, subject: str) -> bool:
     return len(tokens) == len(wanted)
 
 
-def tick_command(job_type: Annotated[str, typer.Argument(help="One of the six job types.")]) -> None:
+def tick_command(job_type: Annotated[str, typer.Argument(help="A job type (openbell jobs lists them).")]) -> None:
     """Emit a manual tick for a job now (the job's consumer runs it)."""
-    from services.cli import console, fail, run_async
     from services.core.runtime import connect_runtime
 
     try:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import date
 from typing import TYPE_CHECKING
 
+from services.broker import reports_exchange_calendar
 from services.clock.calendar_check import BrokerCalendarDay, CalendarSource
 from services.clock.service import ClockService
 
@@ -31,7 +32,7 @@ class _BrokerCalendar:
 async def setup(ctx: ServiceContext) -> None:
     if ctx.virtual:
         return
-    source: CalendarSource | None = _BrokerCalendar(ctx) if ctx.settings.broker == "alpaca" else None
+    source: CalendarSource | None = _BrokerCalendar(ctx) if reports_exchange_calendar(ctx.settings.broker) else None
     # Ticks are published as the clock, the one NATS role allowed to (README, "Security").
     nc = await ctx.rt.connect_as("clock", "openbell-clock")
     clock = ClockService(ctx.rt.store, nc.jetstream(), ctx.rt.subjects, calendar_source=source)

@@ -19,12 +19,12 @@ import msgspec
 from eventstore.relay import EventEnvelope
 from services.core import feeds
 from services.core.jobs import consumer
-from services.core.jobs.types import JobType, Tick
+from services.core.jobs.types import JobType, Tick, WorkItem
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"
 EVENT_MODULES = (
-    "services.alerts.events", "services.clock.events", "services.core.jobs.events", "services.orders.events",
-    "services.positions.events", "services.strategy.events",
+    "services.clock.events", "services.core.jobs.events", "services.model.events.alerts",
+    "services.model.events.orders", "services.model.events.positions", "services.model.events.strategy",
 )
 PORTFOLIO_COMMANDS = ("open", "apply", "attach", "enable", "disable", "halt", "resume")
 ALERT_COMMANDS = ("create", "list", "remove")
@@ -41,7 +41,6 @@ def build() -> dict[str, Any]:
 
     for module in EVENT_MODULES:
         importlib.import_module(module)
-    from services.strategy.service import WorkItem
 
     event_types = [registry.type_of(name) for name in registry.names()]
     structs: list[Any] = [Tick, WorkItem, EventEnvelope, *feeds.FEEDS, *event_types]

@@ -17,7 +17,7 @@ from services.core import feeds
 from services.core.events import registry
 from services.core.host import ServiceContext
 from services.core.jobs.consumer import Delivery, Reject, subscribe_durable
-from services.orders.events import (
+from services.model.events.orders import (
     OrderCanceled,
     OrderExpired,
     OrderFilled,
@@ -26,9 +26,8 @@ from services.orders.events import (
     OrderSubmitted,
     OrderSubmitUnknown,
 )
-from services.positions.events import PositionDiscrepancyDetected
-from services.positions.planning import feed_key
-from services.strategy.events import (
+from services.model.events.positions import PositionDiscrepancyDetected
+from services.model.events.strategy import (
     OrderRejectedByRisk,
     OrderRequested,
     PortfolioHalted,
@@ -73,7 +72,7 @@ def feed_of(event: Any) -> tuple[str, feeds.Feed] | None:
                 qty=feeds.quantity(event.qty), rule=event.rule, detail=event.detail,
             )
         case PositionDiscrepancyDetected():
-            return feed_key(event.symbol), feeds.DiscrepancyFeed(
+            return feeds.feed_key(event.symbol), feeds.DiscrepancyFeed(
                 at=feeds.utc(event.at), tick_id=event.tick_id, symbol=event.symbol, discrepancy=event.kind,
                 ours_qty=feeds.quantity(event.ours_qty), broker_qty=feeds.quantity(event.broker_qty),
                 policy=event.policy,

@@ -63,6 +63,11 @@ def optional_price(value: Decimal | None) -> str | None:
     return None if value is None else price(value)
 
 
+def feed_key(symbol: str) -> str:
+    """A symbol as a NATS subject token (``BRK.B`` -> ``BRK_B``: a dot separates tokens)."""
+    return symbol.replace(".", "_")
+
+
 class Feed(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
     """Fields of every feed body; ``kind`` is the Struct's tag."""
 

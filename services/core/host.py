@@ -22,7 +22,7 @@ from faststream.nats import NatsBroker
 
 from eventstore.projections import ProjectionRunner
 from services.broker.protocol import Broker
-from services.broker.simulator.broker import ManualClock, SimBroker
+from services.broker.simulator.broker import ManualClock
 from services.core.jobs.consumer import DurableConsumers
 from services.core.jobs.runner import JobRunner
 from services.core.projections import known_projections, report_stops
@@ -91,8 +91,8 @@ class ServiceContext:
         # and in the background as soon as the clock moves (as a real broker fills between our calls).
         advanced = moment > self.tick_time()
         self.tick_time.set(moment)
-        if advanced and isinstance(broker, SimBroker):
-            broker.settle_soon()
+        if advanced:
+            broker.time_moved()
         return broker
 
     def background(self, coro: Coroutine[Any, Any, None], name: str) -> None:

@@ -10,12 +10,13 @@ PostgreSQL ``numeric`` column or a later computation cannot take never reaches t
 from __future__ import annotations
 
 import math
-import re
 from decimal import Decimal
 from typing import Any
 
 import msgspec
 from pydantic import Field
+
+from services.model.text import CONTROL_CHARACTERS, LINE_BREAKS, one_line
 
 # A command's JSON body: ample for a portfolio with its strategies, far below NATS's payload limit.
 MAX_COMMAND_BYTES = 64 * 1024
@@ -23,16 +24,11 @@ MAX_DEPTH = 8  # objects and lists inside each other
 MAX_STRING = 4096  # any string of a command; fields set their own, smaller, limits
 MAX_REASON = 500  # an operator's reason for a halt or a resume
 MAX_ITEMS = 1000  # members of one object or list
-MAX_ERROR = 300  # characters of an error message sent back or printed
 
 MAX_MONEY = Decimal("1e12")  # cash, notionals, prices: a trillion is beyond any portfolio
 MAX_QUANTITY = Decimal("1e9")
 MONEY_PLACES = 6
 FRACTION_PLACES = 8
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_LINE_BREAKS = re.compile(r"[\r\n\t\u2028\u2029]+")
-_TERMINAL_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
 
 
 class InputRejected(ValueError):
@@ -56,24 +52,6 @@ def fraction(**bounds: Any) -> Any:
     return Field(max_digits=12 + FRACTION_PLACES, decimal_places=FRACTION_PLACES, allow_inf_nan=False, **bounds)
 
 
-def one_line(text: str, limit: int = MAX_ERROR) -> str:
-    """``text`` as one printable line of at most ``limit`` characters (control characters dropped)."""
-    flat = _CONTROL.sub("", _LINE_BREAKS.sub(" ", _TERMINAL_ESCAPE.sub("", text))).strip()
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def printable(text: str) -> str:
-    """``text`` without terminal escape sequences or control characters (newlines and tabs kept): safe
-    to print on a terminal whatever a feed or a name carried."""
-    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", "", _TERMINAL_ESCAPE.sub("", text))
-
-
-def shown(value: object, limit: int = 40) -> str:
-    """A value for an error message: its repr, cut to ``limit`` characters (never the whole input)."""
-    text = repr(value)
-    return one_line(text, limit)
-
-
 def check_json_value(value: Any, where: str = "request", depth: int = 0) -> None:
     """Refuse what no command takes: deep nesting, huge containers or strings, NUL and control
     characters in strings (tab and newline included: no field is multi-line), non-finite numbers."""
@@ -82,7 +60,7 @@ def check_json_value(value: Any, where: str = "request", depth: int = 0) -> None
     if isinstance(value, str):
         if len(value) > MAX_STRING:
             raise InputRejected(f"{where}: a string longer than {MAX_STRING} characters")
-        if _CONTROL.search(value) or _LINE_BREAKS.search(value):
+        if CONTROL_CHARACTERS.search(value) or LINE_BREAKS.search(value):
             raise InputRejected(f"{where}: control characters (NUL, newline, escape...) are not allowed")
     elif isinstance(value, float):
         if not math.isfinite(value):
@@ -133,6 +111,6 @@ def reason_text(value: object, what: str = "reason") -> str:
         raise InputRejected(f"{what}: must be a string")
     if len(value) > MAX_REASON:
         raise InputRejected(f"{what}: at most {MAX_REASON} characters")
-    if _CONTROL.search(value) or _LINE_BREAKS.search(value):
+    if CONTROL_CHARACTERS.search(value) or LINE_BREAKS.search(value):
         raise InputRejected(f"{what}: control characters are not allowed")
     return value

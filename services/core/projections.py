@@ -35,8 +35,8 @@ def report_stops(runner: ProjectionRunner, store: EventStore) -> None:
     (``openbell notifications``), besides the error in the log; ``openbell doctor`` shows it too."""
 
     async def on_stopped(name: str, position: int, reason: str) -> None:
-        from services.alerts.events import NotificationRaised
         from services.core.events import new_event
+        from services.model.events.alerts import NotificationRaised
 
         metrics.PROJECTION_STOPPED.labels(name).set(1)
         notification = NotificationRaised(

@@ -9,6 +9,7 @@ import msgspec
 import typer
 from rich.table import Table
 
+from services.cli_support import console, run_async
 from services.orders.lifecycle import OrderStatus
 
 
@@ -22,7 +23,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Orders with their status, quantities, average fill price and broker ids."""
         from eventstore.projections import ProjectionRunner
-        from services.cli import console, run_async
         from services.core.runtime import connect_runtime
         from services.orders.projection import TradesProjection
 

@@ -21,7 +21,8 @@ import msgspec
 
 from eventstore import NewEvent
 from services.core.events import event_id_for, new_event
-from services.orders.events import (
+from services.model.decimals import canonical_decimal
+from services.model.events.orders import (
     OrderCanceled,
     OrderEvent,
     OrderExpired,
@@ -31,8 +32,9 @@ from services.orders.events import (
     OrderSubmitted,
     OrderSubmitUnknown,
 )
-from services.orders.types import OrderType, Side, require_aware
-from services.strategy.events import OrderRequested
+from services.model.events.strategy import OrderRequested
+from services.model.market import BrokerOrderView, BrokerStatus
+from services.model.vocabulary import OrderType, Side, require_aware
 
 ZERO = Decimal(0)
 
@@ -166,51 +168,6 @@ def _moved(state: OrderState, status: OrderStatus, **changes: object) -> OrderSt
 # ------------------------------------------------------------------------------------------ the broker's view
 
 
-class BrokerStatus(StrEnum):
-    """What a broker's order status means for us (Alpaca has ~17 statuses; most just mean "open")."""
-
-    OPEN = "open"
-    FILLED = "filled"
-    CANCELED = "canceled"
-    EXPIRED = "expired"
-    REJECTED = "rejected"
-
-
-_ALPACA_CLOSED_STATUSES = {
-    "filled": BrokerStatus.FILLED,
-    "canceled": BrokerStatus.CANCELED,
-    "expired": BrokerStatus.EXPIRED,
-    "rejected": BrokerStatus.REJECTED,
-    # We never replace orders; a replaced order is closed without further fills.
-    "replaced": BrokerStatus.CANCELED,
-}
-
-
-def broker_status(raw_status: str) -> BrokerStatus:
-    """Classify a raw broker status. Anything not known to be closed is OPEN: an unfamiliar status must
-    never make us believe an order is over (done_for_day, pending_cancel, held, ... are all still open)."""
-    return _ALPACA_CLOSED_STATUSES.get(raw_status.strip().lower(), BrokerStatus.OPEN)
-
-
-class BrokerOrderView(msgspec.Struct, frozen=True, kw_only=True):
-    """A snapshot of one order at the broker, from polling or from the trade_updates stream."""
-
-    client_order_id: str
-    broker_order_id: str
-    status: BrokerStatus
-    filled_qty: Decimal  # cumulative
-    filled_avg_price: Decimal | None  # average over the cumulative quantity; None while nothing filled
-    updated_at: datetime  # the broker's time of this state (fill time for fills)
-    reason: str = ""  # the broker's words for a rejection / cancel, when it gives any
-
-    def __post_init__(self) -> None:
-        require_aware(self.updated_at, "BrokerOrderView.updated_at")
-        if self.filled_qty < 0:
-            raise ValueError(f"BrokerOrderView.filled_qty must not be negative, got {self.filled_qty}")
-        if self.filled_qty > 0 and self.filled_avg_price is None:
-            raise ValueError("BrokerOrderView.filled_avg_price is required once something is filled")
-
-
 def apply_broker_order(known: OrderState, broker: BrokerOrderView) -> list[NewEvent]:
     """The new events that bring our order up to the broker's snapshot, in order: OrderSubmitted (if we
     had not seen it accepted), a fill (if the cumulative quantity grew), then the terminal event (if the
@@ -280,11 +237,6 @@ def fill_event_id(client_order_id: str, cumulative_qty: Decimal) -> uuid.UUID:
     partial or the final one, and whoever reports it (poll or stream), so it is stored at most once.
     ``10``, ``10.0`` and ``1E+1`` are one quantity, hence the normalized text."""
     return event_id_for("OrderFill", client_order_id, canonical_decimal(cumulative_qty))
-
-
-def canonical_decimal(value: Decimal) -> str:
-    """One text per numeric value (``Decimal("10.0")`` and ``Decimal("1E+1")`` both give ``"10"``)."""
-    return format(value.normalize(), "f") if value != 0 else "0"
 
 
 def _terminal_event(known: OrderState, broker: BrokerOrderView, base: dict[str, object]) -> NewEvent | None:

@@ -1,4 +1,4 @@
-"""The ``trades`` read model (the seed's trade records): one row per order, from its stream's events.
+"""The ``trades`` read model (the trade records): one row per order, from its stream's events.
 
 ``booked_qty`` is how much of the order's filled quantity the positions service has booked into the
 portfolio's books (its FillApplied events): an order with ``status`` open or ``filled_qty > booked_qty``
@@ -14,7 +14,7 @@ import asyncpg
 from eventstore import RecordedEvent
 from eventstore.projections import Projection
 from services.core.events import registry
-from services.orders.events import (
+from services.model.events.orders import (
     OrderCanceled,
     OrderExpired,
     OrderFilled,
@@ -23,10 +23,8 @@ from services.orders.events import (
     OrderSubmitted,
     OrderSubmitUnknown,
 )
-from services.positions.events import FillApplied
-from services.strategy.events import OrderRequested
-
-OPEN_STATUSES = ("requested", "submitted", "unknown", "partially_filled")
+from services.model.events.positions import FillApplied
+from services.model.events.strategy import OrderRequested
 
 
 class TradesProjection(Projection):

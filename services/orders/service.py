@@ -32,6 +32,7 @@ from services.broker.errors import (
 from services.broker.models import Order, OrderSide, TimeInForce
 from services.broker.models import OrderRequest as BrokerOrderRequest
 from services.broker.models import OrderType as BrokerOrderType
+from services.broker.views import order_view
 from services.clock import calendar
 from services.core import metrics
 from services.core.events import registry
@@ -39,7 +40,9 @@ from services.core.host import ServiceContext
 from services.core.jobs.consumer import Delivery, Reject, Retry, subscribe_durable, subscribe_ticks
 from services.core.jobs.runner import JobContext
 from services.core.jobs.types import JobType
-from services.orders.broker_views import order_view
+from services.model.events.strategy import OrderRequested
+from services.model.streams import order_stream
+from services.model.vocabulary import OPEN_ORDER_STATUSES, OrderType
 from services.orders.lifecycle import (
     OrderState,
     OrderStatus,
@@ -50,10 +53,6 @@ from services.orders.lifecycle import (
     submit_unknown,
     too_late_to_send,
 )
-from services.orders.projection import OPEN_STATUSES
-from services.orders.types import OrderType
-from services.strategy.events import OrderRequested
-from services.strategy.portfolio import order_stream
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +204,7 @@ async def open_orders(ctx: ServiceContext) -> list[tuple[str, datetime]]:
     async with ctx.rt.store.pool.acquire() as con:
         rows = await con.fetch(
             "SELECT client_order_id, requested_at FROM trades WHERE status = ANY($1::text[]) ORDER BY requested_at",
-            list(OPEN_STATUSES),
+            list(OPEN_ORDER_STATUSES),
         )
     return [(row[0], row[1]) for row in rows]
 

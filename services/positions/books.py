@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 
 from eventstore import AppendResult, EventStore, NewEvent, WrongExpectedVersion
 from services.core.events import registry
-from services.positions.accounting import Book
-from services.positions.events import UNASSIGNED_PORTFOLIO
-from services.positions.ledger import evolve_book, unassigned_book
+from services.model.accounting import Book
+from services.model.events.positions import UNASSIGNED_PORTFOLIO
+from services.model.ledger import evolve_book, unassigned_book
+from services.model.streams import portfolio_stream
 
 BOOK_EVENT_TYPES = frozenset({"PortfolioOpened", "FillApplied", "PositionReconciled"})
 MAX_ATTEMPTS = 50
@@ -28,10 +29,6 @@ class PortfolioNotFound(LookupError):
 
 class ConcurrentChanges(RuntimeError):
     """The stream kept changing under us for MAX_ATTEMPTS folds."""
-
-
-def portfolio_stream(portfolio_id: str) -> str:
-    return f"portfolio-{portfolio_id}"
 
 
 async def load_book(store: EventStore, portfolio_id: str) -> tuple[Book | None, int]:

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from eventstore import EventStore
 from eventstore.projections import ProjectionRunner
+from services.cli_support import console, fail, run_async
 from services.positions.projection import PortfolioProjection
 
 
@@ -57,8 +58,6 @@ def positions_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Positions per portfolio, valued at the latest observed price ('-': not priced, never 0)."""
-    from services.cli import console, run_async
-
     rows, summary = run_async(lambda: _fetch(
         ("""SELECT * FROM positions WHERE ($1::text IS NULL OR portfolio_id = $1) AND ($2 OR qty <> 0)
             ORDER BY portfolio_id, symbol""", portfolio, flat),
@@ -68,8 +67,6 @@ def positions_command(
         _json_rows(rows)
         return
     if portfolio is not None and not summary and not rows:
-        from services.cli import fail
-
         raise fail(f"no portfolio {portfolio!r}")
     table = Table(title="positions")
     for column in ("portfolio", "symbol", "qty", "avg cost", "last price", "market value", "unrealized", "realized",
@@ -95,8 +92,6 @@ def discrepancies_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Position discrepancies found by position_sync, with their policy and status; quarantined symbols."""
-    from services.cli import console, run_async
-
     rows, quarantined = run_async(lambda: _fetch(
         ("SELECT * FROM position_discrepancies WHERE (NOT $1 OR status = 'open') ORDER BY detected_at, symbol",
          open_only),
@@ -130,8 +125,6 @@ def snapshots_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The equity curve: one snapshot per portfolio per trading day (portfolio_snapshot at close + 5 min)."""
-    from services.cli import console, fail, run_async
-
     if plot is not None and plot.suffix.lower() != ".png":
         raise fail(f"--plot needs a .png file name, got {str(plot)!r}")
     (rows,) = run_async(lambda: _fetch(
@@ -253,7 +246,6 @@ def tail_command(
     raw: Annotated[bool, typer.Option("--raw", help="Print message bodies as they are.")] = False,
 ) -> None:
     """Follow live feeds (prices, fills, alerts, snapshots, job runs) in the terminal until Ctrl-C."""
-    from services.cli import console, run_async
     from services.core.runtime import NatsCredentials, connect_nats, external_nats_credentials
     from services.core.servers import ensure_embedded
     from services.core.settings import load_settings, websocket_origins

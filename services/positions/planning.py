@@ -1,19 +1,16 @@
 """Small pure helpers of the positions jobs (no I/O, no clock reads): which trading day a snapshot
-belongs to, batching of quote requests, broker quotes into valuation quotes, feed keys and payloads."""
+belongs to, feed bodies, and a symbol's sync state folded from its discrepancy events."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from datetime import date, datetime
 from decimal import Decimal
 
 import msgspec
 
-from services.broker.models import Quote as BrokerQuote
 from services.clock import calendar
 from services.core import feeds
-from services.orders.types import require_aware
-from services.positions.events import (
+from services.model.events.positions import (
     FillApplied,
     PortfolioSnapshotTaken,
     PositionDiscrepancyDetected,
@@ -21,11 +18,9 @@ from services.positions.events import (
     SymbolQuarantined,
     SymbolQuarantineLifted,
 )
+from services.model.market import Quote
+from services.model.vocabulary import require_aware
 from services.positions.reconcile import Discrepancy, DiscrepancyKind, PolicyAction
-from services.positions.valuation import Quote
-
-# Statuses of the ``trades`` read model of an order that may still fill.
-IN_FLIGHT_STATUSES = ("requested", "submitted", "unknown", "partially_filled")
 
 
 def snapshot_day(at: datetime) -> date:
@@ -38,27 +33,6 @@ def snapshot_day(at: datetime) -> date:
     if today is not None and today.open <= at:
         return today.day
     return next(calendar.sessions_before(day)).day
-
-
-def batches(symbols: Iterable[str], size: int) -> Iterator[list[str]]:
-    """Sorted, de-duplicated symbols in batches of at most ``size`` (one broker call each)."""
-    if size < 1:
-        raise ValueError("batch size must be >= 1")
-    ordered = sorted(set(symbols))
-    for start in range(0, len(ordered), size):
-        yield ordered[start : start + size]
-
-
-def valuation_quote(quote: BrokerQuote) -> Quote:
-    """A broker quote as the valuation logic sees it; a non-positive side is no price (never 0)."""
-    bid = quote.bid_price if quote.bid_price > 0 else None
-    ask = quote.ask_price if quote.ask_price > 0 else None
-    return Quote(symbol=quote.symbol, bid=bid, ask=ask, last=None, timestamp=quote.timestamp)
-
-
-def feed_key(symbol: str) -> str:
-    """A symbol as a NATS subject token (``BRK.B`` -> ``BRK_B``: a dot separates tokens)."""
-    return symbol.replace(".", "_")
 
 
 def fill_feed(applied: FillApplied, cash: Decimal, *, booked: bool) -> bytes:

@@ -29,8 +29,8 @@ import asyncpg
 from eventstore import RecordedEvent
 from eventstore.projections import Projection
 from services.core.events import registry
-from services.orders.events import OrderFilled, OrderPartiallyFilled
-from services.positions.events import (
+from services.model.events.orders import OrderFilled, OrderPartiallyFilled
+from services.model.events.positions import (
     FillApplied,
     PortfolioSnapshotTaken,
     PositionDiscrepancyDetected,
@@ -40,7 +40,7 @@ from services.positions.events import (
     SymbolQuarantined,
     SymbolQuarantineLifted,
 )
-from services.strategy.events import (
+from services.model.events.strategy import (
     PortfolioHalted,
     PortfolioOpened,
     PortfolioResumed,

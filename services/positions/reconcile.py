@@ -39,8 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from eventstore import NewEvent
 from services.core.events import new_event
-from services.orders.types import require_aware
-from services.positions.events import (
+from services.model.events.positions import (
     UNASSIGNED_PORTFOLIO,
     PositionDiscrepancyDetected,
     PositionDiscrepancyResolved,
@@ -48,7 +47,9 @@ from services.positions.events import (
     SymbolQuarantined,
     SymbolQuarantineLifted,
 )
-from services.strategy.events import PortfolioHalted
+from services.model.events.strategy import PortfolioHalted
+from services.model.market import BrokerPosition
+from services.model.vocabulary import require_aware
 
 ZERO = Decimal(0)
 
@@ -68,7 +69,7 @@ class PolicyAction(StrEnum):
 
 
 class ReconcilePolicy(BaseModel):
-    """What to do with each kind of discrepancy. The defaults are the seed's behaviour: fix them all."""
+    """What to do with each kind of discrepancy. The default is to fix them all."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -82,12 +83,6 @@ class ReconcilePolicy(BaseModel):
 
     def action_for(self, kind: DiscrepancyKind) -> PolicyAction:
         return PolicyAction(getattr(self, kind.value))
-
-
-class BrokerPosition(msgspec.Struct, frozen=True, kw_only=True):
-    symbol: str
-    qty: Decimal  # signed
-    avg_entry_price: Decimal
 
 
 class Holding(msgspec.Struct, frozen=True, kw_only=True):

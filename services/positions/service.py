@@ -25,47 +25,46 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 import msgspec
 
 from eventstore import NO_STREAM, EventCodecError, EventStore, NewEvent, WrongExpectedVersion
 from eventstore.relay import envelope_decoder
-from services.broker.protocol import Broker
+from services.broker.quotes import QuotesUnavailable, fetch_quotes
+from services.broker.views import position_view
 from services.core.events import registry
+from services.core.feeds import feed_key
 from services.core.host import ServiceContext
 from services.core.jobs.consumer import Delivery, Reject, subscribe_durable, subscribe_ticks
 from services.core.jobs.runner import JobContext
 from services.core.jobs.types import JobType
-from services.orders.events import OrderFilled, OrderPartiallyFilled
-from services.positions.accounting import Book
-from services.positions.books import append_to_portfolio, load_book
-from services.positions.events import (
+from services.model.accounting import Book
+from services.model.events.orders import OrderFilled, OrderPartiallyFilled
+from services.model.events.positions import (
     FillApplied,
     PortfolioSnapshotTaken,
     PositionReconciled,
 )
-from services.positions.ledger import record_fill
+from services.model.events.strategy import PortfolioHalted
+from services.model.ledger import record_fill
+from services.model.market import BrokerPosition
+from services.model.streams import discrepancy_stream, quotes_stream, snapshot_stream
+from services.model.vocabulary import OPEN_ORDER_STATUSES
+from services.positions.books import append_to_portfolio, load_book
 from services.positions.planning import (
-    IN_FLIGHT_STATUSES,
     SymbolSyncState,
-    batches,
     evolve_sync_state,
-    feed_key,
     fill_feed,
     price_feed,
     snapshot_day,
     snapshot_feed,
-    valuation_quote,
 )
 from services.positions.projection import PortfolioProjection, held_symbols, latest_prices, watched_symbols
 from services.positions.reconcile import (
-    BrokerPosition,
     Discrepancy,
     Holding,
     ReconcilePolicy,
@@ -76,13 +75,10 @@ from services.positions.reconcile import (
 from services.positions.settings import PositionsSettings, load_positions_settings
 from services.positions.valuation import (
     MissingPrices,
-    QuoteCheck,
-    check_quotes,
     portfolio_snapshot,
     quotes_observed,
     value_portfolio,
 )
-from services.strategy.events import PortfolioHalted
 
 log = logging.getLogger(__name__)
 
@@ -95,29 +91,6 @@ MAX_ATTEMPTS = 50
 FILL_ORDER_WAIT = 10.0  # seconds a fill waits for its portfolio's earlier fills to be booked
 
 
-class QuotesUnavailable(RuntimeError):
-    """Not one symbol asked for got a usable quote: the run fails (and counts toward the breaker)."""
-
-
-def discrepancy_stream(symbol: str) -> str:
-    return f"discrepancy-{symbol}"
-
-
-def quotes_stream(tick_id: str) -> str:
-    return f"quotes-{tick_id}"
-
-
-def snapshot_stream(portfolio_id: str, day: Any) -> str:
-    return f"snapshot-{portfolio_id}-{day.isoformat()}"
-
-
-async def catch_up(ctx: ServiceContext, *names: str) -> None:
-    """Bring these read models (those this process runs) up to date before deciding from them."""
-    for name in names:
-        if name in ctx.projections.projections:
-            await ctx.projections.run_once(name)
-
-
 async def table_exists(con: asyncpg.Connection, table: str) -> bool:
     return bool(await con.fetchval("SELECT to_regclass($1) IS NOT NULL", table))
 
@@ -128,18 +101,6 @@ async def alert_symbols(con: asyncpg.Connection) -> list[str]:
         return []
     rows = await con.fetch("SELECT DISTINCT symbol FROM alerts WHERE active ORDER BY symbol")
     return [r["symbol"] for r in rows]
-
-
-async def fetch_quotes(
-    broker: Broker, symbols: Iterable[str], *, at: datetime, batch_size: int, max_age: timedelta
-) -> QuoteCheck:
-    """Latest quotes for ``symbols``, one broker call per batch, sorted into usable and problems."""
-    wanted = sorted(set(symbols))
-    quotes = {}
-    for batch in batches(wanted, batch_size):
-        got = await broker.latest_quotes(batch)
-        quotes.update({s: valuation_quote(q) for s, q in got.items() if s in batch})
-    return check_quotes(wanted, quotes, as_of=at, max_age=max_age)
 
 
 @dataclass(frozen=True)
@@ -235,7 +196,7 @@ class PositionsService:
 
     async def price_update(self, job: JobContext) -> dict[str, int]:
         at, tick_id = job.scheduled_at, job.tick.tick_id
-        await catch_up(self.ctx, PortfolioProjection.name, "alerts")
+        await self.ctx.catch_up(PortfolioProjection.name, "alerts")
         async with self.store.pool.acquire() as con:
             symbols = set(await held_symbols(con)) | set(await watched_symbols(con)) | set(await alert_symbols(con))
         if not symbols:
@@ -272,7 +233,7 @@ class PositionsService:
     async def portfolio_snapshot(self, job: JobContext) -> dict[str, int]:
         at = job.scheduled_at
         day = snapshot_day(at)
-        await catch_up(self.ctx, PortfolioProjection.name)
+        await self.ctx.catch_up(PortfolioProjection.name)
         async with self.store.pool.acquire() as con:
             portfolio_ids = [
                 r["portfolio_id"] for r in await con.fetch("SELECT portfolio_id FROM portfolios ORDER BY portfolio_id")
@@ -344,7 +305,7 @@ class PositionsService:
         """Our positions against the broker's, at the tick's time."""
         # Our side first, then the broker's: an order placed before our read is in flight in the trades
         # read model or open at the broker; a fill in the log not booked yet is in unbooked_fills.
-        await catch_up(self.ctx, "trades", PortfolioProjection.name, "alerts")
+        await self.ctx.catch_up("trades", PortfolioProjection.name, "alerts")
         # One snapshot for everything on our side: read in separate statements, a projection step
         # committing in between (a fill booked: position up, unbooked row gone) would show the old
         # position without the fill in flight, and the sync would "fix" a position that is right.
@@ -361,7 +322,7 @@ class PositionsService:
             in_flight = {r["symbol"] for r in await con.fetch("SELECT DISTINCT symbol FROM unbooked_fills")}
             if await table_exists(con, "trades"):
                 rows = await con.fetch(
-                    "SELECT DISTINCT symbol FROM trades WHERE status::text = ANY($1::text[])", list(IN_FLIGHT_STATUSES)
+                    "SELECT DISTINCT symbol FROM trades WHERE status::text = ANY($1::text[])", list(OPEN_ORDER_STATUSES)
                 )
                 in_flight |= {r["symbol"] for r in rows}
             # The broker's average cost over the shared account is only comparable with ours for symbols
@@ -375,10 +336,7 @@ class PositionsService:
             }
             portfolios = int(await con.fetchval("SELECT count(*) FROM portfolios"))
         broker = await self.ctx.at(at)
-        at_broker = [
-            BrokerPosition(symbol=p.symbol, qty=p.qty, avg_entry_price=p.avg_entry_price)
-            for p in await broker.list_positions()
-        ]
+        at_broker = [position_view(p) for p in await broker.list_positions()]
         in_flight |= {o.symbol for o in await broker.list_orders(status="open")}
         found = find_discrepancies(
             at_broker,

@@ -1,8 +1,9 @@
-"""Settings of the positions and alerts jobs (environment, prefix ``OPENBELL_``).
+"""Settings of the positions jobs (environment, prefix ``OPENBELL_``); the quote settings are
+``services.broker.quotes.QuoteSettings``, shared with alerts.
 
 - ``OPENBELL_POSITION_SYNC_POLICY``: JSON, the policy per discrepancy kind, e.g.
   ``{"quantity": "fix", "unknown_at_broker": "quarantine", "closed_at_broker": "halt"}``; kinds left out
-  keep the default ``fix`` (the seed's behaviour); ``price_tolerance`` (relative) may be given too.
+  keep the default ``fix``; ``price_tolerance`` (relative) may be given too.
 - ``OPENBELL_QUOTE_BATCH_SIZE``: symbols per broker quote request (one call per batch).
 - ``OPENBELL_QUOTE_MAX_AGE_SECONDS``: a quote older than this at the tick's time is stale (reported).
 """
@@ -10,18 +11,14 @@
 from __future__ import annotations
 
 from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.broker.quotes import QuoteSettings
 from services.core.settings import ENV_PREFIX, SettingsError
 from services.positions.reconcile import ReconcilePolicy
 
 
-class PositionsSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
-
+class PositionsSettings(QuoteSettings):
     position_sync_policy: ReconcilePolicy = Field(default_factory=ReconcilePolicy)
-    quote_batch_size: int = Field(default=100, ge=1, le=1000)
-    quote_max_age_seconds: float = Field(default=900.0, gt=0)
 
 
 def load_positions_settings(**overrides: object) -> PositionsSettings:

@@ -6,95 +6,17 @@ no market value (None), and a portfolio with such a position has no total until 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from datetime import date, datetime, timedelta
+from collections.abc import Mapping
+from datetime import date, datetime
 from decimal import Decimal
-from enum import StrEnum
 
 import msgspec
 
 from eventstore import NewEvent
 from services.core.events import new_event
-from services.orders.types import require_aware
-from services.positions.accounting import ZERO, Book, Position
-from services.positions.events import ObservedQuote, PortfolioSnapshotTaken, QuotesObserved
-
-DEFAULT_MAX_QUOTE_AGE = timedelta(minutes=15)
-
-
-class Quote(msgspec.Struct, frozen=True, kw_only=True):
-    symbol: str
-    bid: Decimal | None = None
-    ask: Decimal | None = None
-    last: Decimal | None = None
-    timestamp: datetime
-
-    def __post_init__(self) -> None:
-        require_aware(self.timestamp, f"quote timestamp of {self.symbol}")
-
-
-class PriceBasis(StrEnum):
-    MID = "mid"  # (bid + ask) / 2, falling back to last when the book is one-sided or crossed
-    LAST = "last"  # last trade, falling back to mid
-
-
-def quote_price(quote: Quote, basis: PriceBasis = PriceBasis.MID) -> Decimal | None:
-    """The quote's price on ``basis``, or None when it has no usable price (0 is never a price)."""
-    mid = None
-    if quote.bid is not None and quote.ask is not None and 0 < quote.bid <= quote.ask:
-        mid = (quote.bid + quote.ask) / 2
-    last = quote.last if quote.last is not None and quote.last > 0 else None
-    return (mid if mid is not None else last) if basis is PriceBasis.MID else (last if last is not None else mid)
-
-
-class QuoteProblem(StrEnum):
-    MISSING = "missing"  # no quote at all
-    NO_PRICE = "no_price"  # a quote without a usable bid/ask or last
-    STALE = "stale"  # older than the allowed age at the time of the check
-
-
-class QuoteCheck(msgspec.Struct, frozen=True, kw_only=True):
-    """The outcome of a batch of quotes for the symbols we asked for."""
-
-    prices: Mapping[str, Decimal]  # usable and fresh
-    fresh: Mapping[str, Quote]
-    problems: Mapping[str, QuoteProblem]  # every symbol asked for and not usable, with why
-
-    @property
-    def symbols_checked(self) -> int:
-        return len(self.fresh) + len(self.problems)
-
-    @property
-    def symbols_updated(self) -> int:
-        return len(self.fresh)
-
-
-def check_quotes(
-    symbols: Iterable[str],
-    quotes: Mapping[str, Quote],
-    as_of: datetime,
-    max_age: timedelta = DEFAULT_MAX_QUOTE_AGE,
-    basis: PriceBasis = PriceBasis.MID,
-) -> QuoteCheck:
-    """Sort a broker's quotes for ``symbols`` into usable prices and reported problems at ``as_of``."""
-    require_aware(as_of, "as_of")
-    prices: dict[str, Decimal] = {}
-    fresh: dict[str, Quote] = {}
-    problems: dict[str, QuoteProblem] = {}
-    for symbol in sorted(set(symbols)):
-        quote = quotes.get(symbol)
-        if quote is None:
-            problems[symbol] = QuoteProblem.MISSING
-            continue
-        price = quote_price(quote, basis)
-        if price is None:
-            problems[symbol] = QuoteProblem.NO_PRICE
-        elif as_of - quote.timestamp > max_age:
-            problems[symbol] = QuoteProblem.STALE
-        else:
-            prices[symbol] = price
-            fresh[symbol] = quote
-    return QuoteCheck(prices=prices, fresh=fresh, problems=problems)
+from services.model.accounting import ZERO, Book, Position
+from services.model.events.positions import ObservedQuote, PortfolioSnapshotTaken, QuotesObserved
+from services.model.market import QuoteCheck
 
 
 class PositionValuation(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,7 +15,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from services.core.limits import one_line, shown
+from services.cli_support import console, fail, run_async
+from services.model.text import one_line, shown
 from services.strategy import commands
 from services.strategy.commands import CommandResult
 from services.strategy.config import ConfigError, load_portfolios_toml, parse_portfolio_spec
@@ -35,8 +36,6 @@ def _process_mode() -> str:
 
 
 def _report(results: list[CommandResult]) -> None:
-    from services.cli import console
-
     for result in results:
         name = result.portfolio_id or "trading"
         if not result.changes:
@@ -47,7 +46,6 @@ def _report(results: list[CommandResult]) -> None:
 
 def _run(action: Any) -> None:
     """Run a command coroutine factory taking the store; configuration errors become one-line errors."""
-    from services.cli import fail, run_async
     from services.core.runtime import connect_runtime
 
     async def main() -> list[CommandResult]:
@@ -72,8 +70,6 @@ def portfolio_open(
     ] = None,
 ) -> None:
     """Open a portfolio with starting cash (strategies are attached with `openbell strategy attach`)."""
-    from services.cli import fail
-
     try:
         Decimal(cash)
     except InvalidOperation:
@@ -108,7 +104,6 @@ def portfolio_resume(name: str, reason: Annotated[str, typer.Option(help="Why (r
 @portfolio_app.command("list")
 def portfolio_list() -> None:
     """Portfolios with their strategies and state."""
-    from services.cli import console, run_async
     from services.core.runtime import connect_runtime
     from services.strategy.portfolio import load_portfolio
 
@@ -159,8 +154,6 @@ def strategy_attach(
     ] = None,
 ) -> None:
     """Attach a strategy to a portfolio (or reconfigure the one with that name)."""
-    from services.cli import fail
-
     try:
         data: dict[str, Any] = {
             "name": name,
@@ -194,8 +187,6 @@ def register(app: typer.Typer) -> None:
     @app.command("apply")
     def apply(path: Annotated[Path, typer.Argument(help="A portfolios.toml file.")]) -> None:
         """Create or update portfolios and strategies from a TOML file (idempotent)."""
-        from services.cli import fail
-
         try:
             specs = load_portfolios_toml(path.read_text(), str(path))
         except OSError as exc:

@@ -17,8 +17,7 @@ from typing import Any
 from eventstore import NO_STREAM, EventStore, NewEvent, WrongExpectedVersion
 from services.core.events import new_event
 from services.core.limits import reason_text
-from services.strategy.config import ConfigError, PortfolioSpec, StrategySpec, parse_strategy_spec, validate_name
-from services.strategy.events import (
+from services.model.events.strategy import (
     PortfolioHalted,
     PortfolioOpened,
     PortfolioResumed,
@@ -30,12 +29,13 @@ from services.strategy.events import (
     TradingHalted,
     TradingResumed,
 )
+from services.model.streams import portfolio_stream
+from services.strategy.config import ConfigError, PortfolioSpec, StrategySpec, parse_strategy_spec, validate_name
 from services.strategy.portfolio import (
     GLOBAL_TRADING_STREAM,
     PortfolioView,
     global_halt,
     load_portfolio,
-    portfolio_stream,
 )
 
 

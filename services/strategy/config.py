@@ -22,7 +22,6 @@ The file format (see ``examples/portfolios.toml``)::
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Mapping
 from decimal import Decimal
@@ -32,16 +31,14 @@ from typing import Any, Self
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from services.core.limits import MAX_ITEMS, InputRejected, check_json_value, fraction, money, shown
-from services.orders.types import OrderType
-from services.positions.events import UNASSIGNED_PORTFOLIO
+from services.core.limits import MAX_ITEMS, InputRejected, check_json_value, fraction, money
+from services.model.events.positions import UNASSIGNED_PORTFOLIO
+from services.model.symbols import ConfigError, validate_name, validate_symbol
+from services.model.vocabulary import OrderType
 from services.strategy.plugins import resolve_strategy
 from services.strategy.risk import RiskLimits
 from services.strategy.sizing import PercentOfEquity, SizingSpec
 
-# Whole values only (``fullmatch``): ``$`` would also take a trailing newline, which later breaks subjects.
-SYMBOL_PATTERN = re.compile(r"[A-Z][A-Z.]{0,9}")
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
 MAX_UNIVERSE = 500  # symbols of one strategy
 MAX_STRATEGIES = 50  # strategies of one portfolio
 MAX_PARAMETERS_BYTES = 4096  # a strategy's parameters, as JSON
@@ -50,33 +47,9 @@ MAX_PARAMETERS_BYTES = 4096  # a strategy's parameters, as JSON
 STORED = "stored"
 
 
-class ConfigError(ValueError):
-    """Invalid portfolio or strategy input; the message says which field and why."""
-
-
 class TradingMode(StrEnum):
     PAPER = "paper"
     LIVE = "live"
-
-
-def validate_symbol(symbol: object) -> str:
-    if not isinstance(symbol, str) or not SYMBOL_PATTERN.fullmatch(symbol):
-        hint = (
-            f" (did you mean {symbol.upper()!r}?)"
-            if isinstance(symbol, str) and SYMBOL_PATTERN.fullmatch(symbol.upper())
-            else ""
-        )
-        raise ValueError(f"{shown(symbol)} is not a symbol (1-10 upper-case letters or dots, e.g. 'BRK.B'){hint}")
-    return symbol
-
-
-def validate_name(name: object, what: str) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise ValueError(
-            f"{what} name {shown(name)} must be 1-48 lower-case letters, digits, '-' or '_',"
-            " starting with a letter or digit"
-        )
-    return name
 
 
 class StrategySpec(BaseModel):

@@ -25,19 +25,20 @@ from decimal import ROUND_HALF_UP, Decimal
 import msgspec
 
 from eventstore import NewEvent
-from services.alerts.events import NotificationRaised
 from services.core.events import new_event
-from services.core.limits import one_line
-from services.orders.ids import client_order_id
-from services.orders.types import OrderType, Side, require_aware
-from services.positions.accounting import ZERO, Position
+from services.model.accounting import ZERO, Position
+from services.model.events.alerts import NotificationRaised
+from services.model.events.strategy import OrderRejectedByRisk, OrderRequested, PortfolioHalted, SignalGenerated
+from services.model.ids import client_order_id
+from services.model.market import Bar
+from services.model.text import one_line
+from services.model.vocabulary import OrderType, Side, require_aware
 from services.strategy import risk
 from services.strategy.config import StrategySpec
-from services.strategy.events import OrderRejectedByRisk, OrderRequested, PortfolioHalted, SignalGenerated
 from services.strategy.plugins import resolve_strategy
 from services.strategy.risk import ProposedOrder, RiskContext, RiskDecision, RiskLimits, check_order
 from services.strategy.sizing import size_order
-from services.strategy.strategies import Action, Bar, Signal, StrategyFunction, StrategyInput
+from services.strategy.strategies import Action, Signal, StrategyFunction, StrategyInput
 
 ONE_ORDER_PER_SYMBOL = "one_order_per_symbol"
 NO_PRICE = "no_price"

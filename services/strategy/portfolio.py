@@ -14,11 +14,9 @@ from typing import Any
 
 from eventstore import EventStore
 from services.core.events import registry
-from services.positions.accounting import Book
-from services.positions.events import FillApplied, PositionReconciled
-from services.positions.ledger import evolve_book
-from services.strategy.config import STORED, StrategySpec
-from services.strategy.events import (
+from services.model.accounting import Book
+from services.model.events.positions import FillApplied, PositionReconciled
+from services.model.events.strategy import (
     PortfolioHalted,
     PortfolioOpened,
     PortfolioResumed,
@@ -29,22 +27,12 @@ from services.strategy.events import (
     StrategyReconfigured,
     TradingHalted,
 )
+from services.model.ledger import evolve_book
+from services.model.streams import portfolio_stream
+from services.strategy.config import STORED, StrategySpec
 from services.strategy.risk import RiskLimits
 
 GLOBAL_TRADING_STREAM = "trading-global"
-
-
-def portfolio_stream(portfolio_id: str) -> str:
-    return f"portfolio-{portfolio_id}"
-
-
-def evaluation_stream(portfolio_id: str, tick_id: str) -> str:
-    """One per portfolio and tick: created once, so a portfolio is evaluated once per tick."""
-    return f"evaluation-{portfolio_id}@{tick_id}"
-
-
-def order_stream(client_order_id: str) -> str:
-    return f"order-{client_order_id}"
 
 
 @dataclass(frozen=True)

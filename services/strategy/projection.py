@@ -13,7 +13,7 @@ import asyncpg
 from eventstore import RecordedEvent
 from eventstore.projections import Projection
 from services.core.events import registry
-from services.strategy.events import (
+from services.model.events.strategy import (
     PortfolioEvaluated,
     StrategyAttached,
     StrategyDisabled,

@@ -27,7 +27,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.core.limits import fraction, money
-from services.orders.types import Side
+from services.model.vocabulary import Side
 
 ZERO = Decimal(0)
 

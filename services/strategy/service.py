@@ -33,18 +33,22 @@ from faststream.nats.annotations import NatsMessage
 
 from eventstore import ANY, NO_STREAM, DuplicateEventId, NewEvent, WrongExpectedVersion
 from eventstore.projections import checkpoint_name
+from services.broker.views import bar_view
 from services.clock.calendar import exchange_date
 from services.core.events import new_event, registry
 from services.core.host import ServiceContext
 from services.core.jobs.consumer import Delivery, Reject, subscribe_durable, subscribe_ticks
 from services.core.jobs.runner import JobContext, safe_error
-from services.core.jobs.types import JobType, Tick
-from services.core.limits import decode_command, error_reply, one_line, reason_text, shown
-from services.orders.broker_views import bar_view
-from services.orders.projection import OPEN_STATUSES
-from services.orders.types import Side
+from services.core.jobs.types import JobType, Tick, WorkItem
+from services.core.limits import decode_command, error_reply, reason_text
+from services.model.events.strategy import OrderRequested, PortfolioEvaluated, PortfolioHalted
+from services.model.market import Bar
+from services.model.streams import evaluation_stream, order_stream, portfolio_stream
+from services.model.symbols import validate_name
+from services.model.text import one_line, shown
+from services.model.vocabulary import OPEN_ORDER_STATUSES, Side
 from services.strategy import commands
-from services.strategy.config import ConfigError, parse_portfolio_spec, validate_name
+from services.strategy.config import ConfigError, parse_portfolio_spec
 from services.strategy.decide import (
     MarketData,
     PendingOrder,
@@ -53,17 +57,12 @@ from services.strategy.decide import (
     decide_portfolio,
 )
 from services.strategy.decide import Tick as DecisionTick
-from services.strategy.events import OrderRequested, PortfolioEvaluated, PortfolioHalted
 from services.strategy.portfolio import (
     PortfolioView,
     PortfolioViewCache,
-    evaluation_stream,
     global_halt,
     load_portfolio,
-    order_stream,
-    portfolio_stream,
 )
-from services.strategy.strategies import Bar
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +75,6 @@ MAX_BARS = 300  # kept per symbol; the built-in strategies need at most their lo
 EVALUATION_TIMEOUT = 120.0  # seconds the tick's job waits for every portfolio's evaluation
 # From this many portfolios on, a tick fans out over the work queue (shared by the service's workers).
 FAN_OUT_FROM = 8
-
-
-class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
-    tick_id: str
-    scheduled_at: datetime
-    portfolio_id: str
 
 
 _work_decoder = msgspec.json.Decoder(WorkItem)
@@ -164,7 +157,7 @@ async def read_pending_orders(con: Any) -> dict[str, tuple[PendingOrder, ...]]:
     too high for a moment, never too low: a check may refuse an order that would just have fitted,
     never let through one that does not."""
     pending: dict[str, list[PendingOrder]] = {}
-    for row in await con.fetch(_PENDING, list(OPEN_STATUSES), checkpoint_name("trades")):
+    for row in await con.fetch(_PENDING, list(OPEN_ORDER_STATUSES), checkpoint_name("trades")):
         orders = pending.setdefault(row["portfolio_id"], [])
         symbol, side = row["symbol"], Side(row["side"])
         if row["priced_qty"]:

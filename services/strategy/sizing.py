@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.core.limits import fraction, money
 from services.core.limits import quantity as share_quantity
-from services.orders.types import Side
+from services.model.vocabulary import Side
 
 ZERO = Decimal(0)
 _WHOLE = Decimal(1)

@@ -31,7 +31,8 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.core.limits import fraction
-from services.orders.types import require_aware
+from services.model.market import Bar
+from services.model.vocabulary import require_aware
 
 ZERO = Decimal(0)
 _CONTEXT = decimal.Context(prec=28, rounding=decimal.ROUND_HALF_EVEN)
@@ -52,18 +53,6 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def hold(cls, reason: str) -> Signal:
         return cls(action=Action.HOLD, reason=reason)
-
-
-class Bar(msgspec.Struct, frozen=True, kw_only=True):
-    timestamp: datetime
-    open: Decimal
-    high: Decimal
-    low: Decimal
-    close: Decimal
-    volume: Decimal
-
-    def __post_init__(self) -> None:
-        require_aware(self.timestamp, "Bar.timestamp")
 
 
 R = TypeVar("R")

@@ -30,9 +30,8 @@ from services.core.jobs.queries import ExecutionPage, Job, list_executions, list
 from services.core.jobs.runner import JobRunner
 from services.core.jobs.types import JobType
 from services.core.runtime import Runtime
-from services.orders.lifecycle import OrderStatus
 from services.orders.queries import BadCursor as BadOrderCursor
-from services.orders.queries import OrderPage, list_orders
+from services.orders.queries import OrderPage, OrderStatus, list_orders
 from services.positions.queries import (
     Discrepancy,
     Fill,

@@ -14,7 +14,7 @@ from services.broker.protocol import Broker
 from services.broker.simulator.broker import SimBroker, SimConfig, SimFaults
 from services.core.host import ServiceContext, hosted
 from services.core.jobs.types import JobType
-from services.orders.types import Side
+from services.model.vocabulary import Side
 from tests.positions.helpers import (
     append_fill,
     fill,

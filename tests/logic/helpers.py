@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from services.model.market import Bar
+from services.model.vocabulary import OrderType, Side
 from services.orders.lifecycle import OrderState, OrderStatus
-from services.orders.types import OrderType, Side
-from services.strategy.strategies import Bar
 
 T0 = datetime(2025, 3, 3, 14, 30, tzinfo=UTC)
 

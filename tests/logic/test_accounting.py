@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.orders.types import Side
-from services.positions.accounting import Book, Fill, Position, apply_fill, book_fill
+from services.model.accounting import Book, Fill, Position, apply_fill, book_fill
+from services.model.vocabulary import Side
 from tests.logic.helpers import D
 
 

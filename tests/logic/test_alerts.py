@@ -15,7 +15,7 @@ from services.alerts.conditions import (
     spec_of,
     trigger,
 )
-from services.alerts.events import AlertTriggered, NotificationRaised
+from services.model.events.alerts import AlertTriggered, NotificationRaised
 from services.strategy.config import ConfigError
 from tests.logic.helpers import T0, D
 

@@ -1,9 +1,10 @@
 from datetime import timedelta
 
 from services.broker import models as broker
-from services.orders.broker_views import order_view, position_view, quote_view
-from services.orders.events import OrderFilled, OrderSubmitted
-from services.orders.lifecycle import BrokerStatus, OrderStatus, apply_broker_order
+from services.broker.views import order_view, position_view, quote_view
+from services.model.events.orders import OrderFilled, OrderSubmitted
+from services.model.market import BrokerStatus
+from services.orders.lifecycle import OrderStatus, apply_broker_order
 from tests.logic.helpers import T0, D, order_state
 
 

@@ -3,8 +3,8 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.orders.ids import CLIENT_ORDER_ID_MAX_LENGTH, client_order_id, is_openbell_client_order_id
-from services.orders.types import Side
+from services.model.ids import CLIENT_ORDER_ID_MAX_LENGTH, client_order_id, is_openbell_client_order_id
+from services.model.vocabulary import Side
 
 # Alpaca accepts letters, digits and a few punctuation marks; ours must stay within the safe subset.
 SAFE = re.compile(r"^[a-z0-9-]+$")

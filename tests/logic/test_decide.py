@@ -3,10 +3,11 @@ from decimal import Decimal
 
 import pytest
 
-from services.alerts.events import NotificationRaised
-from services.orders.ids import client_order_id
-from services.orders.types import OrderType, Side
-from services.positions.accounting import Position
+from services.model.accounting import Position
+from services.model.events.alerts import NotificationRaised
+from services.model.events.strategy import OrderRejectedByRisk, OrderRequested, PortfolioHalted, SignalGenerated
+from services.model.ids import client_order_id
+from services.model.vocabulary import OrderType, Side
 from services.strategy import risk
 from services.strategy.config import StrategySpec, parse_strategy_spec
 from services.strategy.decide import (
@@ -22,7 +23,6 @@ from services.strategy.decide import (
     decide_portfolio,
     limit_price_for,
 )
-from services.strategy.events import OrderRejectedByRisk, OrderRequested, PortfolioHalted, SignalGenerated
 from services.strategy.risk import RiskLimits
 from services.strategy.strategies import Action
 from tests.logic.helpers import T0, D, bars_from_closes

@@ -7,13 +7,13 @@ import msgspec
 import pytest
 
 from eventstore.codec import EventDecodeError, encode
-from services.alerts import events as alert_events
 from services.core.events import registry
-from services.orders import events as order_events
-from services.orders.types import OrderType, Side
-from services.positions import events as position_events
-from services.strategy import events as strategy_events
-from services.strategy.events import OrderRequested
+from services.model.events import alerts as alert_events
+from services.model.events import orders as order_events
+from services.model.events import positions as position_events
+from services.model.events import strategy as strategy_events
+from services.model.events.strategy import OrderRequested
+from services.model.vocabulary import OrderType, Side
 from tests.logic.helpers import T0, D
 
 EXPECTED = {

@@ -1,9 +1,9 @@
-from services.orders.events import OrderFilled, OrderPartiallyFilled
-from services.orders.types import Side
-from services.positions.accounting import Book
-from services.positions.events import PositionReconciled
-from services.positions.ledger import evolve_book, record_fill
-from services.strategy.events import PortfolioOpened
+from services.model.accounting import Book
+from services.model.events.orders import OrderFilled, OrderPartiallyFilled
+from services.model.events.positions import PositionReconciled
+from services.model.events.strategy import PortfolioOpened
+from services.model.ledger import evolve_book, record_fill
+from services.model.vocabulary import Side
 from tests.logic.helpers import T0, D
 
 COID = "ob-" + "a" * 40

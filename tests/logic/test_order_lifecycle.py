@@ -5,7 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.orders.events import (
+from services.broker.views import broker_status
+from services.model.accounting import Book
+from services.model.events.orders import (
     OrderCanceled,
     OrderFilled,
     OrderPartiallyFilled,
@@ -13,23 +15,20 @@ from services.orders.events import (
     OrderSubmitted,
     OrderSubmitUnknown,
 )
+from services.model.ledger import record_fill
+from services.model.market import BrokerOrderView, BrokerStatus
+from services.model.vocabulary import Side
 from services.orders.lifecycle import (
-    BrokerOrderView,
-    BrokerStatus,
     IllegalTransition,
     OrderState,
     OrderStatus,
     apply_broker_order,
-    broker_status,
     evolve,
     fill_event_id,
     resolve_unknown,
     submit_unknown,
     too_late_to_send,
 )
-from services.orders.types import Side
-from services.positions.accounting import Book
-from services.positions.ledger import record_fill
 from tests.logic.helpers import T0, D, order_state
 
 COID = "ob-" + "a" * 40

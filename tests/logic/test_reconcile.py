@@ -1,6 +1,6 @@
 from decimal import Decimal
 
-from services.positions.events import (
+from services.model.events.positions import (
     UNASSIGNED_PORTFOLIO,
     PositionDiscrepancyDetected,
     PositionDiscrepancyResolved,
@@ -8,8 +8,9 @@ from services.positions.events import (
     SymbolQuarantined,
     SymbolQuarantineLifted,
 )
+from services.model.events.strategy import PortfolioHalted
+from services.model.market import BrokerPosition
 from services.positions.reconcile import (
-    BrokerPosition,
     Discrepancy,
     DiscrepancyKind,
     Holding,
@@ -19,7 +20,6 @@ from services.positions.reconcile import (
     find_discrepancies,
     plan_sync,
 )
-from services.strategy.events import PortfolioHalted
 from tests.logic.helpers import T0, D
 
 KNOWN = frozenset({"AAPL", "MSFT", "NVDA"})

@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from services.orders.types import Side
+from services.model.vocabulary import Side
 from services.strategy import risk
 from services.strategy.risk import ProposedOrder, RiskContext, RiskLimits, check_order, daily_loss_breached
 from services.strategy.sizing import FixedNotional, FixedQuantity, PercentOfEquity, size_order

@@ -2,16 +2,12 @@ from datetime import date, timedelta
 
 import pytest
 
-from services.positions.accounting import Book, Position
-from services.positions.events import PortfolioSnapshotTaken, QuotesObserved
+from services.model.accounting import Book, Position
+from services.model.events.positions import PortfolioSnapshotTaken, QuotesObserved
+from services.model.market import PriceBasis, Quote, QuoteProblem, check_quotes, quote_price
 from services.positions.valuation import (
     MissingPrices,
-    PriceBasis,
-    Quote,
-    QuoteProblem,
-    check_quotes,
     portfolio_snapshot,
-    quote_price,
     quotes_observed,
     value_portfolio,
 )

@@ -18,10 +18,10 @@ from services.core.events import new_event
 from services.core.host import ServiceContext
 from services.core.jobs.types import JobType, Tick, TickReason, encode_tick
 from services.core.settings import Settings, load_settings
-from services.orders.events import OrderFilled, OrderPartiallyFilled
-from services.orders.lifecycle import canonical_decimal
-from services.orders.types import Side
-from services.strategy.events import PortfolioOpened, StrategyAttached
+from services.model.decimals import canonical_decimal
+from services.model.events.orders import OrderFilled, OrderPartiallyFilled
+from services.model.events.strategy import PortfolioOpened, StrategyAttached
+from services.model.vocabulary import Side
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from services.broker.protocol import Broker
 from services.broker.ratelimit import RateLimiter
 from services.core.host import ServiceContext, hosted
 from services.core.jobs.types import JobType
-from services.orders.types import Side
+from services.model.vocabulary import Side
 from services.positions.books import load_book
 from tests.broker.conftest import API_KEY, API_SECRET, alpaca_settings_for
 from tests.fake_alpaca import FakeAlpaca

@@ -13,7 +13,7 @@ from nats.aio.client import Client as NatsClient
 
 from services.core.host import hosted
 from services.core.jobs.types import JobType
-from services.orders.types import Side
+from services.model.vocabulary import Side
 from services.positions.books import load_book
 from tests.positions.helpers import append_fill, fill, open_portfolio, run_tick, settings_for, sim_factory, wait_for
 

@@ -11,7 +11,7 @@ from nats.aio.client import Client as NatsClient
 
 from eventstore.relay import envelope_of
 from services.core.host import hosted
-from services.orders.types import Side
+from services.model.vocabulary import Side
 from services.positions.books import load_book
 from tests.positions.helpers import append_fill, fill, open_portfolio, settings_for, wait_for
 

@@ -8,9 +8,11 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.positions.events import PositionDiscrepancyDetected, PositionDiscrepancyResolved, SymbolQuarantined
-from services.positions.planning import SymbolSyncState, batches, evolve_sync_state, feed_key, snapshot_day
-from services.positions.reconcile import BrokerPosition, DiscrepancyKind, Holding, find_discrepancies
+from services.broker.quotes import batches
+from services.model.events.positions import PositionDiscrepancyDetected, PositionDiscrepancyResolved, SymbolQuarantined
+from services.model.market import BrokerPosition
+from services.positions.planning import SymbolSyncState, evolve_sync_state, snapshot_day
+from services.positions.reconcile import DiscrepancyKind, Holding, find_discrepancies
 
 AT = datetime(2026, 11, 30, 15, 0, tzinfo=UTC)
 
@@ -29,10 +31,6 @@ def test_batches_cover_each_symbol_once(symbols: list[str], size: int) -> None:
     assert all(1 <= len(b) <= size for b in out)
     flat = [s for b in out for s in b]
     assert flat == sorted(set(symbols))
-
-
-def test_feed_key() -> None:
-    assert feed_key("BRK.B") == "BRK_B" and feed_key("AAPL") == "AAPL"
 
 
 def test_sync_state_fold() -> None:

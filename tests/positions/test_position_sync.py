@@ -13,7 +13,7 @@ from nats.aio.client import Client as NatsClient
 from services.broker.models import OrderRequest, OrderSide, OrderType
 from services.core.host import ServiceContext, hosted
 from services.core.jobs.types import JobType
-from services.orders.types import Side
+from services.model.vocabulary import Side
 from services.positions.books import load_book
 from tests.positions.helpers import (
     append_fill,

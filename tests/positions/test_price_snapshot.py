@@ -13,7 +13,7 @@ from services.broker.simulator.broker import SimBroker
 from services.clock import calendar
 from services.core.host import ServiceContext, hosted
 from services.core.jobs.types import JobType, TickReason
-from services.orders.types import Side
+from services.model.vocabulary import Side
 from services.positions.books import load_book
 from services.positions.valuation import value_portfolio
 from tests.positions.helpers import (

@@ -27,7 +27,7 @@ from services.clock import calendar
 from services.clock.virtual import VirtualClock
 from services.core.host import ServiceContext, hosted
 from services.core.jobs.types import JobType, TickReason
-from services.orders.types import Side
+from services.model.vocabulary import Side
 from services.positions.books import load_book
 from services.positions.projection import PortfolioProjection
 from services.strategy.commands import apply_all

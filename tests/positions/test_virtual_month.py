@@ -19,7 +19,7 @@ from services.broker.simulator.engine import FillPolicy
 from services.clock import calendar
 from services.clock.virtual import VirtualClock
 from services.core.host import ServiceContext, hosted
-from services.orders.types import Side
+from services.model.vocabulary import Side
 from services.positions.books import load_book
 from services.strategy.commands import apply_all
 from services.strategy.config import parse_portfolio_spec

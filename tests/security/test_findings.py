@@ -20,13 +20,13 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from eventstore import ANY, NO_STREAM
-from services.alerts.events import NotificationRaised
 from services.clock import calendar
 from services.core.events import new_event
 from services.core.host import ServiceContext, hosted
 from services.core.jobs.types import JobType, Tick, TickReason, encode_tick
+from services.model.events.alerts import NotificationRaised
+from services.model.events.strategy import PortfolioOpened
 from services.strategy import plugins
-from services.strategy.events import PortfolioOpened
 from tests.positions.helpers import job_end, run_tick, settings_for, sim_factory, wait_for
 
 SESSION = calendar.session(datetime(2026, 11, 18).date())
@@ -379,7 +379,7 @@ def test_redaction_happens_before_truncation() -> None:
 def test_cli_output_drops_terminal_escapes(capsys: pytest.CaptureFixture[str]) -> None:
     from rich.table import Table
 
-    from services.cli import console
+    from services.cli_support import console
     from services.positions.cli import format_feed_line
 
     table = Table()

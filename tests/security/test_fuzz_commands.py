@@ -14,7 +14,7 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 
 from services.core.host import hosted
-from services.core.limits import MAX_ERROR
+from services.model.text import MAX_ERROR
 from tests.positions.helpers import settings_for, sim_factory
 
 SEED = 20261203

@@ -12,8 +12,8 @@ from eventstore import EventStore
 from eventstore.projections import ProjectionRunner
 from services.core.events import registry
 from services.core.projections import known_projections
-from services.orders.events import OrderFilled, OrderPartiallyFilled
-from services.orders.types import Side
+from services.model.events.orders import OrderFilled, OrderPartiallyFilled
+from services.model.vocabulary import Side
 from services.positions.books import load_book
 from services.strategy.config import PortfolioSpec, parse_portfolio_spec
 

@@ -12,11 +12,11 @@ import asyncpg
 from eventstore import EventStore
 from eventstore.projections import checkpoint_name
 from services.core.events import new_event
+from services.model.events.strategy import OrderRequested
+from services.model.streams import order_stream
+from services.model.vocabulary import OrderType, Side
 from services.orders.projection import TradesProjection
-from services.orders.types import OrderType, Side
 from services.strategy.decide import PendingOrder
-from services.strategy.events import OrderRequested
-from services.strategy.portfolio import order_stream
 from services.strategy.service import read_pending_orders
 
 AT = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)

@@ -11,10 +11,10 @@ import pytest
 
 from services.core import feeds
 from services.core.event_feeds import feed_of
-from services.orders.events import OrderCanceled, OrderFilled
-from services.orders.types import Side
-from services.positions.events import PositionDiscrepancyDetected
-from services.strategy.events import OrderRejectedByRisk, PortfolioHalted, PortfolioOpened, TradingResumed
+from services.model.events.orders import OrderCanceled, OrderFilled
+from services.model.events.positions import PositionDiscrepancyDetected
+from services.model.events.strategy import OrderRejectedByRisk, PortfolioHalted, PortfolioOpened, TradingResumed
+from services.model.vocabulary import Side
 
 AT = datetime(2026, 3, 2, 10, 30, tzinfo=timezone(timedelta(hours=-5)))  # New York: the feed says UTC
 
@@ -71,3 +71,7 @@ def test_a_naive_time_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         feeds.utc(datetime(2026, 3, 2, 10, 30))
     assert feeds.utc(datetime(2026, 3, 2, 15, 30, tzinfo=UTC)) == "2026-03-02T15:30:00.000000Z"
+
+
+def test_a_symbol_is_one_subject_token() -> None:
+    assert feeds.feed_key("BRK.B") == "BRK_B" and feeds.feed_key("AAPL") == "AAPL"

@@ -231,6 +231,9 @@ class SimBroker:
             self._settling = asyncio.create_task(self._settle_in_background(), name="sim-settle")
         return self._settling
 
+    def time_moved(self) -> None:
+        self.settle_soon()
+
     async def _settle_in_background(self) -> None:
         try:
             async with self._pool.acquire() as conn:

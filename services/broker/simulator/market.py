@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from statistics import NormalDist
-from zoneinfo import ZoneInfo
 
 from services.broker.models import Bar, Quote, utc
 from services.broker.simulator.calendar import trading_days
+from services.clock.calendar import NEW_YORK
 
-NEW_YORK = ZoneInfo("America/New_York")
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 LEVELS = 26
 HORIZON_MINUTES = 2**LEVELS

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from eventstore import EventStore
 from eventstore.projections import ProjectionRunner
+from services.cli_support import console, fail, run_async
 from services.core.jobs.projection import JobsProjection, job_history, job_stats
 from services.core.jobs.runner import JobRunner
 from services.core.jobs.types import parse_job_type
@@ -39,10 +40,9 @@ def jobs_command(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Table of the six jobs: status, schedule, last/next run, runs, failures, average duration."""
+    """Table of every job: status, schedule, last/next run, runs, failures, average duration."""
     if ctx.invoked_subcommand is not None:
         return
-    from services.cli import console, run_async
     from services.core.runtime import connect_runtime
 
     async def show() -> None:
@@ -72,7 +72,6 @@ def jobs_command(
 
 
 def _operator_action(job_type: str, enable: bool, reason: str) -> None:
-    from services.cli import console, fail, run_async
     from services.core.runtime import connect_runtime
 
     try:
@@ -98,7 +97,7 @@ def _operator_action(job_type: str, enable: bool, reason: str) -> None:
 
 @jobs_app.command("enable")
 def enable_command(
-    job_type: Annotated[str, typer.Argument(help="One of the six job types.")],
+    job_type: Annotated[str, typer.Argument(help="A job type (openbell jobs lists them).")],
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the event).")] = "",
 ) -> None:
     """Enable a job (closes an open circuit breaker and resets its failure streak)."""
@@ -107,7 +106,7 @@ def enable_command(
 
 @jobs_app.command("disable")
 def disable_command(
-    job_type: Annotated[str, typer.Argument(help="One of the six job types.")],
+    job_type: Annotated[str, typer.Argument(help="A job type (openbell jobs lists them).")],
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the event).")] = "",
 ) -> None:
     """Disable a job: its ticks are acknowledged and recorded as skipped without running."""
@@ -121,7 +120,6 @@ def history_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Job executions (runs), newest first, with their counters or error."""
-    from services.cli import console, fail, run_async
     from services.core.runtime import connect_runtime
 
     try:

@@ -1,5 +1,5 @@
-"""Read models of the job ledger: ``scheduled_jobs`` (one row per job type, the seed's getJobStats) and
-``job_executions`` (one row per run attempt, getJobHistory), with the PostgreSQL enums ``job_type``,
+"""Read models of the job ledger: ``scheduled_jobs`` (one row per job type: each job's stats) and
+``job_executions`` (one row per run attempt: the job history), with the PostgreSQL enums ``job_type``,
 ``job_status`` (enabled|disabled|error) and ``execution_status`` (started|completed|failed).
 
 Everything written here is derived from the events alone (their data and recorded times), so a rebuild
@@ -209,7 +209,7 @@ STATS_COLUMNS = (
 
 
 async def job_stats(con: asyncpg.Connection) -> list[dict[str, Any]]:
-    """getJobStats: one row per job type, in the enum's order."""
+    """One row per job type, in the enum's order."""
     rows = await con.fetch(
         f"SELECT {', '.join(STATS_COLUMNS)} FROM scheduled_jobs ORDER BY job_type"
     )

@@ -23,7 +23,7 @@ class JobType(StrEnum):
 
 
 class UnknownJobType(ValueError):
-    """A job type that is not one of the six."""
+    """A value that names no job type."""
 
     def __init__(self, value: str) -> None:
         valid = ", ".join(j.value for j in JobType)
@@ -94,6 +94,15 @@ class Tick(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
             emitted_at=emitted_at.astimezone(UTC),
             reason=reason,
         )
+
+
+class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One portfolio of a tick, fanned out on a work queue (``<prefix>.work.<queue>``) so a service's
+    workers share a tick's portfolios."""
+
+    tick_id: str
+    scheduled_at: datetime
+    portfolio_id: str
 
 
 class InvalidTick(ValueError):

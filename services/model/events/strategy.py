@@ -8,30 +8,17 @@ fold re-reads it with ``Model.model_validate``.
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Any
 
-import msgspec
-
-from services.core.events import domain_event
-from services.orders.types import OrderType, Side, require_aware
-
-AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
-
-
-class _Timed(msgspec.Struct, frozen=True, kw_only=True):
-    at: AwareDatetime
-
-    def __post_init__(self) -> None:
-        require_aware(self.at, f"{type(self).__name__}.at")
-
+from services.model.registry import domain_event
+from services.model.vocabulary import OrderType, Side, TimedEvent
 
 # ------------------------------------------------------------------------------------------ portfolios
 
 
 @domain_event
-class PortfolioOpened(_Timed, frozen=True, kw_only=True):
+class PortfolioOpened(TimedEvent, frozen=True, kw_only=True):
     portfolio_id: str
     starting_cash: Decimal
     trading_mode: str  # "paper" | "live"
@@ -39,13 +26,13 @@ class PortfolioOpened(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class PortfolioRiskLimitsChanged(_Timed, frozen=True, kw_only=True):
+class PortfolioRiskLimitsChanged(TimedEvent, frozen=True, kw_only=True):
     portfolio_id: str
     risk_limits: dict[str, Any]
 
 
 @domain_event
-class PortfolioHalted(_Timed, frozen=True, kw_only=True):
+class PortfolioHalted(TimedEvent, frozen=True, kw_only=True):
     """No new orders for this portfolio until resumed. ``rule`` names the automatic cause (e.g.
     ``daily_loss_limit``, ``position_sync``), None for an operator's halt."""
 
@@ -55,7 +42,7 @@ class PortfolioHalted(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class PortfolioResumed(_Timed, frozen=True, kw_only=True):
+class PortfolioResumed(TimedEvent, frozen=True, kw_only=True):
     portfolio_id: str
     reason: str = ""
 
@@ -64,7 +51,7 @@ class PortfolioResumed(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class StrategyAttached(_Timed, frozen=True, kw_only=True):
+class StrategyAttached(TimedEvent, frozen=True, kw_only=True):
     portfolio_id: str
     strategy: str  # the strategy's name, unique within the portfolio
     kind: str
@@ -78,7 +65,7 @@ class StrategyAttached(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class StrategyReconfigured(_Timed, frozen=True, kw_only=True):
+class StrategyReconfigured(TimedEvent, frozen=True, kw_only=True):
     """A declarative apply changed an attached strategy's kind, universe, parameters or sizing."""
 
     portfolio_id: str
@@ -92,7 +79,7 @@ class StrategyReconfigured(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class PortfolioEvaluated(_Timed, frozen=True, kw_only=True):
+class PortfolioEvaluated(TimedEvent, frozen=True, kw_only=True):
     """The strategy_execution of one portfolio at one tick is done (the last event of its evaluation
     stream, which is created once: a portfolio is evaluated once per tick)."""
 
@@ -109,13 +96,13 @@ class PortfolioEvaluated(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class StrategyEnabled(_Timed, frozen=True, kw_only=True):
+class StrategyEnabled(TimedEvent, frozen=True, kw_only=True):
     portfolio_id: str
     strategy: str
 
 
 @domain_event
-class StrategyDisabled(_Timed, frozen=True, kw_only=True):
+class StrategyDisabled(TimedEvent, frozen=True, kw_only=True):
     portfolio_id: str
     strategy: str
 
@@ -124,14 +111,14 @@ class StrategyDisabled(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class TradingHalted(_Timed, frozen=True, kw_only=True):
+class TradingHalted(TimedEvent, frozen=True, kw_only=True):
     """The global kill switch (``openbell halt``): no portfolio places orders until resumed."""
 
     reason: str
 
 
 @domain_event
-class TradingResumed(_Timed, frozen=True, kw_only=True):
+class TradingResumed(TimedEvent, frozen=True, kw_only=True):
     reason: str = ""
 
 
@@ -139,7 +126,7 @@ class TradingResumed(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class SignalGenerated(_Timed, frozen=True, kw_only=True):
+class SignalGenerated(TimedEvent, frozen=True, kw_only=True):
     portfolio_id: str
     tick_id: str
     strategy: str
@@ -150,7 +137,7 @@ class SignalGenerated(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class OrderRequested(_Timed, frozen=True, kw_only=True):
+class OrderRequested(TimedEvent, frozen=True, kw_only=True):
     """A sized, risk-checked order the orders service must submit with exactly this client order id."""
 
     portfolio_id: str
@@ -173,7 +160,7 @@ class OrderRequested(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class OrderRejectedByRisk(_Timed, frozen=True, kw_only=True):
+class OrderRejectedByRisk(TimedEvent, frozen=True, kw_only=True):
     """A signal that did not become an order: ``rule`` is the risk rule that refused it."""
 
     portfolio_id: str

@@ -24,9 +24,9 @@ from decimal import Decimal
 
 import msgspec
 
-from services.orders.types import Side
+from services.model.decimals import ZERO
+from services.model.vocabulary import Side
 
-ZERO = Decimal(0)
 # Far below a cent, and few enough digits that sums of amounts stay exact in a 28-digit context.
 AMOUNT_QUANTUM = Decimal("1e-10")
 
@@ -56,7 +56,7 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
 
 class Fill(msgspec.Struct, frozen=True, kw_only=True):
     """One execution: ``notional`` is the exact money of the trade (qty x price, or the broker's exact
-    cumulative difference, see ``services.orders.events``)."""
+    cumulative difference, see ``services.model.events.orders``)."""
 
     symbol: str
     side: Side

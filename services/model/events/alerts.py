@@ -3,27 +3,14 @@ cancels, rejections, alerts, tripped breakers) share this one neutral event type
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
 
-import msgspec
-
-from services.core.events import domain_event
-from services.orders.types import require_aware
-
-AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
-
-
-class _Timed(msgspec.Struct, frozen=True, kw_only=True):
-    at: AwareDatetime
-
-    def __post_init__(self) -> None:
-        require_aware(self.at, f"{type(self).__name__}.at")
+from services.model.registry import domain_event
+from services.model.vocabulary import TimedEvent
 
 
 @domain_event
-class AlertCreated(_Timed, frozen=True, kw_only=True):
+class AlertCreated(TimedEvent, frozen=True, kw_only=True):
     alert_id: str
     symbol: str
     condition: str  # above | below | percent_change
@@ -33,12 +20,12 @@ class AlertCreated(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class AlertRemoved(_Timed, frozen=True, kw_only=True):
+class AlertRemoved(TimedEvent, frozen=True, kw_only=True):
     alert_id: str
 
 
 @domain_event
-class AlertTriggered(_Timed, frozen=True, kw_only=True):
+class AlertTriggered(TimedEvent, frozen=True, kw_only=True):
     """The alert's condition held at a check: it is inactive from now on."""
 
     alert_id: str
@@ -47,7 +34,7 @@ class AlertTriggered(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class NotificationRaised(_Timed, frozen=True, kw_only=True):
+class NotificationRaised(TimedEvent, frozen=True, kw_only=True):
     kind: str  # fill | partial_fill | canceled | expired | rejected | risk_rejected | alert | breaker | halt
     portfolio_id: str | None  # None: for everyone
     title: str

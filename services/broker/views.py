@@ -1,13 +1,27 @@
-"""Adapters from the broker layer's models (``services.broker.models``) to the plain inputs of the
-decision logic, so a shell does ``apply_broker_order(state, order_view(order))`` and nothing more."""
+"""The broker boundary: the broker layer's models (``services.broker.models``) as the plain, neutral types
+of the shared model, so a shell does ``apply_broker_order(state, order_view(order))`` and nothing more.
+Every broker reports its order statuses in Alpaca's spelling (the simulator speaks it too); they become
+neutral ``BrokerStatus`` values here and nowhere else."""
 
 from __future__ import annotations
 
 from services.broker import models as broker
-from services.orders.lifecycle import BrokerOrderView, broker_status
-from services.positions.reconcile import BrokerPosition
-from services.positions.valuation import Quote
-from services.strategy.strategies import Bar
+from services.model.market import Bar, BrokerOrderView, BrokerPosition, BrokerStatus, Quote
+
+_CLOSED_STATUSES = {
+    "filled": BrokerStatus.FILLED,
+    "canceled": BrokerStatus.CANCELED,
+    "expired": BrokerStatus.EXPIRED,
+    "rejected": BrokerStatus.REJECTED,
+    # We never replace orders; a replaced order is closed without further fills.
+    "replaced": BrokerStatus.CANCELED,
+}
+
+
+def broker_status(raw_status: str) -> BrokerStatus:
+    """Classify a raw broker status. Anything not known to be closed is OPEN: an unfamiliar status must
+    never make us believe an order is over (done_for_day, pending_cancel, held, ... are all still open)."""
+    return _CLOSED_STATUSES.get(raw_status.strip().lower(), BrokerStatus.OPEN)
 
 
 def order_view(order: broker.Order, reason: str = "") -> BrokerOrderView:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from services.orders.types import Side
+from services.model.vocabulary import Side
 
 CLIENT_ORDER_ID_PREFIX = "ob-"
 CLIENT_ORDER_ID_MAX_LENGTH = 48

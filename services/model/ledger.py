@@ -13,12 +13,12 @@ from decimal import Decimal
 import msgspec
 
 from eventstore import NewEvent
-from services.core.events import new_event
-from services.orders.events import FillEvent
-from services.orders.lifecycle import canonical_decimal
-from services.positions.accounting import ZERO, Book, Fill, book_fill
-from services.positions.events import UNASSIGNED_PORTFOLIO, FillApplied, PositionReconciled
-from services.strategy.events import PortfolioOpened
+from services.model.accounting import ZERO, Book, Fill, book_fill
+from services.model.decimals import canonical_decimal
+from services.model.events.orders import FillEvent
+from services.model.events.positions import UNASSIGNED_PORTFOLIO, FillApplied, PositionReconciled
+from services.model.events.strategy import PortfolioOpened
+from services.model.registry import new_event
 
 BookEvent = PortfolioOpened | FillApplied | PositionReconciled
 

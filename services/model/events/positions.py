@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
-from typing import Annotated
 
 import msgspec
 
-from services.core.events import domain_event
-from services.orders.types import Side, require_aware
-
-AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+from services.model.registry import domain_event
+from services.model.vocabulary import AwareDatetime, Side, TimedEvent
 
 # The owner of positions found at the broker that no single portfolio can claim.
 UNASSIGNED_PORTFOLIO = "unassigned"
 
 
-class _Timed(msgspec.Struct, frozen=True, kw_only=True):
-    at: AwareDatetime
-
-    def __post_init__(self) -> None:
-        require_aware(self.at, f"{type(self).__name__}.at")
-
 
 @domain_event
-class FillApplied(_Timed, frozen=True, kw_only=True):
+class FillApplied(TimedEvent, frozen=True, kw_only=True):
     """A fill booked into one portfolio: the position after it and the money it moved."""
 
     portfolio_id: str
@@ -43,7 +34,7 @@ class FillApplied(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class PositionDiscrepancyDetected(_Timed, frozen=True, kw_only=True):
+class PositionDiscrepancyDetected(TimedEvent, frozen=True, kw_only=True):
     tick_id: str
     symbol: str
     kind: str  # missing | quantity | price | closed_at_broker | unknown_at_broker
@@ -56,7 +47,7 @@ class PositionDiscrepancyDetected(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class PositionReconciled(_Timed, frozen=True, kw_only=True):
+class PositionReconciled(TimedEvent, frozen=True, kw_only=True):
     """A position set to the broker's numbers by the ``fix`` policy (no cash moves: what was paid is
     not known). ``portfolio_id`` may be ``UNASSIGNED_PORTFOLIO``."""
 
@@ -71,7 +62,7 @@ class PositionReconciled(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class PositionDiscrepancyResolved(_Timed, frozen=True, kw_only=True):
+class PositionDiscrepancyResolved(TimedEvent, frozen=True, kw_only=True):
     """An open (quarantined or halting) discrepancy is no longer seen at a sync."""
 
     tick_id: str
@@ -80,7 +71,7 @@ class PositionDiscrepancyResolved(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class SymbolQuarantined(_Timed, frozen=True, kw_only=True):
+class SymbolQuarantined(TimedEvent, frozen=True, kw_only=True):
     """No new orders on this symbol, in any portfolio, until the discrepancy is resolved."""
 
     tick_id: str
@@ -89,7 +80,7 @@ class SymbolQuarantined(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class SymbolQuarantineLifted(_Timed, frozen=True, kw_only=True):
+class SymbolQuarantineLifted(TimedEvent, frozen=True, kw_only=True):
     tick_id: str
     symbol: str
     reason: str
@@ -104,7 +95,7 @@ class ObservedQuote(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @domain_event
-class QuotesObserved(_Timed, frozen=True, kw_only=True):
+class QuotesObserved(TimedEvent, frozen=True, kw_only=True):
     """One per price_update tick: the usable quotes, and every symbol asked for without one."""
 
     tick_id: str
@@ -113,7 +104,7 @@ class QuotesObserved(_Timed, frozen=True, kw_only=True):
 
 
 @domain_event
-class PortfolioSnapshotTaken(_Timed, frozen=True, kw_only=True):
+class PortfolioSnapshotTaken(TimedEvent, frozen=True, kw_only=True):
     portfolio_id: str
     trading_day: date
     total_value: Decimal

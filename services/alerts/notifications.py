@@ -1,5 +1,5 @@
-"""The notifications of an order's life (the seed's "alerts for executed trades, fills, cancellations
-and rejections"): one NotificationRaised per order event that a person wants to hear about, with an id
+"""The notifications of an order's life (executed trades, fills, cancellations and
+rejections): one NotificationRaised per order event that a person wants to hear about, with an id
 derived from that event's cause, so a redelivered order event notifies once."""
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from eventstore import NewEvent
-from services.alerts.events import NotificationRaised
 from services.core.events import new_event
-from services.orders.events import (
+from services.model.decimals import canonical_decimal
+from services.model.events.alerts import NotificationRaised
+from services.model.events.orders import (
     OrderCanceled,
     OrderEvent,
     OrderExpired,
@@ -18,8 +19,7 @@ from services.orders.events import (
     OrderRejected,
     OrderSubmitted,
 )
-from services.orders.lifecycle import canonical_decimal
-from services.strategy.events import OrderRejectedByRisk
+from services.model.events.strategy import OrderRejectedByRisk
 
 
 def order_notification(event: OrderEvent | OrderRejectedByRisk) -> NewEvent | None:

@@ -1,5 +1,5 @@
 """Domain events of an order's life at the broker (the request itself is ``OrderRequested``, decided by
-the strategy in ``services.strategy.events``).
+the strategy in ``services.model.events.strategy``).
 
 Every event names its order by ``client_order_id`` and repeats the portfolio, symbol and side, so a
 consumer (positions, notifications, the trades read model) never needs a join to act on it.
@@ -9,16 +9,12 @@ Money and quantities are Decimal; times are tz-aware (naive ones are refused on 
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
 
 import msgspec
 
-from services.core.events import domain_event
-from services.orders.types import Side, require_aware
-
-AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+from services.model.registry import domain_event
+from services.model.vocabulary import AwareDatetime, Side, require_aware
 
 
 class _OrderEvent(msgspec.Struct, frozen=True, kw_only=True):
