@@ -22,6 +22,7 @@ from rich.table import Table
 
 from eventstore import EventStoreError, PositionNotFound, RecordedEvent
 from services.core import eventloop
+from services.core.embedded import EmbeddedServerError
 from services.core.runtime import connect_runtime
 from services.core.settings import SettingsError, load_settings
 
@@ -72,7 +73,7 @@ def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
         return eventloop.run(coro_factory())  # type: ignore[arg-type]
     except SettingsError as exc:
         raise fail(str(exc), 2) from None
-    except (CommandError, EventStoreError, ValueError) as exc:
+    except (CommandError, EventStoreError, ValueError, EmbeddedServerError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
