@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import asyncpg
 
+from eventstore.faults import is_retryable
 from eventstore.store import EventStore, RecordedEvent
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,8 @@ class ProjectionRunner:
         return total
 
     async def run(self, stop: asyncio.Event, *, poll_interval: float = 0.05) -> None:
-        """Keep every projection caught up until ``stop`` is set; survives database restarts.
+        """Keep every projection caught up until ``stop`` is set; survives database restarts (every error
+        ``eventstore.faults.is_retryable`` counts is waited out; any other ends the loop with it).
 
         One pass every ``poll_interval``, each catching up with everything committed: under a steady flow
         of events, each pass handles a batch rather than every few events (a reader that needs a read
@@ -147,12 +149,9 @@ class ProjectionRunner:
             try:
                 await self.run_once()
                 delay = poll_interval
-            except (
-                OSError,
-                asyncpg.PostgresConnectionError,
-                asyncpg.InterfaceError,
-                asyncpg.CannotConnectNowError,
-            ) as exc:
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise  # a bug: the loop dies, and the service host takes the process down with it
                 log.warning("projections: database unavailable (%s); retrying in %.1fs", exc, delay)
                 delay = min(delay * 2, 2.0)
             with contextlib.suppress(TimeoutError):

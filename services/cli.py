@@ -211,14 +211,18 @@ def serve(
 ) -> None:
     """Run openbell services in this process until interrupted (relay, projections, clock, strategy,
     orders, positions, alerts, or all). More copies of a service share its work."""
-    from services.core.host import resolve_services, serve_forever
+    from services.core.host import ServiceLoopDied, resolve_services, serve_forever
 
     try:
         chosen = resolve_services(names or [])
     except ValueError as exc:
         raise fail(str(exc)) from None
     console.print(f"serving: {', '.join(chosen)} (Ctrl-C to stop)")
-    run_async(lambda: serve_forever(chosen))
+    try:
+        run_async(lambda: serve_forever(chosen))
+    except ServiceLoopDied as exc:
+        # Exit non-zero: a supervisor (compose, systemd) restarts the process with every loop running.
+        raise fail(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------- main

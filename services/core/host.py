@@ -23,6 +23,7 @@ from faststream.nats import NatsBroker
 from eventstore.projections import ProjectionRunner
 from services.broker.protocol import Broker
 from services.broker.simulator.broker import ManualClock, SimBroker
+from services.core.health import HostHealth, set_current
 from services.core.jobs.consumer import DurableConsumers
 from services.core.jobs.runner import JobRunner
 from services.core.metrics import serve_metrics
@@ -64,6 +65,8 @@ class ServiceContext:
     broker_factory: Callable[[ServiceContext], Awaitable[Broker]] | None = None
     tick_time: TickTime = field(default_factory=lambda: TickTime(datetime(2000, 1, 1, tzinfo=UTC)))
     virtual: bool = False
+    # Which background loops run; a loop that dies stops the host (see services.core.health).
+    health: HostHealth = field(default_factory=HostHealth)
     _broker: Broker | None = None
     _broker_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -96,8 +99,10 @@ class ServiceContext:
         return broker
 
     def background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``coro`` until the host stops. It must wait out its servers' errors itself: if it ends
+        before the host stops (an error it did not expect), the host stops and ``serve`` exits non-zero."""
         task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(_log_crash)
+        self.health.watch(task, name)
         self._tasks.append(task)
 
     async def catch_up(self, *names: str) -> None:
@@ -106,9 +111,8 @@ class ServiceContext:
         await self.projections.run_once(*names, relevant_only=True)
 
 
-def _log_crash(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task %s stopped: %r", task.get_name(), task.exception())
+class ServiceLoopDied(Exception):
+    """A background loop of the services ended while they were running: the process must exit non-zero."""
 
 
 def resolve_services(names: Sequence[str]) -> list[str]:
@@ -145,22 +149,31 @@ async def hosted(
             logger=bus_logger,
             log_level=logging.DEBUG,
         )
+        health = HostHealth()
         ctx = ServiceContext(
             rt=runtime,
             bus=bus,
-            consumers=DurableConsumers(runtime.servers.nats_url, name=f"openbell-{'+'.join(services)}-consumers"),
+            consumers=DurableConsumers(
+                runtime.servers.nats_url,
+                name=f"openbell-{'+'.join(services)}-consumers",
+                health=health,
+                max_deliver=runtime.settings.max_deliver,
+                ack_wait=runtime.settings.ack_wait_seconds,
+            ),
             jobs=JobRunner(
                 runtime.store,
                 nc=runtime.nc,
                 subjects=runtime.subjects,
                 worker=worker,
-                takeover_after=timedelta(seconds=runtime.settings.job_takeover_seconds),
+                lease=timedelta(seconds=runtime.settings.job_takeover_seconds),
             ),
             projections=ProjectionRunner(runtime.store, known_projections()),
             stop=asyncio.Event(),
             broker_factory=broker_factory,
             virtual=virtual,
+            health=health,
         )
+        set_current(health)
         try:
             # Inside the try: a setup or a start that fails still stops what was started before it.
             await ctx.projections.setup()
@@ -172,10 +185,11 @@ async def hosted(
             log.info("services running: %s", ", ".join(services))
             yield ctx
         finally:
+            health.stopping = True
             ctx.stop.set()
             for task in ctx._tasks:
                 task.cancel()
-            # Crashes were already logged by _log_crash; cancellation is how they end here.
+            # Crashes were already logged by the health watch; cancellation is how they end here.
             await asyncio.gather(*ctx._tasks, return_exceptions=True)
             await ctx.consumers.stop()
             await bus.stop()
@@ -205,8 +219,18 @@ async def serve_forever(names: Sequence[str], settings: Settings | None = None) 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with hosted(names, settings):
-            await stop.wait()
+        async with hosted(names, settings) as ctx:
+            # Until asked to stop, or until a background loop dies (then the process exits non-zero, and a
+            # supervisor restarts it, rather than staying up with a loop gone).
+            stopped = asyncio.ensure_future(stop.wait())
+            failed = asyncio.ensure_future(ctx.health.failed.wait())
+            try:
+                await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopped.cancel()
+                failed.cancel()
+        if ctx.health.failure is not None:
+            raise ServiceLoopDied(ctx.health.failure)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
