@@ -88,14 +88,18 @@ class ServiceContext:
             return self._broker
 
     async def at(self, moment: datetime) -> Broker:
-        """The broker, with simulated time moved to ``moment`` (a tick's time) when it is the simulator."""
+        """The broker for a decision at ``moment`` (a tick's time). The simulator is seen at exactly that
+        time (not at the latest tick this process has seen): what it is asked then (orders submitted,
+        prices, fills) is the same whichever process asks and however late, so runs are repeatable."""
         broker = await self.broker()
-        # The simulator reads this clock; it settles its orders up to it on every call that reads them,
-        # and in the background as soon as the clock moves (as a real broker fills between our calls).
+        # The shared simulator clock follows the latest tick: it settles its orders up to it in the
+        # background as soon as it moves (as a real broker fills between our calls).
         advanced = moment > self.tick_time()
         self.tick_time.set(moment)
-        if advanced and isinstance(broker, SimBroker):
-            broker.settle_soon()
+        if isinstance(broker, SimBroker):
+            if advanced:
+                broker.settle_soon()
+            return broker.at(moment)
         return broker
 
     def background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
