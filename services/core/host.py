@@ -99,7 +99,8 @@ class ServiceContext:
         if isinstance(broker, SimBroker):
             if advanced:
                 broker.settle_soon()
-            return broker.at(moment)
+            if not broker.real_time:  # a simulator standing in for a real-time broker keeps its own clock
+                return broker.at(moment)
         return broker
 
     def background(self, coro: Coroutine[Any, Any, None], name: str) -> None:

@@ -253,7 +253,7 @@ class SimBroker:
         at its own tick's time, whatever later tick the process has seen, in whichever process, however
         late. Settling through it never undoes what a later settle decided (fills are per order, from its
         submission time: ``checked_until`` only moves forward)."""
-        view = object.__new__(SimBroker)
+        view = object.__new__(type(self))
         view._pool = self._pool
         view.config = self.config
         view.market = self.market
