@@ -766,6 +766,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = ChaosConfig(days=args.days, portfolios=args.portfolios, faults=args.faults,
                        first_day=args.first_day, nats_nodes=args.nats_nodes)
     seeds = args.seed or list(range(1, args.seeds + 1))
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # asyncio.run then cancels the run: its processes and servers are stopped
+
+    signal.signal(signal.SIGTERM, interrupted)
     with contextlib.ExitStack() as exit_stack:
         if args.keep:
             workdir = args.keep
