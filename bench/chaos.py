@@ -6,8 +6,8 @@ projections, two strategy, two orders, positions, alerts, and the virtual clock
 (``openbell serve clock --virtual --from DATE --days N``), all on the simulator broker. While virtual time
 passes, a seeded plan of faults is carried out, each when the job ledger reaches its virtual instant:
 
-- ``kill``: SIGKILL of a service process, restarted after 0.5-3 s;
-- ``stop``: SIGSTOP of a service process for 5-10 s, then SIGCONT;
+- ``kill``: SIGKILL of a service process (or of the virtual clock), restarted after 0.5-3 s;
+- ``stop``: SIGSTOP of a service process (or of the virtual clock) for 5-10 s, then SIGCONT;
 - ``kill_nats`` / ``kill_postgres``: SIGKILL of nats-server / of the postmaster and its backends, restarted
   on the same data and port after 0.5-3 s (on a NATS cluster, of one node);
 - ``lose_nats_node`` (cluster only): SIGKILL of the node leading the events stream, never restarted.
@@ -121,7 +121,7 @@ def plan_faults(config: ChaosConfig) -> list[Fault]:
     faults = []
     for at, kind in zip(instants, kinds, strict=False):
         if kind in ("kill", "stop"):
-            target = rng.choice(sorted(STACK))
+            target = rng.choice([*sorted(STACK), "clock"])
         elif kind == "kill_nats" and config.nats_nodes > 1:
             target = f"n{rng.randrange(config.nats_nodes) + 1}"  # a node of the cluster
         else:
@@ -150,6 +150,7 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: Counter[str] = field(default_factory=Counter)
     lost_nodes: list[str] = field(default_factory=list)
+    clock_spawned: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.nats = EmbeddedNats(self.workdir / "nats")
@@ -211,6 +212,8 @@ class Stack:
             start_new_session=True,
         )
         log_file.close()
+        if name == "clock":
+            self.clock_spawned.set()
 
     def log_text(self, name: str) -> str:
         return (self.workdir / "logs" / f"{name}.log").read_text(errors="replace")
@@ -356,10 +359,10 @@ async def _ledger_time(dsn: str) -> datetime | None:
     return parse_tick_id(str(stream_id).removeprefix("jobrun-"))[1]
 
 
-async def _carry_out(stack: Stack, faults: list[Fault], clock: subprocess.Popen[bytes], log: list[str]) -> None:
+async def _carry_out(stack: Stack, faults: list[Fault], log: list[str]) -> None:
     for fault in faults:
         while True:
-            if clock.poll() is not None:
+            if stack.processes["clock"].poll() not in (None, -signal.SIGKILL):
                 log.append(f"not carried out (the clock had ended): {fault}")
                 return
             now = await _ledger_time(stack.dsn)
@@ -410,10 +413,20 @@ async def _run_and_check(
             stack.spawn(name)
         await stack.wait_running(list(STACK))
         stack.spawn("clock")
-        clock = stack.processes["clock"]
-        injector = asyncio.create_task(_carry_out(stack, faults, clock, fault_log))
-        # The clock ends the run: exit 0 after the last slot, 1 when a tick never got a recorded end.
-        clock_exit = await asyncio.to_thread(clock.wait)
+        injector = asyncio.create_task(_carry_out(stack, faults, fault_log))
+        # The clock ends the run: exit 0 after the last slot, 1 when a tick never got a recorded end. A
+        # fault may SIGKILL it: the injector starts it again, and it resumes from the job ledger.
+        while True:
+            clock = stack.processes["clock"]
+            stack.clock_spawned.clear()  # no await since reading it: a restart of this clock sets it
+            clock_exit = await asyncio.to_thread(clock.wait)
+            if clock_exit >= 0:
+                break
+            restarted = asyncio.create_task(stack.clock_spawned.wait())
+            await asyncio.wait({restarted, injector}, return_when=asyncio.FIRST_COMPLETED)
+            restarted.cancel()
+            if stack.processes["clock"] is clock:
+                break  # killed, and no fault to start it again: not one of ours
         await injector
         if clock_exit != 0:
             violations.append(f"the virtual clock ended with exit status {clock_exit}: "
@@ -753,6 +766,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = ChaosConfig(days=args.days, portfolios=args.portfolios, faults=args.faults,
                        first_day=args.first_day, nats_nodes=args.nats_nodes)
     seeds = args.seed or list(range(1, args.seeds + 1))
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # asyncio.run then cancels the run: its processes and servers are stopped
+
+    signal.signal(signal.SIGTERM, interrupted)
     with contextlib.ExitStack() as exit_stack:
         if args.keep:
             workdir = args.keep

@@ -25,25 +25,12 @@ from typing import ClassVar
 
 import asyncpg
 
+from eventstore.faults import is_retryable
 from eventstore.schema import may_change_schema
 from eventstore.store import EventStore, EventStoreError, RecordedEvent
 
 log = logging.getLogger(__name__)
 
-# Errors that say the database is unreachable or busy, not that an event cannot be applied.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.LockNotAvailableError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.exceptions.OperatorInterventionError,  # shutdown, crash recovery, a cancelled statement
-    asyncpg.exceptions.InsufficientResourcesError,  # disk full, out of memory: waited out, not a bad event
-)
 STOP_AFTER = 3  # failures in a row at one position before a projection is declared stopped
 
 
@@ -154,9 +141,9 @@ class ProjectionRunner:
         if relevant:
             try:
                 await projection.apply(con, relevant)
-            except TRANSIENT_ERRORS:
-                raise
             except Exception as exc:  # whatever the handler raised, it is reported with its place
+                if is_retryable(exc):
+                    raise  # the database, not the event: waited out (eventstore.faults)
                 raise _Failed(int(row[0]), exc) from exc
         await con.execute(
             "UPDATE eventstore_checkpoints SET position = $2, tx = $3, updated_at = now() WHERE name = $1",
@@ -248,7 +235,8 @@ class ProjectionRunner:
             return f"cannot apply the events after position {failed.position}: {type(failed.error).__name__}"
 
     async def run(self, stop: asyncio.Event, *, poll_interval: float = 0.05) -> None:
-        """Keep every projection caught up until ``stop`` is set; survives database restarts.
+        """Keep every projection caught up until ``stop`` is set; survives database restarts (every error
+        ``eventstore.faults.is_retryable`` counts is waited out; any other ends the loop with it).
 
         One pass every ``poll_interval``, each catching up with everything committed: under a steady flow
         of events, each pass handles a batch rather than every few events (a reader that needs a read
@@ -258,7 +246,9 @@ class ProjectionRunner:
             try:
                 await self.run_once()
                 delay = poll_interval
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise  # a bug: the loop dies, and the service host takes the process down with it
                 log.warning("projections: database unavailable (%s); retrying in %.1fs", exc, delay)
                 delay = min(delay * 2, 2.0)
             with contextlib.suppress(TimeoutError):

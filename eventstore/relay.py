@@ -16,7 +16,8 @@
   stream of its own.
 - Exactly one relay is active per database and prefix: it holds a PostgreSQL advisory lock on a
   dedicated connection; others wait as standbys and take over when that connection dies.
-- NATS or PostgreSQL going away is waited out and retried; nothing is lost.
+- NATS or PostgreSQL going away (any error ``eventstore.faults.is_retryable`` counts) is waited out and
+  retried; nothing is lost. Any other error ends ``run`` with it (a bug must not hide behind retries).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 
+from eventstore.faults import is_retryable
 from eventstore.records import RecordedEvent, category_of
 from eventstore.store import AppendResult, EventStore
 
@@ -92,6 +94,9 @@ HIDDEN_RETRY_MAX = 0.002
 HIDDEN_RETRY_FOR = 1.0
 # Positions of the last events published, remembered to ignore notices that arrive after the event went out.
 RECENT_POSITIONS = 4096
+# What undoing the lock connection's session state may raise when its server died under it: ignored, the
+# session is gone with it.
+_CLEANUP_ERRORS = (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 def _look_at(future: asyncio.Future[Any]) -> None:
@@ -207,20 +212,16 @@ class Relay:
                     finally:
                         self.is_leader.clear()
                         if not lock_con.is_closed():
-                            with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+                            with contextlib.suppress(*_CLEANUP_ERRORS):
                                 # The store's pool skips the session reset on release: undo ours here.
                                 await lock_con.execute("RESET synchronous_commit")
                                 await lock_con.execute(
                                     "SELECT pg_advisory_unlock(hashtext($1))", _lock_key(self.subjects.prefix)
                                 )
                 delay = 0.1
-            except (
-                OSError,
-                asyncpg.PostgresConnectionError,
-                asyncpg.InterfaceError,
-                asyncpg.CannotConnectNowError,
-                asyncpg.AdminShutdownError,
-            ) as exc:
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise  # a bug: the loop dies, and the service host takes the process down with it
                 log.warning("relay: database unavailable (%s); retrying in %.1fs", exc, delay)
                 await self._sleep(stop, delay)
                 delay = min(delay * 2, 2.0)
@@ -270,7 +271,9 @@ class Relay:
                     try:
                         if due:
                             await self._publish(due)
-                    except (NatsError, TimeoutError, OSError) as exc:
+                    except Exception as exc:
+                        if not is_retryable(exc):
+                            raise
                         log.warning("relay: NATS publish failed (%s); retrying in %.1fs", exc, nats_delay)
                         await self._sleep(stop, nats_delay)
                         nats_delay = min(nats_delay * 2, 2.0)
@@ -310,7 +313,7 @@ class Relay:
                         idle = min(idle * 2, 0.1)
         finally:
             if (position, tx) != saved and not lock_con.is_closed():
-                with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+                with contextlib.suppress(*_CLEANUP_ERRORS):
                     await save_checkpoint()
 
     def _published(self, events: list[RecordedEvent]) -> None:

@@ -397,7 +397,7 @@ def serve(
     emits each slot once the previous slot's runs are recorded, and the process ends after the last."""
     from services.broker import check_trading_configuration
     from services.broker.errors import BrokerConfigError
-    from services.core.host import resolve_services, serve_forever
+    from services.core.host import ServiceLoopDied, resolve_services, serve_forever
 
     try:
         chosen = resolve_services(names or [])
@@ -410,7 +410,11 @@ def serve(
     except (SettingsError, BrokerConfigError) as exc:
         raise fail(str(exc), 2) from None
     console.print(f"serving: {', '.join(chosen)}{' in virtual time' if virtual else ''} (Ctrl-C to stop)")
-    run_async(lambda: serve_forever(chosen, virtual=virtual, until=until))
+    try:
+        run_async(lambda: serve_forever(chosen, virtual=virtual, until=until))
+    except ServiceLoopDied as exc:
+        # Exit non-zero: a supervisor (compose, systemd) restarts the process with every loop running.
+        raise fail(str(exc)) from None
 
 
 def _virtual_clock_run(

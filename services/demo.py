@@ -171,11 +171,10 @@ DEMO_MARKER_TABLE = "openbell_demo_runs"
 
 
 async def _owner_connection(rt: Runtime) -> asyncpg.Connection:
-    """A connection as the schema's owner: the services' role may neither create nor drop a table."""
-    if rt.servers.database_owner_url is None:
-        raise CommandError("the demo records and removes its data as the database's owner: set"
-                           " OPENBELL_DATABASE_OWNER_URL")
-    return await asyncpg.connect(rt.servers.database_owner_url)
+    """A connection as the schema's owner (the services' role may neither create nor drop a table): the
+    owner's URL when there is one (the embedded default, OPENBELL_DATABASE_OWNER_URL), else the process's
+    own, which must then be allowed to."""
+    return await asyncpg.connect(rt.servers.database_owner_url or rt.servers.database_url)
 
 
 async def mark_demo_run(rt: Runtime, *, days: int, portfolios: int, seed: int) -> None:

@@ -428,6 +428,10 @@ class AlpacaBroker:
     def time_moved(self) -> None:
         """Alpaca trades in real time: a tick's time moving forward changes nothing here."""
 
+    def seen_at(self, moment: datetime) -> AlpacaBroker:
+        """Alpaca trades in real time: every decision sees the same broker."""
+        return self
+
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         for client in (self._trading, self._data):

@@ -93,4 +93,11 @@ class Broker(Protocol):
         orders up to it in the background (as a real broker fills between our calls); Alpaca does nothing."""
         ...
 
+    def seen_at(self, moment: datetime) -> Broker:
+        """This broker for a decision at ``moment`` (a tick's time). The simulator in simulated time answers
+        as of exactly that moment (orders submitted, prices, fills), so what it is asked is the same whichever
+        process asks and however late; a real-time broker (Alpaca, or a simulator standing in for one) is
+        itself."""
+        ...
+
     async def aclose(self) -> None: ...

@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from nats.js import JetStreamContext
 
 from eventstore import ANY, EventStore, NewEvent
+from eventstore.faults import Backoff, is_retryable
 from services.clock import calendar, schedule
 from services.clock.calendar_check import CalendarSource, check_calendar
 from services.clock.events import ClockBaselineSet, TickEmitted, TickSkipped, clock_stream
@@ -179,9 +180,23 @@ class ClockService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set: a pass, then sleep until the next slot (at most ``max_sleep``)."""
-        await self.load()
+        loaded = False
+        backoff = Backoff(0.1, 2.0)
         while not stop.is_set():
             now = self.now()
-            await self.run_pass(now)
+            try:
+                if not loaded:
+                    await self.load()
+                    loaded = True
+                await self.run_pass(now)
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise  # a bug: the clock stops, and the service host exits with it
+                # PostgreSQL or NATS down: the same pass again (ticks are deduplicated by their ids).
+                pause = backoff.next()
+                log.warning("clock pass failed on a server error (%s); again in %.1fs", exc, pause)
+                await self._sleep_until(self.now() + timedelta(seconds=pause), stop)
+                continue
+            backoff.reset()
             wake = min(schedule.next_wakeup(now, self.jobs), now + self.max_sleep)
             await self._sleep_until(wake, stop)

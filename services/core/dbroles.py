@@ -87,11 +87,13 @@ async def migrate_and_grant(owner_dsn: str, service: str | None) -> None:
     service role what it needs and nothing more. ``service`` None or the owner itself: no grants."""
     from services.broker.simulator.broker import SCHEMA as SIM_SCHEMA
     from services.broker.simulator.broker import SCHEMA_LOCK_KEY
+    from services.core.jobs.lease import create_lease_table
     from services.core.projections import known_projections
 
     con = await asyncpg.connect(owner_dsn)
     try:
         await migrate(con)
+        await create_lease_table(con)
         for projection in known_projections():
             async with con.transaction():
                 await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"projection:{projection.name}")

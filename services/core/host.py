@@ -23,6 +23,7 @@ from faststream.nats import NatsBroker
 from eventstore.projections import ProjectionRunner
 from services.broker.protocol import Broker
 from services.broker.simulator.broker import ManualClock
+from services.core.health import HostHealth, set_current
 from services.core.jobs.consumer import DurableConsumers
 from services.core.jobs.runner import JobRunner
 from services.core.projections import known_projections, report_stops
@@ -64,6 +65,8 @@ class ServiceContext:
     broker_factory: Callable[[ServiceContext], Awaitable[Broker]] | None = None
     tick_time: TickTime = field(default_factory=lambda: TickTime(datetime(2000, 1, 1, tzinfo=UTC)))
     virtual: bool = False
+    # Which background loops run; a loop that dies stops the host (see services.core.health).
+    health: HostHealth = field(default_factory=HostHealth)
     _broker: Broker | None = None
     _broker_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -85,19 +88,23 @@ class ServiceContext:
             return self._broker
 
     async def at(self, moment: datetime) -> Broker:
-        """The broker, with simulated time moved to ``moment`` (a tick's time) when it is the simulator."""
+        """The broker for a decision at ``moment`` (a tick's time). The simulator is seen at exactly that
+        time (not at the latest tick this process has seen): what it is asked then (orders submitted,
+        prices, fills) is the same whichever process asks and however late, so runs are repeatable."""
         broker = await self.broker()
-        # The simulator reads this clock; it settles its orders up to it on every call that reads them,
-        # and in the background as soon as the clock moves (as a real broker fills between our calls).
+        # The shared clock follows the latest tick: the simulator settles its orders up to it in the
+        # background as soon as it moves (as a real broker fills between our calls).
         advanced = moment > self.tick_time()
         self.tick_time.set(moment)
         if advanced:
             broker.time_moved()
-        return broker
+        return broker.seen_at(moment)
 
     def background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``coro`` until the host stops. It must wait out its servers' errors itself: if it ends
+        before the host stops (an error it did not expect), the host stops and ``serve`` exits non-zero."""
         task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(_log_crash)
+        self.health.watch(task, name)
         self._tasks.append(task)
 
     async def catch_up(self, *names: str) -> None:
@@ -106,9 +113,8 @@ class ServiceContext:
         await self.projections.run_once(*names, relevant_only=True)
 
 
-def _log_crash(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task %s stopped: %r", task.get_name(), task.exception())
+class ServiceLoopDied(Exception):
+    """A background loop of the services ended while they were running: the process must exit non-zero."""
 
 
 def runtime_role(services: Sequence[str]) -> str:
@@ -156,6 +162,7 @@ async def hosted(
             logger=bus_logger,
             log_level=logging.DEBUG,
         )
+        health = HostHealth()
         ctx = ServiceContext(
             rt=runtime,
             bus=bus,
@@ -163,20 +170,25 @@ async def hosted(
                 runtime.servers.nats_url,
                 name=f"openbell-{'+'.join(services)}-consumers",
                 credentials=runtime.nats_options("services"),
+                health=health,
+                max_deliver=runtime.settings.max_deliver,
+                ack_wait=runtime.settings.ack_wait_seconds,
             ),
             jobs=JobRunner(
                 runtime.store,
                 nc=runtime.nc,
                 subjects=runtime.subjects,
                 worker=worker,
-                takeover_after=timedelta(seconds=runtime.settings.job_takeover_seconds),
+                lease=timedelta(seconds=runtime.settings.job_takeover_seconds),
             ),
             projections=ProjectionRunner(runtime.store, known_projections()),
             stop=asyncio.Event(),
             broker_factory=broker_factory,
             virtual=virtual,
+            health=health,
         )
         report_stops(ctx.projections, runtime.store)
+        set_current(health)
         try:
             # Inside the try: a setup or a start that fails still stops what was started before it.
             await ctx.projections.setup()
@@ -188,10 +200,11 @@ async def hosted(
             log.info("services running: %s", ", ".join(services))
             yield ctx
         finally:
+            health.stopping = True
             ctx.stop.set()
             for task in ctx._tasks:
                 task.cancel()
-            # Crashes were already logged by _log_crash; cancellation is how they end here.
+            # Crashes were already logged by the health watch; cancellation is how they end here.
             await asyncio.gather(*ctx._tasks, return_exceptions=True)
             await ctx.consumers.stop()
             await bus.stop()
@@ -238,11 +251,23 @@ async def serve_forever(
     try:
         async with hosted(services, settings, virtual=virtual) as ctx:
             ctx.background(heartbeat(ctx, services, health, every=settings.heartbeat_seconds), "heartbeat")
-            if until is None:
-                await stop.wait()
-            else:
-                await _until_done_or_stopped(until(ctx), stop)
+            # Until asked to stop (or the virtual clock's run ends), or until a background loop dies: then
+            # the process exits non-zero, and a supervisor restarts it, rather than staying up with a loop gone.
+            work = asyncio.ensure_future(stop.wait() if until is None else _until_done_or_stopped(until(ctx), stop))
+            failed = asyncio.ensure_future(ctx.health.failed.wait())
+            try:
+                await asyncio.wait([work, failed], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                failed.cancel()
+                if not work.done():
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await work
+            if work.done() and not work.cancelled():
+                work.result()  # the virtual clock's failure, if it failed
             log.info("stopping: %s", ", ".join(services))
+        if ctx.health.failure is not None:
+            raise ServiceLoopDied(ctx.health.failure)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -54,9 +54,14 @@ class Settings(BaseSettings):
     # How long JetStream remembers a Nats-Msg-Id: duplicates inside it are dropped by the server.
     dedupe_window_seconds: float = Field(default=900.0, gt=0)
     # How long a consumer has to acknowledge a message before JetStream redelivers it (a worker alive
-    # keeps extending it), and how long a job run started by a worker that died blocks its tick.
+    # keeps extending it): every durable consumer uses it.
     ack_wait_seconds: float = Field(default=30.0, gt=0)
-    job_takeover_seconds: float = Field(default=120.0, gt=0)
+    # How many times a message whose handler fails with an error of its own (not a server being down:
+    # those are retried until the server is back) is delivered before it is dead-lettered.
+    max_deliver: int = Field(default=5, ge=1)
+    # A job run's lease: its worker renews it every third of this while the run goes on; a run whose
+    # lease ran out (its worker was killed or is frozen) is taken over by the next delivery of its tick.
+    job_takeover_seconds: float = Field(default=10.0, gt=0)
     # Copies of each JetStream stream in a NATS cluster (3 survives the loss of one server; 1: one server).
     stream_replicas: int = Field(default=1, ge=1, le=5)
     # An order request that reaches submission longer than this after its tick (by the wall clock, with a

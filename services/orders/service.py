@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 from eventstore import DuplicateEventId, EventStore, NewEvent, RecordedEvent, WrongExpectedVersion
+from eventstore.faults import is_retryable
 from eventstore.relay import envelope_decoder
 from services.broker.errors import (
     AmbiguousSubmit,
@@ -266,7 +267,11 @@ async def follow_trade_updates(ctx: ServiceContext) -> None:
                     continue  # not one of ours (another tool trading the same account)
                 await reconcile_order(ctx, state, version, update.order, update.timestamp)
                 delay = 1.0
-        except (BrokerError, OSError) as exc:
+        except Exception as exc:
+            # The broker's stream, or our own servers (PostgreSQL, NATS) down: wait and follow again (polling
+            # backfills what was missed). Anything else is a bug: the loop ends and the host exits with it.
+            if not isinstance(exc, BrokerError) and not is_retryable(exc):
+                raise
             log.warning("trade updates interrupted (%s); reconnecting in %.0fs", exc, delay)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.stop.wait(), delay)

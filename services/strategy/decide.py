@@ -225,8 +225,11 @@ def decide_portfolio(
     # orders see them): a buy cannot spend cash that an open buy will, a sale cannot sell shares twice.
     available_cash = portfolio.cash
     position_qty = {symbol: p.qty for symbol, p in portfolio.positions.items()}
+    # Shares that earlier ticks' buys will add (open, or filled and not booked): the weight counts them.
+    pending_buy_qty: dict[str, Decimal] = {}
     for pending in portfolio.pending:
         if pending.side is Side.BUY:
+            pending_buy_qty[pending.symbol] = pending_buy_qty.get(pending.symbol, ZERO) + pending.qty
             if pending.notional is not None:
                 available_cash -= pending.notional
             else:
@@ -303,6 +306,7 @@ def decide_portfolio(
                         available_cash=available_cash,
                         equity=equity,
                         position_qty=position_qty.get(symbol, ZERO),
+                        pending_buy_qty=pending_buy_qty.get(symbol, ZERO),
                     )
                     order = ProposedOrder(symbol=symbol, side=side, qty=qty, price=price)
                     verdict = check_order(order, context, portfolio.risk_limits)

@@ -13,7 +13,9 @@ The rules, in the order they are checked:
   this tick's accepted buys and what earlier ticks' orders still promise beyond the books;
 - ``max_position_weight``: after the order the position would be a larger fraction of equity than
   allowed (only for orders that increase the exposure; reducing an oversized position is always fine);
-  with unknown equity (an unpriced holding) such orders are refused as ``equity_unknown``.
+  with unknown equity (an unpriced holding) such orders are refused as ``equity_unknown``. The position
+  counts what is committed as the cash check does: earlier ticks' open buys and filled buys not booked
+  yet are shares the portfolio will hold.
 
 The daily loss limit is not a per-order rule: ``daily_loss_breached`` decides, once per tick, whether
 the portfolio must be halted.
@@ -74,6 +76,9 @@ class RiskContext(msgspec.Struct, frozen=True, kw_only=True):
     available_cash: Decimal
     equity: Decimal | None  # None when some holding has no price
     position_qty: Decimal  # in the order's symbol, signed, including this tick's accepted orders
+    # Shares of earlier ticks' buys in the order's symbol that the books do not show yet: the unfilled
+    # rest of open buys, and filled quantity not booked. Counted for the weight (they will be held).
+    pending_buy_qty: Decimal = ZERO
 
 
 class RiskDecision(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,8 +130,10 @@ def check_order(order: ProposedOrder, context: RiskContext, limits: RiskLimits) 
             return RiskDecision.refuse(EQUITY_UNKNOWN, "equity unknown (a holding has no price): cannot check weight")
         if context.equity <= 0:
             return RiskDecision.refuse(MAX_POSITION_WEIGHT, f"equity {context.equity:.2f} leaves no room")
-        # Equity does not change by trading (cash becomes shares), so it is also the equity after.
-        weight = abs(qty_after) * order.price / context.equity
+        # Equity does not change by trading (cash becomes shares), so it is also the equity after. The
+        # exposure is the larger of the position with and without the pending buys (filled or not).
+        exposure = max(abs(qty_after), abs(qty_after + context.pending_buy_qty))
+        weight = exposure * order.price / context.equity
         if weight > limits.max_position_weight:
             return RiskDecision.refuse(
                 MAX_POSITION_WEIGHT,

@@ -577,7 +577,6 @@ async def setup(ctx: ServiceContext) -> None:
         # Every evaluation is one atomic NO_STREAM append per portfolio and tick: a second run of a tick
         # writes nothing, so the job need not wait for its start to be recorded.
         idempotent_effects=True,
-        ack_wait=60.0,
     )
 
     async def on_work(delivery: Delivery) -> None:
@@ -596,7 +595,6 @@ async def setup(ctx: ServiceContext) -> None:
         handler=on_work,
         durable=f"{SERVICE}_{WORK_QUEUE}",
         batch_size=8,
-        ack_wait=60.0,
     )
 
     async def raw_body(message: NatsMessage) -> bytes:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NatsClient
+from typer.testing import CliRunner
 
+from services.cli import app
 from services.clock import schedule
 from services.clock.virtual import virtual_span
 
@@ -34,17 +36,18 @@ def test_virtual_span_covers_whole_sessions() -> None:
         virtual_span(date(2026, 11, 2), 0)
 
 
-async def test_bad_virtual_options_are_one_line(tmp_path: Path) -> None:
-    env = {"OPENBELL_DATA_DIR": str(tmp_path)}
+def test_bad_virtual_options_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENBELL_DATA_DIR", str(tmp_path))
     for args, message in (
         (["serve", "clock", "--from", "2026-11-02"], "--from needs --virtual"),
         (["serve", "clock", "--virtual"], "needs --from"),
+        (["serve", "strategy", "--virtual", "--from", "2026-11-02"], "add the clock service"),
         (["serve", "clock", "--virtual", "--from", "2 Nov"], "invalid --from '2 Nov'"),
         (["serve", "clock", "--virtual", "--from", "2026-11-02", "--days", "0"], "--days must be at least 1"),
     ):
-        code, _, err = await openbell(*args, env=env)
-        assert code == 1 and message in err and "Traceback" not in err, (args, err)
-        assert len(err.strip().splitlines()) == 1
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "nats").exists(), "refused before any server starts"
 
 

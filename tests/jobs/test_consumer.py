@@ -129,11 +129,15 @@ async def test_malformed_ticks_go_to_dlq_and_consumer_keeps_running(
 async def test_transient_errors_are_retried_then_dead_lettered(
     nats_url: str, nc: NatsClient, subjects: Subjects, brokers: list[DurableConsumers]
 ) -> None:
+    """A handler's own error is retried up to max_deliver deliveries, then dead-lettered; a server error
+    (PostgreSQL or NATS down) is retried for as long as it lasts and never dead-lettered."""
     attempts: dict[bytes, list[int]] = {}
 
     async def flaky(delivery: Delivery) -> None:
         attempts.setdefault(delivery.data, []).append(delivery.num_delivered)
         if delivery.data == b"always" or (delivery.data == b"twice" and delivery.num_delivered <= 2):
+            raise RuntimeError("cannot handle: postgresql://openbell:hunter2@db:5432/openbell")
+        if delivery.data == b"server" and delivery.num_delivered <= 5:
             raise ConnectionError("database unavailable: postgresql://openbell:hunter2@db:5432/openbell")
         if delivery.data == b"poison":
             raise Reject("cannot parse")
@@ -152,22 +156,28 @@ async def test_transient_errors_are_retried_then_dead_lettered(
     before = {outcome: counted(outcome) for outcome in ("acked", "retried", "dead_lettered")}
     await broker.start()
     js = nc.jetstream()
-    for payload in (b"twice", b"always", b"poison", b"fine"):
+    for payload in (b"twice", b"always", b"poison", b"fine", b"server"):
         await js.publish(subject, payload)
-    await wait_for(lambda: len(attempts.get(b"always", [])) == 3 and len(attempts.get(b"twice", [])) == 3)
+    await wait_for(
+        lambda: len(attempts.get(b"always", [])) == 3
+        and len(attempts.get(b"twice", [])) == 3
+        and len(attempts.get(b"server", [])) == 6
+    )
     await asyncio.sleep(0.3)
     assert attempts[b"twice"] == [1, 2, 3]  # succeeded on the third delivery
     assert attempts[b"always"] == [1, 2, 3]  # gave up after max_deliver
+    assert attempts[b"server"] == [1, 2, 3, 4, 5, 6]  # past max_deliver: the server was down, not the message
     assert attempts[b"poison"] == [1] and attempts[b"fine"] == [1]
     dead = await dlq_messages(js, subjects, "alerts")
     reasons = {payload: headers[H_REASON] for payload, headers in dead}
     assert set(reasons) == {b"always", b"poison"}
-    assert reasons[b"always"].startswith("gave up after 3 deliveries: ConnectionError")
+    assert reasons[b"always"].startswith("gave up after 3 deliveries: RuntimeError")
     assert "hunter2" not in reasons[b"always"] and "postgresql://***@db" in reasons[b"always"]
     assert reasons[b"poison"] == "cannot parse"
-    # twice: acked on its third delivery; always: retried twice, then dead-lettered; poison: dead-lettered
+    # twice: acked on its third delivery; always: retried twice, then dead-lettered; poison: dead-lettered;
+    # server: retried five times, then acked
     after = {outcome: counted(outcome) - before[outcome] for outcome in before}
-    assert after == {"acked": 2, "retried": 4, "dead_lettered": 2}
+    assert after == {"acked": 3, "retried": 9, "dead_lettered": 2}
 
 
 async def test_workers_share_one_durable_consumer(
@@ -293,12 +303,15 @@ async def test_a_restart_with_new_settings_updates_the_durable_consumer(
     async def handler(delivery: Delivery) -> None:
         return None
 
-    for ack_wait, max_deliver in ((30.0, 5), (7.0, 3)):
-        consumers = DurableConsumers(nats_url)
+    # The ack wait of the consumer itself, then the process's (OPENBELL_ACK_WAIT_SECONDS via the host). The
+    # server's delivery limit is off: openbell dead-letters after max_deliver failures of the handler's own.
+    for own_ack_wait, process_ack_wait in ((30.0, 11.0), (None, 7.0)):
+        consumers = DurableConsumers(nats_url, ack_wait=process_ack_wait, max_deliver=3)
         subscribe_durable(consumers, subjects=subjects, service="alerts", subject=subject,
-                          stream=subjects.events_stream, handler=handler, ack_wait=ack_wait, max_deliver=max_deliver)
+                          stream=subjects.events_stream, handler=handler, ack_wait=own_ack_wait)
         await consumers.start()
         await consumers.stop()
         info = await nc.jetstream().consumer_info(subjects.events_stream, durable)
-        assert (info.config.ack_wait, info.config.max_deliver) == (ack_wait, max_deliver + 1)
+        expected = own_ack_wait if own_ack_wait is not None else process_ack_wait
+        assert (info.config.ack_wait, info.config.max_deliver) == (expected, -1)
         assert info.config.filter_subject == subject

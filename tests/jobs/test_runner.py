@@ -26,6 +26,7 @@ from services.core.jobs.events import (
     job_stream,
     jobrun_stream,
 )
+from services.core.jobs.lease import RunLeases
 from services.core.jobs.projection import JobsProjection, job_history, job_stats
 from services.core.jobs.runner import JobContext, JobRunner, RunStatus, safe_error
 from services.core.jobs.types import JobType, Tick, TickReason
@@ -194,13 +195,15 @@ async def test_abandoned_attempt_is_taken_over(store: EventStore) -> None:
         job_type=t.job_type.value, tick_id=t.tick_id, scheduled_for=t.scheduled_at, reason="scheduled",
         attempt=1, started_at=datetime.now(UTC), worker="dead",
     )
+    # its lease, renewed no more, runs out after a second
+    assert await RunLeases(store, "dead", timedelta(seconds=1)).acquire(t.tick_id)
     await store.append(jobrun_stream(t.tick_id), [new_event(dead, t.tick_id, "1")], -1)
     job = Job()
-    patient = JobRunner(store, takeover_after=timedelta(seconds=60))
-    assert (await patient.run(t, job)).status is RunStatus.IN_PROGRESS
+    other = JobRunner(store, worker="other")
+    assert (await other.run(t, job)).status is RunStatus.IN_PROGRESS  # its lease is alive: it may complete
     assert job.calls == []
-    eager = JobRunner(store, takeover_after=timedelta(0))
-    out = await eager.run(t, job)
+    await asyncio.sleep(1.1)
+    out = await other.run(t, job)
     assert out.status is RunStatus.COMPLETED and out.attempt == 2
     assert job.calls == [t.tick_id]
 
@@ -321,7 +324,7 @@ async def test_a_failing_prefetch_is_a_failed_run(store: EventStore) -> None:
     runner = JobRunner(store)
 
     async def prefetch(t: Tick) -> None:
-        raise ConnectionError("read model unavailable")
+        raise LookupError("read model unavailable")
 
     async def job(ctx: JobContext) -> dict[str, int]:
         assert ctx.prefetched is not None
@@ -466,7 +469,9 @@ async def test_two_workers_completing_the_same_tick_write_it_once(store: EventSt
         await ctx.complete([effect("effect-shared")], {"n": 1})
         return {"n": 1}
 
-    a, b = JobRunner(store, worker="a", start_grace=5.0), JobRunner(store, worker="b", start_grace=5.0)
+    # Leases keep a second worker off a run in progress; two runs at once still happen when a worker froze
+    # past its lease and wakes up while another took over. One lease holder for both lets them overlap here.
+    a, b = JobRunner(store, worker="a", start_grace=5.0), JobRunner(store, worker="a", start_grace=5.0)
     outcomes = await asyncio.gather(
         a.run(tick(3), job, idempotent_effects=True), b.run(tick(3), job, idempotent_effects=True)
     )

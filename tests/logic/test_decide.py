@@ -241,3 +241,43 @@ def test_a_strategy_reason_is_kept_to_one_bounded_printable_line() -> None:
     loud = parse_strategy_spec({"name": "loud", "kind": "tests.logic.sample_strategies:loud", "universe": ["AAPL"]})
     (requested,) = of_type(decide(state(loud)), OrderRequested)
     assert len(requested.reason) <= 500 and "\x1b" not in requested.reason and "\n" not in requested.reason
+
+
+def test_the_weight_counts_shares_of_open_buys_and_unbooked_fills_as_held() -> None:
+    """30 % weight limit, equity 100,000, AAPL at 100: 300 shares already held, bought by an open order or
+    filled but not booked, are the same 30 %; a buy of 50 more would make 35 % and is refused in all three."""
+    buy_50 = always("a", ["AAPL"], sizing={"method": "fixed_quantity", "quantity": "50"})
+    limits = RiskLimits(max_position_weight=D("0.30"))
+    booked = state(
+        buy_50, cash=D(70_000), positions={"AAPL": Position(symbol="AAPL", qty=D(300), cost_basis=D(30_000))},
+        risk_limits=limits,
+    )
+    open_buy = state(
+        buy_50, risk_limits=limits, pending=(PendingOrder(symbol="AAPL", side=Side.BUY, qty=D(300), notional=None),)
+    )
+    unbooked_fill = state(
+        buy_50, risk_limits=limits,
+        pending=(PendingOrder(symbol="AAPL", side=Side.BUY, qty=D(300), notional=D(30_000)),),
+    )
+    for portfolio in (booked, open_buy, unbooked_fill):
+        result = decide(portfolio)
+        assert of_type(result, OrderRequested) == []
+        refused = of_type(result, OrderRejectedByRisk)
+        assert [r.rule for r in refused] == [risk.MAX_POSITION_WEIGHT]
+        assert "35.00% of equity (max 30.00%)" in refused[0].detail
+    # An open buy in another symbol takes cash, not weight: the same buy of 50 AAPL (5 %) goes through.
+    elsewhere = state(
+        buy_50, risk_limits=limits, pending=(PendingOrder(symbol="MSFT", side=Side.BUY, qty=D(150), notional=None),)
+    )
+    assert len(of_type(decide(elsewhere), OrderRequested)) == 1
+
+
+def test_a_sale_is_not_refused_for_weight_because_of_open_buys() -> None:
+    """Reducing a position never increases the exposure, whatever is still to be bought."""
+    limits = RiskLimits(max_position_weight=D("0.30"))
+    held = {"AAPL": Position(symbol="AAPL", qty=D(100), cost_basis=D(10_000))}
+    portfolio = state(
+        always("a", ["AAPL"], action="sell"), cash=D(90_000), positions=held, risk_limits=limits,
+        pending=(PendingOrder(symbol="AAPL", side=Side.BUY, qty=D(400), notional=None),),
+    )
+    assert len(of_type(decide(portfolio), OrderRequested)) == 1

@@ -234,6 +234,10 @@ class SimBroker:
     def time_moved(self) -> None:
         self.settle_soon()
 
+    def seen_at(self, moment: datetime) -> SimBroker:
+        # A simulator standing in for a real-time broker (real_time set) keeps its own clock.
+        return self if self.real_time else self.at(moment)
+
     async def _settle_in_background(self) -> None:
         try:
             async with self._pool.acquire() as conn:
@@ -252,6 +256,23 @@ class SimBroker:
     @property
     def now(self) -> datetime:
         return utc(self._now())
+
+    def at(self, moment: datetime) -> SimBroker:
+        """This broker (same account, market, fault counters and trade-update subscribers) seen at
+        ``moment``: an order submitted through it is submitted at ``moment``, and so is decided and filled
+        at its own tick's time, whatever later tick the process has seen, in whichever process, however
+        late. Settling through it never undoes what a later settle decided (fills are per order, from its
+        submission time: ``checked_until`` only moves forward)."""
+        view = object.__new__(type(self))
+        view._pool = self._pool
+        view.config = self.config
+        view.market = self.market
+        view._now = ManualClock(moment)
+        view._owns_pool = False
+        view._calls = self._calls
+        view._subscribers = self._subscribers
+        view._settling = None
+        return view
 
     def calls(self, operation: str) -> int:
         return self._calls[operation]

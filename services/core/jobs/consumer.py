@@ -3,10 +3,15 @@
 - Explicit ack: a handler that returns acks the message.
 - A message that can never be handled (bad JSON, unknown type, missing fields) raises :class:`Reject`:
   it is terminated and copied to ``<prefix>.dlq.<service>`` with the reason; the consumer keeps running.
-- Any other exception is retried: ``nak`` with a growing delay (``backoff``), up to ``max_deliver``
-  deliveries; the last failure is terminated and dead-lettered too. Nothing crashes the service.
-- Long handlers send ``in_progress`` every ``ack_wait / 3`` so the server does not redeliver while a worker
-  is alive.
+- An error of the servers (PostgreSQL or NATS down: ``eventstore.faults.is_retryable``) or a
+  :class:`Retry` is retried with a growing delay for as long as it takes: such a message is never
+  dead-lettered (the server's own delivery limit is off).
+- Any other exception is retried too, with a growing delay (``backoff``), up to ``max_deliver``
+  deliveries (``OPENBELL_MAX_DELIVER``); that failure is then terminated and dead-lettered.
+- Long handlers send ``in_progress`` every ``ack_wait / 3`` (``OPENBELL_ACK_WAIT_SECONDS``) so the server
+  does not redeliver while a worker is alive.
+- A fetch loop waits out its servers' errors; one that ends with any other error is reported to the
+  process's health (``services.core.health``): the service host then stops and exits non-zero.
 - All workers of one service use the same durable name, so they share one consumer: starting more copies
   scales out (each message goes to one of them).
 - A fetched batch is handled concurrently, and the next fetch waits for the whole batch: consumers whose
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -46,8 +52,10 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from eventstore.faults import is_retryable
 from services.clock.schedule import tick_problem
 from services.core import metrics
+from services.core.health import HostHealth
 from services.core.jobs.runner import JobFunc, JobRunner, Prefetch, RunStatus, safe_error
 from services.core.jobs.types import InvalidTick, JobType, decode_tick
 from services.core.runtime import connect_nats
@@ -86,6 +94,11 @@ class Delivery:
 Handler = Callable[[Delivery], Awaitable[None]]
 
 DEFAULT_BACKOFF: tuple[float, ...] = (0.5, 2.0, 10.0, 30.0)
+# The longest pause before a message that failed on a server error is tried again: the server is
+# usually back within seconds, and the message should follow soon after.
+MAX_RETRYABLE_DELAY = 5.0
+DEFAULT_MAX_DELIVER = 5
+DEFAULT_ACK_WAIT = 30.0
 
 # DLQ message headers
 H_REASON = "Openbell-Dlq-Reason"
@@ -115,9 +128,9 @@ class _Consumer:
     handler: Handler
     dlq_subject: str
     dlq_stream: str
-    max_deliver: int
+    max_deliver: int | None  # None: the process's (DurableConsumers.max_deliver)
     backoff: Sequence[float]
-    ack_wait: float
+    ack_wait: float | None  # None: the process's (DurableConsumers.ack_wait)
     deliver_policy: DeliverPolicy
     batch_size: int
     fetch_timeout: float
@@ -135,11 +148,23 @@ class DurableConsumers:
         name: str = "openbell-consumers",
         drain_seconds: float = 5.0,
         credentials: Mapping[str, Any] | None = None,
+        health: HostHealth | None = None,
+        max_deliver: int = DEFAULT_MAX_DELIVER,
+        ack_wait: float = DEFAULT_ACK_WAIT,
     ) -> None:
+        """``max_deliver`` and ``ack_wait``: for every consumer registered without its own (the service
+        host passes OPENBELL_MAX_DELIVER and OPENBELL_ACK_WAIT_SECONDS). ``credentials``: how the
+        connection authenticates (``Servers.nats_options(role)``); never logged."""
+        if max_deliver < 1:
+            raise ValueError("max_deliver must be >= 1")
+        if ack_wait <= 0:
+            raise ValueError("ack_wait must be > 0")
         self.nats_url = nats_url
         self.name = name
-        # How the connection authenticates (``Servers.nats_options(role)``); never logged.
         self.credentials = dict(credentials or {})
+        self.health = health
+        self.max_deliver = max_deliver
+        self.ack_wait = ack_wait
         # On stop, how long the messages being handled may take to finish before they are cancelled.
         self.drain_seconds = drain_seconds
         self._consumers: list[_Consumer] = []
@@ -151,6 +176,10 @@ class DurableConsumers:
     def add(self, consumer: _Consumer) -> None:
         if self._nc is not None:
             raise RuntimeError("consumers are registered before start()")
+        if consumer.max_deliver is None:
+            consumer = dataclasses.replace(consumer, max_deliver=self.max_deliver)
+        if consumer.ack_wait is None:
+            consumer = dataclasses.replace(consumer, ack_wait=self.ack_wait)
         self._consumers.append(consumer)
 
     async def start(self) -> None:
@@ -164,9 +193,10 @@ class DurableConsumers:
                     durable_name=consumer.durable,
                     filter_subject=consumer.subject,
                     ack_policy=AckPolicy.EXPLICIT,
-                    # One delivery more than we handle: the last failure is dead-lettered by us, never silently
-                    # dropped by the server, even if the worker dies during the last attempt.
-                    max_deliver=consumer.max_deliver + 1,
+                    # No limit at the server: a message is dead-lettered by us (with the reason) after
+                    # max_deliver failures of its own, never dropped by the server after a few deliveries
+                    # that found a server down or a worker killed.
+                    max_deliver=-1,
                     ack_wait=consumer.ack_wait,
                     deliver_policy=consumer.deliver_policy,
                 )
@@ -175,6 +205,8 @@ class DurableConsumers:
                 await self._js.add_consumer(consumer.stream, config)
                 subscription = await self._js.pull_subscribe_bind(durable=consumer.durable, stream=consumer.stream)
                 task = asyncio.create_task(self._fetch_loop(consumer, subscription), name=consumer.durable)
+                if self.health is not None:
+                    self.health.watch(task, f"consumer {consumer.durable}")
                 self._tasks.append(task)
         except BaseException:
             await self.stop()
@@ -183,6 +215,8 @@ class DurableConsumers:
     async def stop(self) -> None:
         """Stop fetching, let the messages being handled finish (up to ``drain_seconds``; then they are
         cancelled unacknowledged, and JetStream redelivers them), and close the connection."""
+        if self.health is not None:
+            self.health.stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -204,13 +238,13 @@ class DurableConsumers:
                 messages = await subscription.fetch(consumer.batch_size, timeout=consumer.fetch_timeout)
             except TimeoutError:  # nothing to deliver (nats-py's own TimeoutError is one too)
                 continue
-            except Exception as exc:  # nothing stops a consumer: it waits, then fetches again
-                if isinstance(exc, NatsError | OSError):  # disconnected, or JetStream unavailable: it reconnects
-                    # One line per outage (the first failed fetch), not one per retry.
-                    log.log(logging.WARNING if delay == 0.1 else logging.DEBUG,
-                            "%s: fetch failed (%s); retrying until NATS answers", consumer.durable, exc)
-                else:
-                    log.exception("%s: unexpected error fetching; retrying in %.1fs", consumer.durable, delay)
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise  # a bug: the loop ends, and the process's health says so (the host exits)
+                # Disconnected, or JetStream unavailable: the connection reconnects by itself. One line per
+                # outage (the first failed fetch), not one per retry.
+                log.log(logging.WARNING if delay == 0.1 else logging.DEBUG,
+                        "%s: fetch failed (%s); retrying until NATS answers", consumer.durable, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
@@ -245,6 +279,7 @@ class DurableConsumers:
             stream_sequence=meta.sequence.stream,
             msg_id=(raw.headers or {}).get("Nats-Msg-Id"),
         )
+        assert consumer.ack_wait is not None and consumer.max_deliver is not None  # set by add()
         beat = asyncio.create_task(_heartbeat(raw, consumer.ack_wait))
         try:
             await consumer.handler(delivery)
@@ -257,7 +292,15 @@ class DurableConsumers:
         except Exception as exc:  # noqa: BLE001 - a failing handler must never stop the consumer
             # Logged and, on the last delivery, sent with the dead letter: credentials redacted.
             reason = exc.reason if isinstance(exc, Retry) else safe_error(exc)
-            if delivery.num_delivered >= consumer.max_deliver:
+            if not isinstance(exc, Retry) and is_retryable(exc):
+                # A server is down: this message is not at fault. Again once it is likely back, however often.
+                delay = min(_delay_for(delivery.num_delivered, consumer.backoff), MAX_RETRYABLE_DELAY)
+                log.warning("%s: %s failed on a server error (delivery %d), retrying in %.1fs: %s",
+                            consumer.service, raw.subject, delivery.num_delivered, delay, reason)
+                await raw.nak(delay=delay)
+                metrics.MESSAGES.labels(consumer.durable, "retried").inc()
+                return
+            if not isinstance(exc, Retry) and delivery.num_delivered >= consumer.max_deliver:
                 log.error("%s: giving up on %s after %d deliveries: %s", consumer.service, raw.subject,
                           delivery.num_delivered, reason)
                 await self._dead_letter(consumer, raw, f"gave up after {delivery.num_delivered} deliveries: {reason}",
@@ -318,16 +361,16 @@ def subscribe_durable(
     stream: str,
     handler: Handler,
     durable: str | None = None,
-    max_deliver: int = 5,
+    max_deliver: int | None = None,
     backoff: Sequence[float] = DEFAULT_BACKOFF,
-    ack_wait: float = 30.0,
+    ack_wait: float | None = None,
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
     batch_size: int = 1,
     fetch_timeout: float = 1.0,
 ) -> None:
     """Register ``handler`` as a durable pull consumer of ``subject`` on ``stream`` (it runs from
-    ``consumers.start()``)."""
-    if max_deliver < 1:
+    ``consumers.start()``). ``max_deliver`` / ``ack_wait`` left None: the process's (``consumers``)."""
+    if max_deliver is not None and max_deliver < 1:
         raise ValueError("max_deliver must be >= 1")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -355,12 +398,19 @@ def tick_handler(
     job_type: JobType,
     job: JobFunc,
     *,
-    retry_delay: float = 1.0,
+    retry_delay: float | None = None,
     prefetch: Prefetch | None = None,
     idempotent_effects: bool = False,
 ) -> Handler:
     """The handler of ``<prefix>.tick.<job_type>``: validate the tick, run the job through the ledger
-    (``prefetch``, ``idempotent_effects``: see ``JobRunner.run``)."""
+    (``prefetch``, ``idempotent_effects``: see ``JobRunner.run``).
+
+    A tick whose run another live worker holds (IN_PROGRESS: its lease is renewed) is kept, not given
+    back: this delivery looks again every ``retry_delay`` seconds (default: a third of the lease) until
+    the run ended (acknowledged) or its lease ran out (taken over here). The consumer's in-progress
+    notices keep the message meanwhile, so no delivery is used up and the tick is never dead-lettered
+    while its run may still complete."""
+    poll = retry_delay if retry_delay is not None else max(runner.leases.lease.total_seconds() / 3, 0.05)
 
     async def handle(delivery: Delivery) -> None:
         try:
@@ -373,8 +423,9 @@ def tick_handler(
         if problem is not None:
             raise Reject(problem)
         outcome = await runner.run(tick, job, prefetch=prefetch, idempotent_effects=idempotent_effects)
-        if outcome.status is RunStatus.IN_PROGRESS:
-            raise Retry(f"{tick.tick_id} is being run by another worker", delay=retry_delay)
+        while outcome.status is RunStatus.IN_PROGRESS:
+            await asyncio.sleep(poll)
+            outcome = await runner.run(tick, job, prefetch=prefetch, idempotent_effects=idempotent_effects)
 
     return handle
 
@@ -387,9 +438,9 @@ def subscribe_ticks(
     job_type: JobType,
     runner: JobRunner,
     job: JobFunc,
-    max_deliver: int = 5,
+    max_deliver: int | None = None,
     backoff: Sequence[float] = DEFAULT_BACKOFF,
-    ack_wait: float = 30.0,
+    ack_wait: float | None = None,
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
     prefetch: Prefetch | None = None,
     idempotent_effects: bool = False,

@@ -12,8 +12,18 @@ Usage by a tick consumer (see :func:`services.core.jobs.consumer.subscribe_ticks
 
 Idempotency: the first ``JobExecutionStarted`` of a tick is appended with ``NO_STREAM`` on
 ``jobrun-<tick_id>``, so two workers cannot both start it; once a terminal event (completed, failed,
-skipped) is stored, a redelivered tick is acknowledged without running again. A started run with no
-terminal event (its worker died) is taken over as attempt n+1 after ``takeover_after``.
+skipped) is stored, a redelivered tick is acknowledged without running again.
+
+Takeover: a worker holds the tick's lease (:mod:`.lease`, renewed every ``lease / 3``) while it runs the
+tick. A started run with no terminal event whose lease ran out (its worker was killed, or froze) is taken
+over at once by the next delivery, as attempt n+1; while the lease is alive the run is IN_PROGRESS (the
+consumer waits for it, and never dead-letters the tick meanwhile).
+
+Servers down: a job that fails on an error of its servers (``eventstore.faults.is_retryable``: PostgreSQL
+or NATS unavailable) is not a failed run: the error propagates, the lease is let go, and the next delivery
+runs the tick again as a takeover. A run's outcome that cannot be recorded because PostgreSQL is down is
+recorded as soon as it is back (the worker keeps the tick meanwhile). So every tick ends in exactly one
+completed (or failed, or skipped) execution.
 
 Circuit breaker: decided from ``job-<job_type>`` (the job's health, see :mod:`.breaker`) at every tick,
 never from memory, so all workers agree. A job function's exception is a *failed run* (recorded, the tick
@@ -23,10 +33,12 @@ is acknowledged); only infrastructure errors (store unavailable) propagate, for 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,6 +56,7 @@ from eventstore import (
     RecordedEvent,
     WrongExpectedVersion,
 )
+from eventstore.faults import Backoff, is_retryable
 from services.core import feeds, metrics
 from services.core.events import new_event, registry
 from services.core.feeds import CircuitOpenedFeed, JobFeed
@@ -61,6 +74,7 @@ from services.core.jobs.events import (
     job_stream,
     jobrun_stream,
 )
+from services.core.jobs.lease import RunLeases
 from services.core.jobs.types import JobType, Tick, parse_job_type
 from services.core.redaction import redact_text
 from services.core.subjects import Subjects
@@ -145,7 +159,24 @@ def safe_error(exc: BaseException) -> str:
 
 
 def default_worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Unique per process start: a restarted container keeps its host name and often its pid (1), and
+    must not pass for the worker that died (whose runs are then taken over)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+async def until_recorded(what: str, write: Callable[[], Awaitable[Any]]) -> Any:
+    """``await write()`` until it gets through: an error of the servers (PostgreSQL down) is waited out
+    and the write made again (the caller's writes are idempotent by their event ids)."""
+    backoff = Backoff(0.1, 2.0)
+    while True:
+        try:
+            return await write()
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            pause = backoff.next()
+            log.warning("%s not recorded yet (%s); trying again in %.1fs", what, safe_error(exc), pause)
+            await asyncio.sleep(pause)
 
 
 _TERMINAL = (JobExecutionCompleted, JobExecutionFailed, JobExecutionSkipped)
@@ -188,10 +219,20 @@ class StartRecord:
             self.begin()
 
     def begin(self) -> asyncio.Future[AppendResult]:
-        """Start the append now (if not begun); its future (WrongExpectedVersion: another worker's start)."""
+        """Start the append now (if not begun, or begun and failed on a server error: again); its future
+        (WrongExpectedVersion: another worker's start)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        future = self._future
+        if (
+            future is not None
+            and future.done()
+            and not future.cancelled()
+            and (error := future.exception()) is not None
+            and is_retryable(error)
+        ):
+            self._future = None
         if self._future is None:
             self._future = asyncio.ensure_future(self.store.append(self.stream, [self.event], self.expected))
             self._future.add_done_callback(_consume_outcome)  # awaited by the run, unless it is cancelled
@@ -229,11 +270,12 @@ class JobRunner:
         subjects: Subjects | None = None,
         worker: str | None = None,
         threshold: int = DEFAULT_THRESHOLD,
-        takeover_after: timedelta = timedelta(seconds=120),
+        lease: timedelta = timedelta(seconds=10),
         clock: Callable[[], datetime] = utc_now,
         start_grace: float = 1.0,
     ) -> None:
-        """``clock`` only timestamps measurements (started_at, durations); decisions use the tick.
+        """``lease``: how long a run whose worker stopped renewing its lease blocks its tick (see .lease).
+        ``clock`` only timestamps measurements (started_at, durations); decisions use the tick.
         ``start_grace``: how long a job with idempotent effects may run before its start is recorded on
         its own (a run that completes sooner records start, completion and last effects in one commit)."""
         if threshold < 1:
@@ -243,7 +285,7 @@ class JobRunner:
         self.subjects = subjects
         self.worker = worker or default_worker_name()
         self.threshold = threshold
-        self.takeover_after = takeover_after
+        self.leases = RunLeases(store, self.worker, lease)
         self.clock = clock
         self.start_grace = start_grace
 
@@ -299,53 +341,82 @@ class JobRunner:
     async def _run(
         self, tick: Tick, job: JobFunc, prefetched: asyncio.Future[Any] | None, idempotent_effects: bool
     ) -> RunOutcome:
-        stream = jobrun_stream(tick.tick_id)
-        for _ in range(10):
-            # Both reads at once (two connections): they are on the path from every tick to its job.
-            (events, recorded), (health, _, _) = await asyncio.gather(
-                self._load_run(tick.tick_id), self.health(tick.job_type)
-            )
-            _observe_health(tick.job_type.value, health)
-            version = recorded[-1].version if recorded else NO_STREAM
-            if events and isinstance(events[-1], _TERMINAL):
-                await self._repair_health(events[-1], recorded[-1])
-                return RunOutcome(RunStatus.DUPLICATE, tick.tick_id, getattr(events[-1], "attempt", 0))
-            attempt = 1 + sum(isinstance(e, JobExecutionStarted) for e in events)
-            if events and isinstance(events[-1], JobExecutionStarted):
-                if self.clock() - events[-1].started_at < self.takeover_after:
-                    return RunOutcome(RunStatus.IN_PROGRESS, tick.tick_id, attempt - 1)
-                log.warning("taking over %s: attempt %d never finished", tick.tick_id, attempt - 1)
-            cause = breaker.skip_cause(health)
-            try:
-                if cause is not None:
-                    skipped = JobExecutionSkipped(
-                        job_type=tick.job_type.value, tick_id=tick.tick_id, scheduled_for=tick.scheduled_at,
-                        reason=tick.reason.value, cause=cause, skipped_at=self.clock(),
-                    )
-                    await self.store.append(stream, [new_event(skipped, tick.tick_id, str(attempt))], version)
-                    await self._feed(JobFeed(
-                        at=feeds.utc(skipped.skipped_at), job_type=tick.job_type.value, tick_id=tick.tick_id,
-                        status="skipped",
-                        attempt=attempt, cause=cause.value,
-                    ))
-                    return RunOutcome(RunStatus.SKIPPED, tick.tick_id, attempt)
-                started = JobExecutionStarted(
-                    job_type=tick.job_type.value, tick_id=tick.tick_id, scheduled_for=tick.scheduled_at,
-                    reason=tick.reason.value, attempt=attempt, started_at=self.clock(), worker=self.worker,
+        beat: asyncio.Task[None] | None = None
+        try:
+            for _ in range(10):
+                # The reads and the lease at once (three connections): they are on the path from every tick
+                # to its job.
+                (events, recorded), (health, _, _), leased = await asyncio.gather(
+                    self._load_run(tick.tick_id), self.health(tick.job_type), self.leases.acquire(tick.tick_id)
                 )
-                start_event = new_event(started, tick.tick_id, str(attempt))
-                if idempotent_effects:
-                    # The job starts now; its start is recorded with its completion, or after the grace.
-                    start = StartRecord(self.store, stream, start_event, version, self.start_grace)
-                    return await self._execute(tick, job, started, start, prefetched)
-                start = StartRecord(self.store, stream, start_event, version)
-                result = await start.begin()
-            except WrongExpectedVersion:
-                continue  # another worker moved this tick on: look again
-            if not result.written:
-                continue  # our own start, stored before a crash: look again (now it is "open")
-            return await self._execute(tick, job, started, start, prefetched)
-        raise RuntimeError(f"{tick.tick_id}: could not settle the run after repeated concurrent changes")
+                if leased and beat is None:
+                    beat = asyncio.create_task(self.leases.keep(tick.tick_id), name=f"lease {tick.tick_id}")
+                outcome = await self._step(tick, job, prefetched, idempotent_effects, events, recorded, health, leased)
+                if outcome is not None:
+                    return outcome
+            raise RuntimeError(f"{tick.tick_id}: could not settle the run after repeated concurrent changes")
+        finally:
+            if beat is not None:
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat
+                # Whatever the outcome: the run ended, or is left for the next delivery to take over at once.
+                await self.leases.release(tick.tick_id)
+
+    async def _step(
+        self,
+        tick: Tick,
+        job: JobFunc,
+        prefetched: asyncio.Future[Any] | None,
+        idempotent_effects: bool,
+        events: list[Any],
+        recorded: list[RecordedEvent],
+        health: JobHealth,
+        leased: bool,
+    ) -> RunOutcome | None:
+        """One look at the run: its outcome, or None to look again (another worker moved it on)."""
+        stream = jobrun_stream(tick.tick_id)
+        _observe_health(tick.job_type.value, health)
+        version = recorded[-1].version if recorded else NO_STREAM
+        if events and isinstance(events[-1], _TERMINAL):
+            await self._repair_health(events[-1], recorded[-1])
+            return RunOutcome(RunStatus.DUPLICATE, tick.tick_id, getattr(events[-1], "attempt", 0))
+        attempt = 1 + sum(isinstance(e, JobExecutionStarted) for e in events)
+        if not leased:
+            # Another worker's lease is alive: its run (started, or about to) may still complete.
+            return RunOutcome(RunStatus.IN_PROGRESS, tick.tick_id, attempt - 1)
+        if events and isinstance(events[-1], JobExecutionStarted):
+            log.warning("taking over %s: attempt %d's worker is gone (%s)", tick.tick_id, attempt - 1,
+                        events[-1].worker)
+        cause = breaker.skip_cause(health)
+        try:
+            if cause is not None:
+                skipped = JobExecutionSkipped(
+                    job_type=tick.job_type.value, tick_id=tick.tick_id, scheduled_for=tick.scheduled_at,
+                    reason=tick.reason.value, cause=cause, skipped_at=self.clock(),
+                )
+                await self.store.append(stream, [new_event(skipped, tick.tick_id, str(attempt))], version)
+                await self._feed(JobFeed(
+                    at=feeds.utc(skipped.skipped_at), job_type=tick.job_type.value, tick_id=tick.tick_id,
+                    status="skipped", attempt=attempt, cause=cause.value,
+                ))
+                return RunOutcome(RunStatus.SKIPPED, tick.tick_id, attempt)
+            started = JobExecutionStarted(
+                job_type=tick.job_type.value, tick_id=tick.tick_id, scheduled_for=tick.scheduled_at,
+                reason=tick.reason.value, attempt=attempt, started_at=self.clock(), worker=self.worker,
+            )
+            start_event = new_event(started, tick.tick_id, str(attempt))
+            if idempotent_effects:
+                # The job starts now; its start is recorded with its completion, or after the grace.
+                start = StartRecord(self.store, stream, start_event, version, self.start_grace)
+                return await self._execute(tick, job, started, start, prefetched)
+            start = StartRecord(self.store, stream, start_event, version)
+            result = await start.begin()
+        except WrongExpectedVersion:
+            return None  # another worker moved this tick on: look again
+        if not result.written:
+            return None  # our own start, stored before a crash: look again (now it is "open")
+        return await self._execute(tick, job, started, start, prefetched)
 
     async def _execute(
         self,
@@ -366,7 +437,14 @@ class JobRunner:
         try:
             returned = await job(JobContext(tick=tick, attempt=attempt, prefetched=prefetched, complete=complete))
             counters = {str(k): int(v) for k, v in (returned or {}).items()}
-        except Exception as exc:  # noqa: BLE001 - any error of the job is a failed run, recorded
+        except Exception as exc:  # any error of the job is a failed run, recorded (but a server error)
+            if is_retryable(exc) and not completed.done:
+                # Its servers, not the job: the run is not over. The start (if recorded) stays open, and the
+                # tick's next delivery takes it over at once (the lease is let go).
+                start.cancel()
+                log.warning("job %s attempt %d interrupted by a server error (%s); the tick runs again",
+                            tick.tick_id, attempt, safe_error(exc))
+                raise
             error = safe_error(exc)
             if not completed.done:
                 log.warning("job %s failed (attempt %d): %s", tick.tick_id, attempt, error)
@@ -388,7 +466,7 @@ class JobRunner:
         else:
             duration_ms = round((time.perf_counter() - t0) * 1000.0, 3)
             try:
-                recorded_start = await start.begin()
+                recorded_start = await until_recorded(f"{tick.tick_id} start", start.begin)
             except WrongExpectedVersion:
                 log.info("%s: another worker recorded its start first; this run's outcome is dropped", tick.tick_id)
                 return RunOutcome(RunStatus.SUPERSEDED, tick.tick_id, attempt)
@@ -409,13 +487,16 @@ class JobRunner:
                     attempt=attempt, started_at=started.started_at, failed_at=ended_at,
                     duration_ms=duration_ms, error=error,
                 )
+            closing = new_event(terminal, tick.tick_id, str(attempt))
             try:
-                await self.store.append(stream, [new_event(terminal, tick.tick_id, str(attempt))], version)
+                await until_recorded(
+                    f"{tick.tick_id} outcome", lambda: self.store.append(stream, [closing], version)
+                )
             except WrongExpectedVersion:
                 log.warning("%s attempt %d was taken over by another worker; its result is dropped", tick.tick_id,
                             attempt)
                 return RunOutcome(RunStatus.SUPERSEDED, tick.tick_id, attempt)
-        await self._record_health(terminal)
+        await until_recorded(f"{tick.tick_id} job health", lambda: self._record_health(terminal))
         status = RunStatus.COMPLETED if error is None else RunStatus.FAILED
         await self._feed(JobFeed(
             at=feeds.utc(self.clock()), job_type=tick.job_type.value, tick_id=tick.tick_id, status=status.value,
@@ -528,7 +609,13 @@ class JobRunner:
 
     async def _feed(self, message: JobFeed) -> None:
         if self.nc is not None and self.subjects is not None:
-            await self.nc.publish(self.subjects.feed("job", message.job_type), feeds.encode(message))
+            try:
+                await self.nc.publish(self.subjects.feed("job", message.job_type), feeds.encode(message))
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                # A live feed (core NATS): subscribers missed one message; the log has the run.
+                log.debug("job feed for %s not published: %s", message.tick_id, exc)
 
     # ------------------------------------------------------------------------------------ operator
 
