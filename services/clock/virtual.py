@@ -14,6 +14,12 @@ Usage::
 
 Use a subject prefix of its own for simulations: the tick subjects are the real ones.
 
+Same seed, same run: after an instant's runs are recorded, the clock also waits until the system is quiet
+before it moves time forward: the relay has published everything in the log, and no durable consumer of
+the events or work streams has a message pending or in hand (fills booked, read models current). What the
+next tick's jobs see then depends only on the ticks before it, never on how fast each process was, so a
+run in one process or many, loaded or not, with or without faults, makes the same decisions.
+
 A restarted virtual clock resumes where the ledger is: it runs from the start again, and an instant whose
 ticks all have a recorded end is passed without publishing (``resume``), so a whole stack of processes
 (``openbell serve ... --virtual``, with ``openbell serve clock --virtual --from DATE --days N``) survives
@@ -83,6 +89,7 @@ class VirtualRunResult:
     outcomes: Counter[str] = field(default_factory=Counter)  # completed / failed / skipped
     resumed_instants: int = 0  # instants a previous run of the clock had already seen through
     seconds: float = 0.0
+    quiet_seconds: float = 0.0  # of ``seconds``, waiting for the system to be quiet after the runs
 
 
 class _FeedEnd(msgspec.Struct):
@@ -103,6 +110,7 @@ class VirtualClock:
         jobs: tuple[JobType, ...] = tuple(JobType),
         tick_timeout: float = 30.0,
         poll_interval: float = 0.25,
+        quiet_poll: float = 0.005,
     ) -> None:
         self.store = store
         self.nc = nc
@@ -111,8 +119,10 @@ class VirtualClock:
         self.jobs = jobs
         self.tick_timeout = tick_timeout
         self.poll_interval = poll_interval
+        self.quiet_poll = quiet_poll
         self._ended: dict[str, str] = {}
         self._wake = asyncio.Event()
+        self._noisy_warned = False
 
     async def _on_feed(self, msg: Msg) -> None:
         with contextlib.suppress(msgspec.DecodeError):
@@ -206,6 +216,9 @@ class VirtualClock:
                     if on_instant is not None:
                         on_instant(instant, ticks)
                     ends = await self._wait_recorded([t.tick_id for t in ticks])
+                    quiet_from = time.perf_counter()
+                    await self._wait_quiet(instant)
+                    result.quiet_seconds += time.perf_counter() - quiet_from
                 else:
                     result.resumed_instants += 1
                 result.instants += 1
@@ -215,7 +228,52 @@ class VirtualClock:
         finally:
             await sub.unsubscribe()
         result.seconds = time.perf_counter() - t0
+        log.info("virtual run: %d instants in %.1fs, %.1fs of it waiting for quiet", result.instants,
+                 result.seconds, result.quiet_seconds)
         return result
+
+    async def _busy(self) -> str | None:
+        """What is still moving (None when the system is quiet): the relay behind the log, or a durable
+        consumer of the events or work streams with messages pending or delivered and not yet acknowledged
+        (a handler acknowledges after its effects are appended, so in-flight work shows here)."""
+        async with self.store.pool.acquire() as con:
+            head = await con.fetchval("SELECT coalesce(max(global_position), 0) FROM events")
+            published = await con.fetchval(
+                "SELECT position FROM eventstore_checkpoints WHERE name = $1", f"relay:{self.subjects.prefix}"
+            )
+        if published is not None and published < head:
+            # The relay stores its position when it finds nothing more to publish; wake it now (an append
+            # notice without a position) rather than wait for its idle poll.
+            await self.nc.publish(f"{self.subjects.prefix}.store.appended", b"virtual-clock:")
+            return f"relay at {published} of {head}"
+        for stream in (self.subjects.events_stream, self.subjects.work_stream):
+            for info in await self.js.consumers_info(stream):
+                if info.num_pending or info.num_ack_pending:
+                    return f"{info.name}: {info.num_pending} pending, {info.num_ack_pending} in hand"
+        return None
+
+    async def _wait_quiet(self, instant: datetime) -> None:
+        """Until :meth:`_busy` says nothing moves (see the module docstring). A consumer that nobody runs
+        any more would keep its messages pending for ever: after the tick timeout the clock warns once and
+        goes on, rather than stall (the run is then no longer guaranteed to repeat)."""
+        deadline = time.monotonic() + self.tick_timeout
+        delay = self.quiet_poll
+        while True:
+            try:
+                busy = await self._busy()
+            except _SERVER_DOWN as exc:  # a restart: ask again
+                busy = f"servers unavailable ({type(exc).__name__})"
+            if busy is None:
+                return
+            log.debug("virtual %s: waiting for %s", instant.isoformat(), busy)
+            if time.monotonic() >= deadline:
+                if not self._noisy_warned:
+                    self._noisy_warned = True
+                    log.warning("virtual %s: not quiet after %.0fs (%s); moving on", instant.isoformat(),
+                                self.tick_timeout, busy)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     async def _all_recorded(self, ticks: list[Tick]) -> dict[str, str] | None:
         """Each tick's recorded end, or None as soon as one has none yet."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from services.core.embedded import free_port
+from services.core.embedded import EmbeddedNats, free_port
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -119,9 +119,11 @@ async def test_newcomer_session(data_dir: Path, tmp_path: Path) -> None:
     tail = _spawn(data_dir, tail_log, "tail", "--count", "2", OPENBELL_LOG_LEVEL="INFO")
     follow = _spawn(data_dir, follow_log, "events", "--follow", "--stream", "portfolio-demo-01")
     try:
+        # A service's identity (the one that publishes feeds), from the data dir's generated credentials.
+        feed_publisher = {"user": "services", "password": EmbeddedNats(data_dir / "nats").password("services")}
         _until(lambda: "following" in tail_log.read_text(), 30, "tail to follow")
         _until(lambda: "PortfolioOpened" in follow_log.read_text(), 30, "events --follow to catch up")
-        nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
+        nc = await nats.connect(f"nats://127.0.0.1:{nats_port}", **feed_publisher)
         await nc.publish("openbell.feed.test.one", b'{"n": 1}')
         await nc.close()
         _until(lambda: "n=1" in tail_log.read_text(), 10, "the first message")
@@ -130,7 +132,7 @@ async def test_newcomer_session(data_dir: Path, tmp_path: Path) -> None:
         _until(lambda: "lost PostgreSQL" in follow_log.read_text(), 60, "the follow's outage line")
         restarted = _openbell(data_dir, "servers", "start")
         assert f"started nats-server on 127.0.0.1:{nats_port}" in restarted.stdout, restarted.stdout
-        nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
+        nc = await nats.connect(f"nats://127.0.0.1:{nats_port}", **feed_publisher)
         deadline = time.monotonic() + 20
         while tail.poll() is None and time.monotonic() < deadline:  # core NATS: sent until the tail is back
             await nc.publish("openbell.feed.test.two", b'{"n": 2}')
