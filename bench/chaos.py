@@ -169,6 +169,10 @@ class Stack:
     postgres: EmbeddedPostgres = field(init=False)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: Counter[str] = field(default_factory=Counter)
+    # Restarts by the supervisor (see :meth:`could_not_reach_servers`), as compose's restart policy does.
+    supervisor_restarts: Counter[str] = field(default_factory=Counter)
+    # Processes a fault is killing and restarting: not the supervisor's to restart.
+    in_fault: set[str] = field(default_factory=set)
     lost_nodes: list[str] = field(default_factory=list)
     clock_spawned: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -285,14 +289,41 @@ class Stack:
                     raise RuntimeError(f"{name} did not start within {timeout:.0f}s")
                 await asyncio.sleep(0.1)
 
+    def could_not_reach_servers(self, name: str) -> bool:
+        """True when process ``name`` has exited at its start because a server did not answer (status 2,
+        ``error: cannot reach ...``: a restart landed in an outage of NATS or PostgreSQL). The compose stack's
+        restart policy starts such a process again, and so does the harness; any other exit stays a
+        violation (a credentials refusal, a loop that stopped)."""
+        process = self.processes[name]
+        if name in self.in_fault or process.poll() != 2:
+            return False
+        last_start = self.log_text(name).rsplit("serving:", 1)[-1]
+        lines = last_start.strip().splitlines()
+        return "services running:" not in last_start and bool(lines) and lines[-1].startswith("error: cannot reach")
+
+    async def supervise(self, names: Sequence[str]) -> None:
+        """Restart (after 1 s) a process that could not reach its servers at its start, until cancelled."""
+        while True:
+            for name in names:
+                if self.could_not_reach_servers(name):
+                    await asyncio.sleep(1.0)
+                    if self.could_not_reach_servers(name):
+                        self.supervisor_restarts[name] += 1
+                        self.spawn(name)
+            await asyncio.sleep(0.2)
+
     async def inject(self, fault: Fault) -> None:
         if fault.kind == "kill":
-            process = self.processes[fault.target]
-            process.kill()
-            await asyncio.to_thread(process.wait)
-            await asyncio.sleep(fault.seconds)
-            self.restarts[fault.target] += 1
-            self.spawn(fault.target)
+            self.in_fault.add(fault.target)
+            try:
+                process = self.processes[fault.target]
+                process.kill()
+                await asyncio.to_thread(process.wait)
+                await asyncio.sleep(fault.seconds)
+                self.restarts[fault.target] += 1
+                self.spawn(fault.target)
+            finally:
+                self.in_fault.discard(fault.target)
         elif fault.kind == "stop":
             process = self.processes[fault.target]
             os.kill(process.pid, signal.SIGSTOP)
@@ -437,6 +468,7 @@ async def _wait_quiet(dsn: str, timeout: float) -> bool:
 async def _run_and_check(
     stack: Stack, config: ChaosConfig, faults: list[Fault], fault_log: list[str], violations: list[str]
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    supervisor: asyncio.Task[None] | None = None
     try:
         await stack.start_servers()
         start, end = virtual_span(config.first_day, config.days)
@@ -452,6 +484,7 @@ async def _run_and_check(
             stack.spawn(name)
         await stack.wait_running(list(STACK))
         stack.spawn("clock")
+        supervisor = asyncio.create_task(stack.supervise(list(STACK)))
         injector = asyncio.create_task(_carry_out(stack, faults, fault_log))
         # The clock ends the run: exit 0 after the last slot, 1 when a tick never got a recorded end. A
         # fault may SIGKILL it: the injector starts it again, and it resumes from the job ledger.
@@ -459,6 +492,11 @@ async def _run_and_check(
             clock = stack.processes["clock"]
             stack.clock_spawned.clear()  # no await since reading it: a restart of this clock sets it
             clock_exit = await asyncio.to_thread(clock.wait)
+            if stack.could_not_reach_servers("clock"):
+                await asyncio.sleep(1.0)
+                stack.supervisor_restarts["clock"] += 1
+                stack.spawn("clock")
+                continue
             if clock_exit >= 0:
                 break
             restarted = asyncio.create_task(stack.clock_spawned.wait())
@@ -473,6 +511,9 @@ async def _run_and_check(
         if not await _wait_quiet(stack.dsn, config.quiet_timeout):
             violations.append(f"orders still open or events still appended {config.quiet_timeout:.0f}s after the clock")
     finally:
+        if supervisor is not None:
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
         codes = stack.stop_services()
     died = {n: c for n, c in codes.items() if n != "clock" and c not in (0, -signal.SIGTERM)}
     if died:
@@ -506,6 +547,7 @@ async def run_stack(
     violations.extend(found)
     facts["faults_log"] = fault_log
     facts["restarts"] = dict(stack.restarts)
+    facts["supervisor_restarts"] = dict(stack.supervisor_restarts)
     facts["lost_nats_nodes"] = stack.lost_nodes
     return RunResult(
         seed=config.seed,
