@@ -9,6 +9,8 @@ Longer runs: ``python -m bench.chaos --seeds 10 --days 2``.
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -53,6 +55,24 @@ def test_each_process_connects_as_its_role_as_in_the_compose_stack(
         assert env["OPENBELL_NATS_PASSWORD"] == stack.nats.password(role)
         assert role_of(env["OPENBELL_DATABASE_URL"]) == PG_SERVICE_ROLE
         assert "OPENBELL_NATS_TOKEN" not in env and "OPENBELL_DATABASE_OWNER_URL" not in env
+
+
+def test_only_a_process_that_could_not_reach_its_servers_at_start_is_restarted(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, QUICK)
+    cases = {
+        # exit status, what the process logged since its last start
+        "relay": (2, "serving: relay\nerror: cannot reach PostgreSQL at postgresql://127.0.0.1:5/openbell: refused\n"),
+        "projections": (2, "serving: projections\nerror: NATS at nats://127.0.0.1:4 refused the credentials\n"),
+        "alerts": (1, "serving: alerts\nerror: cannot reach NATS at nats://127.0.0.1:4: refused\n"),
+        "positions": (2, "serving: positions\n... services running: positions\nerror: cannot reach NATS\n"),
+    }
+    for name, (status, log) in cases.items():
+        (tmp_path / "logs" / f"{name}.log").write_text(log)
+        stack.processes[name] = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({status})"])
+        stack.processes[name].wait()
+    assert [name for name in cases if stack.could_not_reach_servers(name)] == ["relay"]
+    stack.in_fault.add("relay")  # a fault is killing and restarting it: not the supervisor's
+    assert not stack.could_not_reach_servers("relay")
 
 
 @pytest.mark.timeout(400)
