@@ -1,9 +1,14 @@
 """Chaos runs: the whole stack as separate processes in virtual time, seeded faults, then the invariants.
 
-A run starts a private nats-server and a private PostgreSQL (durable defaults: they are crashed), applies
-demo portfolios, and starts ``openbell serve`` processes as a compose stack would run them: relay and
-projections, two strategy, two orders, positions, alerts, and the virtual clock
-(``openbell serve clock --virtual --from DATE --days N``), all on the simulator broker. While virtual time
+A run starts a private nats-server and a private PostgreSQL (durable defaults: they are crashed) that
+authenticate like production ones, runs ``openbell setup`` (the streams as the NATS admin, the migrations as
+the database owner), applies demo portfolios, and starts ``openbell serve`` processes as the compose stack
+(docker-compose.yml) runs them: relay, projections, two strategy, two orders, positions, alerts, and the
+virtual clock (``openbell serve clock --virtual --from DATE --days N``), all on the simulator broker. Each
+process connects as its own NATS role (``OPENBELL_NATS_USER``/``OPENBELL_NATS_PASSWORD``: the clock as
+``clock``, the relay as ``relay``, the others as ``services``) and to PostgreSQL as the services'
+least-privilege role; only the harness itself (the portfolios aside) uses the superuser and the NATS admin,
+to inject faults and check the invariants. While virtual time
 passes, a seeded plan of faults is carried out, each when the job ledger reaches its virtual instant:
 
 - ``kill``: SIGKILL of a service process (or of the virtual clock), restarted after 0.5-3 s;
@@ -13,7 +18,8 @@ passes, a seeded plan of faults is carried out, each when the job ledger reaches
 - ``lose_nats_node`` (cluster only): SIGKILL of the node leading the events stream, never restarted.
 
 With ``nats_nodes=3`` the stack runs on a three-node nats-server cluster with R3 streams
-(``OPENBELL_NATS_URL`` lists the three servers, ``OPENBELL_STREAM_REPLICAS=3``).
+(``OPENBELL_NATS_URL`` lists the three servers, ``OPENBELL_STREAM_REPLICAS=3``), every node with the same
+users and permissions.
 
 When the clock has run every slot and the stack is quiet, the services are stopped and the invariants are
 checked on the database and JetStream (:func:`check_invariants`); a run with faults is also compared with
@@ -56,7 +62,8 @@ from eventstore import EventStore
 from eventstore.projections import ProjectionRunner
 from services.clock import schedule
 from services.clock.virtual import virtual_span
-from services.core.embedded import EmbeddedNats, EmbeddedPostgres
+from services.core.dbroles import ensure_roles
+from services.core.embedded import PG_OWNER_ROLE, PG_SERVICE_ROLE, EmbeddedNats, EmbeddedPostgres
 from services.core.events import registry
 from services.core.jobs.consumer import H_REASON
 from services.core.jobs.events import jobrun_stream
@@ -69,9 +76,11 @@ from services.strategy.commands import apply_all
 
 PREFIX = "chaos"
 DATABASE = "openbell"
-# The stack as the compose file runs it: one process per entry (name -> services it serves).
+# The stack as the compose file runs it: one process per entry (name -> services it serves). The relay
+# runs alone: it connects as the ``relay`` role, the only one that may publish the event log.
 STACK: dict[str, tuple[str, ...]] = {
-    "relay": ("relay", "projections"),
+    "relay": ("relay",),
+    "projections": ("projections",),
     "strategy-1": ("strategy",),
     "strategy-2": ("strategy",),
     "orders-1": ("orders",),
@@ -81,6 +90,17 @@ STACK: dict[str, tuple[str, ...]] = {
 }
 FAULT_KINDS = ("kill", "stop", "kill_nats", "kill_postgres")
 TERMINAL_ORDER_STATUSES = frozenset({"filled", "canceled", "rejected", "expired"})
+# Identity settings a run sets itself: inherited ones would give its processes someone else's identity.
+_IDENTITY_SETTINGS = ("OPENBELL_NATS_", "OPENBELL_DATABASE_")
+
+
+def nats_role(process: str) -> str:
+    """The NATS role a stack process connects as (docker-compose.yml, services/core/nats_auth.py)."""
+    if process == "clock":
+        return "clock"
+    if STACK.get(process) == ("relay",):
+        return "relay"
+    return "services"
 
 
 @dataclass(frozen=True)
@@ -149,30 +169,52 @@ class Stack:
     postgres: EmbeddedPostgres = field(init=False)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: Counter[str] = field(default_factory=Counter)
+    # Restarts by the supervisor (see :meth:`could_not_reach_servers`), as compose's restart policy does.
+    supervisor_restarts: Counter[str] = field(default_factory=Counter)
+    # Processes a fault is killing and restarting: not the supervisor's to restart.
+    in_fault: set[str] = field(default_factory=set)
     lost_nodes: list[str] = field(default_factory=list)
     clock_spawned: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self.nats = EmbeddedNats(self.workdir / "nats")
+        self.nats = EmbeddedNats(self.workdir / "nats", prefix=PREFIX)
         if self.config.nats_nodes > 1:
-            self.cluster = NatsCluster(self.workdir / "nats-cluster", size=self.config.nats_nodes)
+            self.cluster = NatsCluster(self.workdir / "nats-cluster", size=self.config.nats_nodes, prefix=PREFIX)
         self.postgres = EmbeddedPostgres(self.workdir / "pg")
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
 
     @property
     def dsn(self) -> str:
+        """The superuser's DSN: the harness's checks only, never a service's."""
         return self.postgres.dsn(DATABASE)
 
     @property
+    def service_dsn(self) -> str:
+        return self.postgres.dsn(DATABASE, role=PG_SERVICE_ROLE)
+
+    @property
     def nats_url(self) -> str:
+        """The server(s), without credentials (see :meth:`nats_options`)."""
         return self.cluster.url if self.cluster is not None else self.nats.url
 
-    def env(self) -> dict[str, str]:
+    def nats_password(self, role: str) -> str:
+        return self.cluster.password(role) if self.cluster is not None else self.nats.password(role)
+
+    def nats_options(self, role: str = "admin") -> dict[str, str]:
+        """``nats.connect`` credentials of ``role`` (the harness's own connections: admin)."""
+        return {"user": role, "password": self.nats_password(role)}
+
+    def env(self, role: str) -> dict[str, str]:
+        """The environment of a process connecting as the NATS role ``role`` and as the services' database
+        role, as the compose stack gives it."""
         n = self.config.portfolios
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(_IDENTITY_SETTINGS)}
         return {
-            **os.environ,
-            "OPENBELL_DATABASE_URL": self.dsn,
+            **inherited,
+            "OPENBELL_DATABASE_URL": self.service_dsn,
             "OPENBELL_NATS_URL": self.nats_url,
+            "OPENBELL_NATS_USER": role,
+            "OPENBELL_NATS_PASSWORD": self.nats_password(role),
             "OPENBELL_STREAM_REPLICAS": str(self.config.nats_nodes),
             "OPENBELL_SUBJECT_PREFIX": PREFIX,
             "OPENBELL_BROKER": "sim",
@@ -186,18 +228,36 @@ class Stack:
             "OPENBELL_LOG_LEVEL": "INFO",
         }
 
-    async def start_servers(self) -> None:
+    async def start_servers(self, setup_timeout: float = 90.0) -> None:
+        """The servers, their database roles (as ``openbell`` creates them on an embedded server, and the
+        compose stack's init script on its own), then ``openbell setup`` as the deployment runs it."""
         await asyncio.to_thread(self.postgres.start, reuse=False)
-        con = await asyncpg.connect(self.postgres.dsn())
-        try:
-            await con.execute(f'CREATE DATABASE "{DATABASE}"')
-        finally:
-            await con.close()
+        passwords = {role: self.postgres.password(role) for role in (PG_OWNER_ROLE, PG_SERVICE_ROLE)}
+        await ensure_roles(self.postgres.dsn(), DATABASE, self.dsn, passwords, PG_OWNER_ROLE, PG_SERVICE_ROLE)
         if self.cluster is None:
             await asyncio.to_thread(self.nats.start, reuse=False)
         else:
             await asyncio.to_thread(self.cluster.start)
-            await _create_streams(self.cluster.url, self.config.nats_nodes)
+        await self.setup(setup_timeout)
+
+    async def setup(self, timeout: float) -> None:
+        """``openbell setup``: the streams as the NATS admin, the migrations as the database owner. A new
+        cluster first elects its JetStream meta leader, then forms each stream's replica group (seconds on a
+        loaded machine): until then setup fails, and is run again."""
+        env = {**self.env("admin"),
+               "OPENBELL_DATABASE_OWNER_URL": self.postgres.dsn(DATABASE, role=PG_OWNER_ROLE)}
+        deadline = time.monotonic() + timeout
+        while True:
+            with (self.workdir / "logs" / "setup.log").open("ab") as log_file:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "services.cli", "setup", env=env, stdout=log_file, stderr=log_file)
+                code = await process.wait()
+            if code == 0:
+                return
+            if time.monotonic() > deadline:
+                last = self.log_text("setup").strip().splitlines()[-1:] or ["no output"]
+                raise RuntimeError(f"openbell setup exited with {code}: {last[0][:300]}")
+            await asyncio.sleep(0.5)
 
     def spawn(self, name: str) -> None:
         if name == "clock":
@@ -208,7 +268,7 @@ class Stack:
             args = [*STACK[name], "--virtual"]
         log_file = (self.workdir / "logs" / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(
-            _serve_command(*args), env=self.env(), stdout=log_file, stderr=subprocess.STDOUT,
+            _serve_command(*args), env=self.env(nats_role(name)), stdout=log_file, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log_file.close()
@@ -229,14 +289,41 @@ class Stack:
                     raise RuntimeError(f"{name} did not start within {timeout:.0f}s")
                 await asyncio.sleep(0.1)
 
+    def could_not_reach_servers(self, name: str) -> bool:
+        """True when process ``name`` has exited at its start because a server did not answer (status 2,
+        ``error: cannot reach ...``: a restart landed in an outage of NATS or PostgreSQL). The compose stack's
+        restart policy starts such a process again, and so does the harness; any other exit stays a
+        violation (a credentials refusal, a loop that stopped)."""
+        process = self.processes[name]
+        if name in self.in_fault or process.poll() != 2:
+            return False
+        last_start = self.log_text(name).rsplit("serving:", 1)[-1]
+        lines = last_start.strip().splitlines()
+        return "services running:" not in last_start and bool(lines) and lines[-1].startswith("error: cannot reach")
+
+    async def supervise(self, names: Sequence[str]) -> None:
+        """Restart (after 1 s) a process that could not reach its servers at its start, until cancelled."""
+        while True:
+            for name in names:
+                if self.could_not_reach_servers(name):
+                    await asyncio.sleep(1.0)
+                    if self.could_not_reach_servers(name):
+                        self.supervisor_restarts[name] += 1
+                        self.spawn(name)
+            await asyncio.sleep(0.2)
+
     async def inject(self, fault: Fault) -> None:
         if fault.kind == "kill":
-            process = self.processes[fault.target]
-            process.kill()
-            await asyncio.to_thread(process.wait)
-            await asyncio.sleep(fault.seconds)
-            self.restarts[fault.target] += 1
-            self.spawn(fault.target)
+            self.in_fault.add(fault.target)
+            try:
+                process = self.processes[fault.target]
+                process.kill()
+                await asyncio.to_thread(process.wait)
+                await asyncio.sleep(fault.seconds)
+                self.restarts[fault.target] += 1
+                self.spawn(fault.target)
+            finally:
+                self.in_fault.discard(fault.target)
         elif fault.kind == "stop":
             process = self.processes[fault.target]
             os.kill(process.pid, signal.SIGSTOP)
@@ -254,7 +341,7 @@ class Stack:
         elif fault.kind == "lose_nats_node":
             if self.cluster is None:
                 raise ValueError("lose_nats_node needs a NATS cluster")
-            leader = await _stream_leader(self.cluster.url, Subjects(PREFIX).events_stream)
+            leader = await _stream_leader(self, Subjects(PREFIX).events_stream)
             index = next(i for i, node in enumerate(self.cluster.nodes) if node.name == leader)
             self.lost_nodes.append(leader)
             await asyncio.to_thread(self.cluster.kill, index)
@@ -290,26 +377,8 @@ class Stack:
             self.postgres.kill()  # a fast shutdown that did not end: nothing of a run may outlive it
 
 
-async def _create_streams(url: str, replicas: int, timeout: float = 60.0) -> None:
-    """Create the streams before the services start, as a deployment would: a new cluster first elects its
-    JetStream meta leader, then forms each stream's replica group (seconds on a loaded machine)."""
-    nc = await nats.connect(url.split(","))
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                await Subjects(PREFIX).ensure_streams(nc.jetstream(), replicas=replicas)
-                return
-            except nats.errors.Error:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
-    finally:
-        await nc.close()
-
-
-async def _stream_leader(url: str, stream: str) -> str:
-    nc = await nats.connect(url.split(","))
+async def _stream_leader(stack: Stack, stream: str) -> str:
+    nc = await nats.connect(stack.nats_url.split(","), **stack.nats_options())
     try:
         info = await nc.jetstream().stream_info(stream)
         if info.cluster is None or info.cluster.leader is None:
@@ -399,11 +468,13 @@ async def _wait_quiet(dsn: str, timeout: float) -> bool:
 async def _run_and_check(
     stack: Stack, config: ChaosConfig, faults: list[Fault], fault_log: list[str], violations: list[str]
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    supervisor: asyncio.Task[None] | None = None
     try:
         await stack.start_servers()
         start, end = virtual_span(config.first_day, config.days)
         specs = demo_portfolios(config.portfolios)
-        store = await EventStore.connect(stack.dsn)
+        # As the services' role, like `openbell apply` in a deployment.
+        store = await EventStore.connect(stack.service_dsn)
         try:
             # At a fixed instant (the day before the run): the same seed gives the same events.
             await apply_all(store, specs, start - timedelta(days=1))
@@ -413,6 +484,7 @@ async def _run_and_check(
             stack.spawn(name)
         await stack.wait_running(list(STACK))
         stack.spawn("clock")
+        supervisor = asyncio.create_task(stack.supervise(list(STACK)))
         injector = asyncio.create_task(_carry_out(stack, faults, fault_log))
         # The clock ends the run: exit 0 after the last slot, 1 when a tick never got a recorded end. A
         # fault may SIGKILL it: the injector starts it again, and it resumes from the job ledger.
@@ -420,6 +492,11 @@ async def _run_and_check(
             clock = stack.processes["clock"]
             stack.clock_spawned.clear()  # no await since reading it: a restart of this clock sets it
             clock_exit = await asyncio.to_thread(clock.wait)
+            if stack.could_not_reach_servers("clock"):
+                await asyncio.sleep(1.0)
+                stack.supervisor_restarts["clock"] += 1
+                stack.spawn("clock")
+                continue
             if clock_exit >= 0:
                 break
             restarted = asyncio.create_task(stack.clock_spawned.wait())
@@ -434,6 +511,9 @@ async def _run_and_check(
         if not await _wait_quiet(stack.dsn, config.quiet_timeout):
             violations.append(f"orders still open or events still appended {config.quiet_timeout:.0f}s after the clock")
     finally:
+        if supervisor is not None:
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
         codes = stack.stop_services()
     died = {n: c for n, c in codes.items() if n != "clock" and c not in (0, -signal.SIGTERM)}
     if died:
@@ -467,6 +547,7 @@ async def run_stack(
     violations.extend(found)
     facts["faults_log"] = fault_log
     facts["restarts"] = dict(stack.restarts)
+    facts["supervisor_restarts"] = dict(stack.supervisor_restarts)
     facts["lost_nats_nodes"] = stack.lost_nodes
     return RunResult(
         seed=config.seed,
@@ -491,8 +572,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-async def _stream_messages(nats_url: str, stream: str) -> int:
-    nc = await nats.connect(nats_url.split(","))
+async def _stream_messages(stack: Stack, stream: str) -> int:
+    nc = await nats.connect(stack.nats_url.split(","), **stack.nats_options())
     try:
         try:
             info = await nc.jetstream().stream_info(stream)
@@ -503,9 +584,9 @@ async def _stream_messages(nats_url: str, stream: str) -> int:
         await nc.close()
 
 
-async def _dead_letter_reasons(nats_url: str, stream: str, count: int) -> list[str]:
+async def _dead_letter_reasons(stack: Stack, stream: str, count: int) -> list[str]:
     """Each dead letter's subject and the reason the consumer gave (header ``Openbell-Dlq-Reason``)."""
-    nc = await nats.connect(nats_url.split(","))
+    nc = await nats.connect(stack.nats_url.split(","), **stack.nats_options())
     try:
         js = nc.jetstream()
         reasons = []
@@ -650,18 +731,18 @@ async def check_invariants(
             violations.append(f"{len(snapshots)} snapshot streams, expected {expected_snapshots}")
 
         subjects = Subjects(PREFIX)
-        dead = await _stream_messages(stack.nats_url, subjects.dlq_stream)
+        dead = await _stream_messages(stack, subjects.dlq_stream)
         facts["dead_letters"] = dead
         if dead:
-            reasons = await _dead_letter_reasons(stack.nats_url, subjects.dlq_stream, dead)
+            reasons = await _dead_letter_reasons(stack, subjects.dlq_stream, dead)
             facts["dead_letter_reasons"] = reasons
             violations.append(f"{dead} dead letters: {reasons[:3]}")
         # every event published once by the relay (JetStream drops a republished event id as a repeat)
-        published = await _stream_messages(stack.nats_url, subjects.events_stream)
+        published = await _stream_messages(stack, subjects.events_stream)
         facts["events_published"] = published
         if published != facts["events"]:
             violations.append(f"{published} events in JetStream, {facts['events']} in the store")
-        ticks_published = await _stream_messages(stack.nats_url, subjects.ticks_stream)
+        ticks_published = await _stream_messages(stack, subjects.ticks_stream)
         facts["ticks_published"] = ticks_published
         if ticks_published != len(slots):
             violations.append(f"{ticks_published} ticks in JetStream, {len(slots)} slots")

@@ -166,8 +166,9 @@ def setup() -> None:
         await migrate_database(servers)
         nc = await connect_nats(servers.nats_url, "openbell-setup", **servers.nats_options("admin"))
         try:
+            # With the replicas the services expect: they may read the streams, not update them.
             await Subjects(settings.subject_prefix).ensure_streams(
-                nc.jetstream(), dedupe_window=settings.dedupe_window_seconds)
+                nc.jetstream(), dedupe_window=settings.dedupe_window_seconds, replicas=settings.stream_replicas)
         finally:
             await nc.close()
         console.print("ok: database migrated, streams in place")

@@ -8,7 +8,8 @@ Roles:
 
 - ``admin``: creates and updates the JetStream streams (and may do anything: the demo resets its streams);
   never used by a service.
-- ``clock``: alone publishes ticks (``<prefix>.tick.>``). ``openbell tick`` (a manual tick) uses it too.
+- ``clock``: alone publishes ticks (``<prefix>.tick.>``). ``openbell tick`` (a manual tick) uses it too. It
+  reads the job feed (``<prefix>.feed.job.*``): the virtual clock moves on when the runs of a tick ended.
 - ``relay``: alone publishes the event log (``<prefix>.event.>``); it also turns stored events into feeds
   (halts, order lifecycle, risk refusals, discrepancies) through durable consumers on the events stream.
 - ``services``: strategy, orders, positions, alerts, projections: consume their durable consumers, publish
@@ -109,7 +110,8 @@ def role_permissions(role: str, prefix: str) -> Permissions:
         return Permissions(
             publish_allow=(f"{p}.tick.>", notice, f"{p}.feed.>", *_reading(p)),
             publish_deny=STREAM_ADMIN_DENY,
-            subscribe_allow=inbox,
+            # The job feed wakes the virtual clock as soon as a tick's run has ended.
+            subscribe_allow=(f"{p}.feed.job.*", *inbox),
         )
     if role == "relay":
         return Permissions(

@@ -39,11 +39,19 @@ class ServerUnreachable(Exception):
 
 def redact_url(url: str) -> str:
     """``scheme://host:port/database`` of a server URL: no user, no password, no query (a DSN's password
-    may be in any of them)."""
+    may be in any of them). The comma-separated URLs of a NATS cluster are redacted one by one; a libpq
+    host list (``host1:port1,host2:port2``) is kept whole, without the user."""
+    urls = [item.strip() for item in url.split(",")]
+    if len(urls) > 1 and all("://" in item for item in urls):
+        return ",".join(redact_url(item) for item in urls)
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a host list)
     except ValueError:
-        return "<unparsable url>"
+        if not url.startswith(("postgres://", "postgresql://")):
+            return "<unparsable url>"
+        hosts = parts.netloc.rpartition("@")[2]
+        return f"{parts.scheme}://{hosts}{parts.path}"
     host = parts.hostname or ""
     if not host and parts.query:
         # postgresql://user@/db?host=/path/to/socket&port=5432: name the socket directory's server

