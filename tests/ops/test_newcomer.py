@@ -84,6 +84,11 @@ async def test_newcomer_session(data_dir: Path, tmp_path: Path) -> None:
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert "removing what 1 previous demo run made" in rerun.stdout
         assert "using PostgreSQL" in rerun.stderr and "started" not in rerun.stderr
+        assert "removing stream OPENBELL_TICKS" in rerun.stdout and "simulated 1 trading day (" in rerun.stdout
+        # Each rerun is a world of its own that completes its day: exactly its one snapshot, none left over.
+        snapshots = _openbell(data_dir, "snapshots", "--json")
+        assert snapshots.returncode == 0, snapshots.stderr
+        assert [s["portfolio_id"] for s in json.loads(snapshots.stdout)] == ["demo-01"]
 
     print(f"demo and two reruns: {time.monotonic() - t0:.1f}s")
     status = _openbell(data_dir, "servers", "status", "--json")

@@ -61,31 +61,6 @@ async def test_demo_runs_and_summarizes(pg_dsn: str, nats_url: str, subject_pref
     assert "Traceback" not in again.stderr
 
 
-async def _snapshots(pg_dsn: str) -> int:
-    con = await asyncpg.connect(pg_dsn)
-    try:
-        return int(await con.fetchval("SELECT count(*) FROM portfolio_snapshots"))
-    finally:
-        await con.close()
-
-
-async def test_demo_reruns_with_reset(pg_dsn: str, nats_url: str, subject_prefix: str) -> None:
-    """The same days again: the new run's ticks carry the previous run's ids, which JetStream's duplicate
-    window would drop after a purge (the run stalled); --reset deletes the streams and the demo's tables."""
-    args = ["demo", "--days", "1", "--portfolios", "2", "--seed", "3"]
-    first = run_cli(args, pg_dsn, nats_url, subject_prefix)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert await _snapshots(pg_dsn) == 2
-    for _ in range(2):
-        again = run_cli([*args, "--reset"], pg_dsn, nats_url, subject_prefix)
-        assert again.returncode == 0, again.stderr[-2000:]
-        assert "removing what 1 previous demo run made" in again.stdout
-        assert "2 demo portfolios (demo-01 to demo-02)" in again.stdout
-        assert f"removing stream {subject_prefix.upper().replace('-', '_')}_TICKS" in again.stdout
-        assert "simulated 1 trading day (" in again.stdout
-        assert await _snapshots(pg_dsn) == 2
-
-
 async def test_demo_reset_never_removes_a_users_portfolios(pg_dsn: str, nats_url: str, subject_prefix: str) -> None:
     opened = run_cli(["portfolio", "open", "mine", "--cash", "1000"], pg_dsn, nats_url, subject_prefix)
     assert opened.returncode == 0, opened.stderr[-2000:]
