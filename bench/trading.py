@@ -58,6 +58,13 @@ class TimedSimBroker(SimBroker):
         self.accepted: dict[str, float] = {}
         self.waiting: dict[str, asyncio.Event] = {}
 
+    def at(self, moment: datetime) -> SimBroker:
+        # Orders are submitted through a view of the broker at their tick's time: it shares these notes.
+        view = super().at(moment)
+        assert isinstance(view, TimedSimBroker)
+        view.accepted, view.waiting = self.accepted, self.waiting
+        return view
+
     async def submit_order(self, request: OrderRequest) -> Order:
         order = await super().submit_order(request)
         self.accepted[request.client_order_id] = time.perf_counter()
