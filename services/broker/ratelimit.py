@@ -3,13 +3,14 @@
 Alpaca allows 200 requests per minute per account. Every caller takes a token before a request, at its
 priority: order submission > order status > position sync > quotes. Lower priorities keep a reserve free
 for higher ones (they wait when the budget runs low) and, among waiters, the highest priority goes first.
-After a 429 everyone waits until the reset time the server gave.
+After a 429 everyone waits until the reset time the server gave, and then the budget is full again: a
+later response of an older window (a request answered slowly) cannot push that refill back.
 
 The budget counts what it sends, numbering each request. A response's ``X-Ratelimit-Remaining`` was true
 when the server counted that request, not for the requests sent since (a slow response arrives after later
-ones, and concurrent requests are counted in any order): it is taken as the budget only when its request is
-the latest sent and no other is unanswered. A response of a newer window (a later reset time) refills the
-budget to what it says, less the requests still unanswered. The request a response answers is known from
+ones, and concurrent requests are counted in any order): within a window it may lower the budget (other
+clients of the account spend it too) but never raise it. A response of a newer window (a later reset time)
+refills the budget to what it says, less the requests still unanswered. The request a response answers is known from
 the thread that sent it (:meth:`RateLimiter.sending`).
 
 The state is guarded by a threading lock, not asyncio primitives: the response hook that feeds it runs in
@@ -65,6 +66,7 @@ class RateLimiter:
         self.remaining = limit_per_minute
         self.reset_at = clock() + WINDOW_SECONDS  # epoch seconds
         self.blocked_until = 0.0  # epoch seconds; set by a 429
+        self._refill_when_unblocked = False  # a 429's reset is when the server's budget is whole again
         self.sent = 0  # requests granted so far: the number of the latest one
         self._unanswered: set[int] = set()  # numbers of the requests granted and not answered yet
         self._server_reset: float | None = None  # the latest window end a response gave
@@ -73,7 +75,11 @@ class RateLimiter:
         self.granted: dict[Priority, int] = dict.fromkeys(Priority, 0)
 
     def _refill(self, now: float) -> None:
-        if now >= self.reset_at:
+        if self._refill_when_unblocked and now >= self.blocked_until:
+            self._refill_when_unblocked = False
+            self.remaining = max(0, self.limit - len(self._unanswered))
+            self.reset_at = max(self.reset_at, now + WINDOW_SECONDS)
+        elif now >= self.reset_at:
             self.remaining = self.limit
             self.reset_at = now + WINDOW_SECONDS
 
@@ -158,13 +164,11 @@ class RateLimiter:
             if remaining is not None:
                 if newer_window:
                     self.remaining = max(0, remaining - len(self._unanswered))
-                elif number is not None and number == self.sent and not self._unanswered:
-                    # Nothing sent since and nothing pending: the server's count is the whole truth (it
-                    # also counts other clients of the account).
-                    self.remaining = max(0, remaining)
-                elif number is None:
-                    # A response of no numbered request (not sent through ``sending``): it may lower the
-                    # budget, never raise it.
+                else:
+                    # Within a window a response may lower the budget (other clients of the account spend
+                    # it too), never raise it: its count was true when the server counted that request,
+                    # and concurrent requests are counted in any order, so even the answer to the latest
+                    # request sent may have been counted before an earlier one.
                     self.remaining = max(0, min(self.remaining, remaining))
             if reset is not None and reset > now:
                 self.reset_at = float(reset)
@@ -172,6 +176,7 @@ class RateLimiter:
                 self.remaining = 0
                 # Without a usable reset header, back off one second rather than hammering.
                 self.blocked_until = float(reset) if reset is not None and reset > now else now + 1.0
+                self._refill_when_unblocked = True
 
     def reset_time(self) -> datetime:
         with self._lock:

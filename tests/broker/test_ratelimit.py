@@ -109,3 +109,43 @@ async def test_a_trade_stream_outage_is_one_warning_line(
     assert len(loud) == 1, [r.getMessage() for r in loud]
     assert "Alpaca trade stream down" in loud[0].getMessage() and "next try at" in loud[0].getMessage()
     assert loud[0].exc_info is None
+
+
+def test_the_budget_is_whole_again_at_a_429s_reset_whatever_answers_after_it() -> None:
+    """A 429 with a reset a second away, then the slow answer of an earlier request carrying the window's
+    end a minute away: the budget must refill at the 429's reset, not at the window's end (it used to stay
+    empty for the rest of the minute, holding every order)."""
+    now = [1000.0]
+    limiter = RateLimiter(limit_per_minute=100, clock=lambda: now[0], poll_seconds=0.001)
+    first, second = limiter.try_acquire(Priority.ORDER_SUBMIT), limiter.try_acquire(Priority.ORDER_SUBMIT)
+    assert (first, second) == (0.0, 0.0)
+    with limiter.sending(2):
+        limiter.update_from_headers({"X-Ratelimit-Remaining": "0", "X-Ratelimit-Reset": "1001"}, 429)
+    with limiter.sending(1):
+        limiter.update_from_headers({"X-Ratelimit-Remaining": "98", "X-Ratelimit-Reset": "1060"}, 504)
+    assert limiter.try_acquire(Priority.ORDER_SUBMIT) == pytest.approx(1.0)  # blocked until the 429's reset
+    now[0] = 1001.0
+    assert limiter.try_acquire(Priority.ORDER_SUBMIT) == 0.0
+    assert limiter.remaining == 99
+    now[0] = 1002.0  # and it stays whole: the refill happens once per 429
+    assert limiter.try_acquire(Priority.ORDER_SUBMIT) == 0.0
+    assert limiter.remaining == 98
+
+
+def test_the_answer_to_the_latest_request_cannot_raise_the_budget() -> None:
+    """Two concurrent requests counted by the server in the other order: the answer to the latest one sent
+    carries the higher remaining count. Taking it as the truth gave one request too many (a 429)."""
+    now = [1000.0]
+    limiter = RateLimiter(limit_per_minute=20, clock=lambda: now[0])
+    assert limiter.try_acquire(Priority.ORDER_SUBMIT) == limiter.try_acquire(Priority.ORDER_SUBMIT) == 0.0
+    with limiter.sending(1):  # counted second by the server
+        limiter.update_from_headers({"X-Ratelimit-Remaining": "18", "X-Ratelimit-Reset": "1060"}, 200)
+    with limiter.sending(2):  # counted first, answered last, nothing unanswered after it
+        limiter.update_from_headers({"X-Ratelimit-Remaining": "19", "X-Ratelimit-Reset": "1060"}, 200)
+    assert limiter.remaining == 18
+    with limiter.sending(3):  # another client of the account spent some: the budget goes down
+        limiter.update_from_headers({"X-Ratelimit-Remaining": "10", "X-Ratelimit-Reset": "1060"}, 200)
+    assert limiter.remaining == 10
+    with limiter.sending(4):  # a newer window refills it
+        limiter.update_from_headers({"X-Ratelimit-Remaining": "19", "X-Ratelimit-Reset": "1120"}, 200)
+    assert limiter.remaining == 19

@@ -55,11 +55,6 @@ def fake(now: TickTimeNow) -> Iterator[FakeAlpaca]:
     server.stop()
 
 
-@pytest.mark.xfail(
-    reason="known broken since the broker budget counts the requests it sends: after the 429 and the stalled"
-    " submit, the orders do not all reach the fake broker within 20 s (open: README, Brokers)",
-    strict=False,
-)
 async def test_trading_on_fake_alpaca_with_faults(
     pg_dsn: str, nats_url: str, subject_prefix: str, nc: NatsClient, fake: FakeAlpaca, now: TickTimeNow
 ) -> None:
