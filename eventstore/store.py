@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
@@ -27,6 +28,8 @@ import msgspec
 from eventstore.codec import encode
 from eventstore.records import NewEvent, RecordedEvent
 from eventstore.schema import migrate
+
+log = logging.getLogger(__name__)
 
 # Expected-version sentinels (any other value >= 0 is the exact version of the stream's last event).
 ANY = -2
@@ -228,8 +231,14 @@ class EventStore:
             raise
         return cls(pool, on_append=on_append)
 
-    async def close(self) -> None:
-        await self.pool.close()
+    async def close(self, timeout: float = 10.0) -> None:
+        """Close the pool, waiting up to ``timeout`` seconds for connections in use to be released; then
+        terminate them (a connection stuck on a dead server must not keep a stopping process alive)."""
+        try:
+            await asyncio.wait_for(self.pool.close(), timeout)
+        except TimeoutError:
+            log.warning("closing the event store's connections took over %.0f s: terminating them", timeout)
+            self.pool.terminate()
 
     def add_append_listener(self, listener: Callable[[AppendResult], None]) -> None:
         self._on_append.append(listener)

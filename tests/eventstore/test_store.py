@@ -312,3 +312,23 @@ async def test_concurrent_append_many_of_one_batch_writes_it_once(store: EventSt
     outcomes = await asyncio.gather(*(writer() for _ in range(8)))
     assert outcomes.count("wrote") == 1 and set(outcomes) <= {"wrote", "repeat", "refused"}
     assert await store.count() == 3
+
+
+async def test_close_is_bounded_when_a_connection_is_stuck(pg_dsn: str) -> None:
+    """A connection held by a query that does not end (as on a server that died mid-query) cannot keep a
+    stopping process alive: close waits its timeout, then terminates the connections."""
+    store = await EventStore.connect(pg_dsn)
+    held = asyncio.Event()
+
+    async def stuck() -> None:
+        async with store.pool.acquire() as con:
+            held.set()
+            await con.execute("SELECT pg_sleep(30)")
+
+    task = asyncio.create_task(stuck())
+    await asyncio.wait_for(held.wait(), 10)
+    started = asyncio.get_running_loop().time()
+    await store.close(timeout=0.5)
+    assert asyncio.get_running_loop().time() - started < 5
+    with pytest.raises((asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError, asyncio.CancelledError)):
+        await task
