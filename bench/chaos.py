@@ -69,9 +69,9 @@ from services.core.jobs.consumer import H_REASON
 from services.core.jobs.events import jobrun_stream
 from services.core.jobs.types import parse_tick_id
 from services.core.nats_cluster import NatsCluster
-from services.core.projections import known_projections
 from services.core.subjects import Subjects
 from services.demo import STARTING_CASH, demo_portfolios
+from services.stack import all_projections
 from services.strategy.commands import apply_all
 
 PREFIX = "chaos"
@@ -668,7 +668,7 @@ async def check_invariants(
             violations.append(f"{len(unfinished)} orders never final in the log, e.g. {unfinished[:3]}")
 
         # read models: caught up, then a replay must give the same tables
-        runner = ProjectionRunner(store, known_projections())
+        runner = ProjectionRunner(store, all_projections())
         await runner.setup()
         await runner.run_once()
         live = await _read_models(store)
@@ -759,7 +759,7 @@ async def check_invariants(
 async def _read_models(store: EventStore) -> dict[str, list[str]]:
     tables: dict[str, list[str]] = {}
     async with store.pool.acquire() as con:
-        for projection in known_projections():
+        for projection in all_projections():
             for table in projection.tables:
                 rows = await con.fetch(f"SELECT * FROM {table}")
                 tables[table] = sorted(msgspec.json.encode({k: _plain(v) for k, v in dict(r).items()}).decode()

@@ -37,12 +37,12 @@ from services.broker.simulator.market import DEFAULT_SYMBOLS
 from services.clock.ticks import publish_tick
 from services.core import eventloop
 from services.core.embedded import EmbeddedNats, EmbeddedPostgres
-from services.core.host import ServiceContext, hosted
+from services.core.host import ServiceContext
 from services.core.jobs.types import JobType, Tick, TickReason
-from services.core.runtime import connect_runtime
 from services.core.settings import load_settings
 from services.model.ids import client_order_id
 from services.model.streams import order_stream
+from services.stack import connect_runtime, hosted
 from services.strategy.commands import apply_all
 from services.strategy.config import parse_portfolio_spec
 

@@ -26,9 +26,8 @@ import httpx
 from eventstore.projections import ProjectionRunner
 from services.core import eventloop
 from services.core.embedded import EmbeddedNats, EmbeddedPostgres
-from services.core.projections import known_projections
-from services.core.runtime import connect_runtime
 from services.core.settings import load_settings
+from services.stack import all_projections, connect_runtime
 from services.strategy.commands import apply_all
 from services.strategy.config import parse_portfolio_spec
 from services.web.server import WebServer
@@ -89,7 +88,7 @@ async def run(quick: bool) -> dict[str, float]:
                 await apply_all(
                     rt.store, [parse_portfolio_spec({"name": n, "starting_cash": "100000"}) for n in names], T0
                 )
-                await ProjectionRunner(rt.store, known_projections()).run_once()
+                await ProjectionRunner(rt.store, all_projections()).run_once()
                 await fill_trades(pg.dsn("bench_web"), names, 10_000)
                 server = WebServer(rt)
                 await server.start()

@@ -1,7 +1,7 @@
 """The ``openbell`` command.
 
 Each service adds its commands through a ``register(app)`` function in its own ``cli`` module, listed in
-``_COMMAND_MODULES``; this file holds the foundation's commands: doctor, events, replay, serve.
+``_COMMAND_MODULES``; this file holds the foundation's commands: setup, doctor, events, replay, serve.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import json
 import logging
 import sys
@@ -25,10 +24,17 @@ from rich.table import Table
 from typer.core import TyperOption
 
 from eventstore import PositionNotFound, RecordedEvent
+from services import demo
+from services.alerts import cli as alerts_cli
 from services.cli_support import CommandError, console, err_console, fail, run_async
+from services.clock import cli as clock_cli
 from services.core.embedded import EmbeddedServerError
-from services.core.runtime import connect_runtime
+from services.core.jobs import cli as jobs_cli
 from services.core.settings import SettingsError, load_settings
+from services.orders import cli as orders_cli
+from services.positions import cli as positions_cli
+from services.stack import connect_runtime
+from services.strategy import cli as strategy_cli
 
 app = typer.Typer(
     name="openbell",
@@ -56,15 +62,7 @@ TyperOption.display_type_rich = _help_type_label  # type: ignore[method-assign]
 log = logging.getLogger("openbell")
 
 # Modules with a ``register(app: typer.Typer) -> None`` adding their commands.
-_COMMAND_MODULES = (
-    "services.clock.cli",
-    "services.core.jobs.cli",
-    "services.strategy.cli",
-    "services.orders.cli",
-    "services.positions.cli",
-    "services.alerts.cli",
-    "services.demo",
-)
+_COMMAND_MODULES = (clock_cli, jobs_cli, strategy_cli, orders_cli, positions_cli, alerts_cli, demo)
 
 
 def _show_version(value: bool) -> None:
@@ -157,13 +155,14 @@ def setup() -> None:
     OPENBELL_DATABASE_OWNER_URL), then exit: the one step that needs those identities (README, "Security")."""
     from services.core.runtime import connect_nats, ensure_servers, migrate_database
     from services.core.subjects import Subjects
+    from services.stack import all_projections
 
     async def main() -> None:
         settings = load_settings()
         servers = await ensure_servers(settings)
         if servers.database_owner_url is None:
             raise CommandError("setup migrates the database as its owner: set OPENBELL_DATABASE_OWNER_URL")
-        await migrate_database(servers)
+        await migrate_database(servers, all_projections())
         nc = await connect_nats(servers.nats_url, "openbell-setup", **servers.nats_options("admin"))
         try:
             # With the replicas the services expect: they may read the streams, not update them.
@@ -184,7 +183,7 @@ def doctor() -> None:
     """Start or contact NATS and PostgreSQL, create the schema, and print what was found."""
 
     from eventstore.projections import ProjectionRunner
-    from services.core.projections import known_projections
+    from services.stack import all_projections
 
     async def check() -> None:
         async with connect_runtime(name="openbell-doctor") as rt:
@@ -210,7 +209,7 @@ def doctor() -> None:
                 table.add_row(f"stream {stream}", f"{stream_info.state.messages} messages")
             for row in checkpoints:
                 table.add_row(f"checkpoint {row['name']}", str(row["position"]))
-            runner = ProjectionRunner(rt.store, known_projections())
+            runner = ProjectionRunner(rt.store, all_projections())
             stopped = {name: problem for name in sorted(runner.projections) if (problem := await runner.check(name))}
             for name, problem in stopped.items():
                 table.add_row(f"projection {name}", f"[red]STOPPED[/]: {problem}")
@@ -349,11 +348,11 @@ def replay(
 ) -> None:
     """Rebuild read models from the event log (each projection in one transaction), with progress."""
     from eventstore.projections import ProjectionRunner
-    from services.core.projections import known_projections
+    from services.stack import all_projections
 
     async def rebuild() -> None:
         async with connect_runtime(name="openbell-replay") as rt:
-            runner = ProjectionRunner(rt.store, known_projections())
+            runner = ProjectionRunner(rt.store, all_projections())
             names = [projection] if projection else sorted(runner.projections)
             for name in names:
                 runner[name]  # fail early on an unknown name
@@ -398,10 +397,11 @@ def serve(
     emits each slot once the previous slot's runs are recorded, and the process ends after the last."""
     from services.broker import check_trading_configuration
     from services.broker.errors import BrokerConfigError
-    from services.core.host import ServiceLoopDied, resolve_services, serve_forever
+    from services.core.host import ServiceLoopDied
+    from services.stack import SERVICES, serve_forever
 
     try:
-        chosen = resolve_services(names or [])
+        chosen = [service.name for service in SERVICES.resolve(names or [])]
         until = _virtual_clock_run(chosen, virtual, from_day, days, tick_timeout)
     except ValueError as exc:
         raise fail(str(exc)) from None
@@ -464,8 +464,8 @@ def _virtual_clock_run(
 
 
 def _register_commands() -> None:
-    for module_name in _COMMAND_MODULES:
-        importlib.import_module(module_name).register(app)
+    for module in _COMMAND_MODULES:
+        module.register(app)
 
 
 def main() -> None:

@@ -31,9 +31,9 @@ from services.cli_support import CommandError, console, run_async
 from services.clock.calendar import sessions_between
 from services.clock.schedule import JobType, all_slots_between
 from services.clock.virtual import VirtualClock
-from services.core.host import ServiceContext, hosted
-from services.core.projections import known_projections
-from services.core.runtime import Runtime, connect_runtime
+from services.core.host import ServiceContext
+from services.core.runtime import Runtime
+from services.stack import all_projections, connect_runtime, hosted
 from services.strategy.commands import apply_all
 from services.strategy.config import PortfolioSpec, parse_portfolio_spec
 
@@ -318,7 +318,7 @@ def register(app: typer.Typer) -> None:
                     result = await run_demo(
                         rt, days=days, portfolios=portfolios, seed=seed, today=date.today(), progress=progress
                     )
-                await ProjectionRunner(rt.store, known_projections()).run_once()
+                await ProjectionRunner(rt.store, all_projections()).run_once()
                 for table in await summary_tables(rt):
                     console.print(table)
                 day_word = "trading day" if len(result.days) == 1 else "trading days"

@@ -12,6 +12,9 @@ Layers, from the bottom:
   ``commands`` (the operator's commands) modules; only the command line imports it.
 - command-line modules (``services.cli``, ``services.cli_support``, ``services.demo``, every ``cli.py``):
   only other command-line modules import them, and none imports the root command ``services.cli``.
+- the composition root ``services.stack`` (the one list of services, each declared in its
+  ``definition.py``): it may import anything; only the command line imports it (the host below it is given
+  the list, it never looks a service up).
 
 And the pure decision modules (``PURE_MODULES``) import neither asyncpg nor nats nor faststream, directly
 or through anything they import (the packages above a module included). A name taken from a package
@@ -39,6 +42,7 @@ PACKAGES = ("eventstore", "services")
 DOMAIN = frozenset({"strategy", "orders", "positions", "alerts"})
 PLATFORM = frozenset({"core", "clock", "broker"})
 WEB = "web"
+COMPOSITION_ROOT = "services.stack"
 # What the web app may take from a domain service: the read side and the operator's commands.
 WEB_FACING_MODULES = frozenset({"queries", "commands"})
 IO_LIBRARIES = frozenset({"asyncpg", "nats", "faststream"})
@@ -192,8 +196,10 @@ def forbidden(imp: Import) -> str | None:
         return f"{source} is below the domain services and never imports one"
     if source.startswith("domain:") and target.startswith("domain:") and source != target:
         return "a domain service never imports another (shared things live in services.model)"
-    if target == WEB and source not in (WEB, "cli"):
-        return "only the command line imports the web app"
+    if imp.target == COMPOSITION_ROOT and source != "cli":
+        return "only the command line imports the composition root (the host is given the list of services)"
+    if target == WEB and source not in (WEB, "cli") and imp.importer != COMPOSITION_ROOT:
+        return "only the command line (and the composition root, which hosts it) imports the web app"
     if source == WEB and target.startswith("domain:") and imp.target.rpartition(".")[2] not in WEB_FACING_MODULES:
         return "the web app reads a domain service only through its queries and commands modules"
     return None
@@ -293,7 +299,8 @@ CLEAN = {
     "services/cli.py": "from services.orders.cli import register\n",
     "services/orders/queries.py": "from services.orders.lifecycle import OrderStatus\n",
     "services/web/app.py": "from services.orders.queries import OrderStatus\nfrom services.core.host import y\n",
-    "services/demo.py": "from services.web.app import create_app\n",
+    "services/demo.py": "from services.web.app import create_app\nfrom services.stack import hosted\n",
+    "services/stack.py": "from services.orders.service import setup\nfrom services.core.host import Catalog\n",
 }
 
 
@@ -342,7 +349,7 @@ CLEAN = {
         ),
         (
             {"services/core/host.py": "from services.web import app\n"},
-            "services.core.host:1 imports services.web.app: only the command line imports the web app",
+            "services.core.host:1 imports services.web.app: only the command line (and the composition root",
         ),
         (
             {"services/positions/service.py": "def f():\n    from services.web.app import create_app\n"},
@@ -355,6 +362,14 @@ CLEAN = {
         (
             {"services/web/app.py": "from services.cli_support import console\n"},
             "services.web.app:1 imports services.cli_support",
+        ),
+        (
+            {"services/core/host.py": "def f():\n    from services.stack import SERVICES\n"},
+            "services.core.host:2 imports services.stack: only the command line imports the composition root",
+        ),
+        (
+            {"services/orders/service.py": "from services.stack import hosted\n"},
+            "services.orders.service:1 imports services.stack",
         ),
     ],
 )

@@ -27,7 +27,7 @@ REQUEST_TIMEOUT = 5.0
 async def send_command(name: str, payload: dict[str, Any]) -> dict[str, Any]:
     """The alerts service's reply, or the same command run here when no service answers."""
     from services.alerts.service import AlertCommands
-    from services.core.runtime import connect_runtime
+    from services.stack import connect_runtime
 
     async with connect_runtime(name="openbell-alerts") as rt:
         data = msgspec.json.encode(payload)
@@ -89,7 +89,7 @@ def create_command(
 
 async def observed_prices(symbols: list[str]) -> dict[str, str]:
     """The latest observed price of each symbol that has one (as exact decimal strings)."""
-    from services.core.runtime import connect_runtime
+    from services.stack import connect_runtime
 
     async with connect_runtime(name="openbell-alerts") as rt, rt.store.pool.acquire() as con:
         if not await con.fetchval("SELECT to_regclass('latest_quotes') IS NOT NULL"):
@@ -100,7 +100,7 @@ async def observed_prices(symbols: list[str]) -> dict[str, str]:
 
 
 async def has_observed_quote(symbol: str) -> bool:
-    from services.core.runtime import connect_runtime
+    from services.stack import connect_runtime
 
     async with connect_runtime(name="openbell-alerts") as rt, rt.store.pool.acquire() as con:
         if not await con.fetchval("SELECT to_regclass('latest_quotes') IS NOT NULL"):
@@ -154,7 +154,7 @@ def notifications_command(
     """Notifications: fills, cancels, rejections, triggered alerts, tripped breakers, halts, discrepancies."""
     from eventstore.projections import ProjectionRunner
     from services.alerts.projection import AlertsProjection
-    from services.core.runtime import connect_runtime
+    from services.stack import connect_runtime
 
     async def fetch() -> list[dict[str, Any]]:
         async with connect_runtime(name="openbell-notifications") as rt:

@@ -92,7 +92,7 @@ def subject_matches(pattern: str, subject: str) -> bool:
 
 def tick_command(job_type: Annotated[str, typer.Argument(help="A job type (openbell jobs lists them).")]) -> None:
     """Emit a manual tick for a job now (the job's consumer runs it)."""
-    from services.core.runtime import connect_runtime
+    from services.stack import connect_runtime
 
     try:
         job = parse_job_type(job_type)

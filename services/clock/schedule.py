@@ -2,16 +2,9 @@
 slots the clock missed. Everything here takes its time as an argument; nothing reads the wall clock.
 
 All schedules are defined in exchange time (America/New_York) from the real XNYS calendar, see
-:mod:`services.clock.calendar`; slots are tz-aware UTC instants.
-
-| job_type            | when (trading days only)                       | missed slots              |
-| ------------------- | ---------------------------------------------- | ------------------------- |
-| strategy_execution  | every 15 min from the open, open <= t < close  | skipped (stale)           |
-| order_status_check  | every 1 min from the open, open <= t <= close  | coalesced into one tick   |
-| position_sync       | every 5 min from the open, open <= t <= close  | coalesced into one tick   |
-| price_update        | every 5 min from the open, open <= t <= close  | coalesced into one tick   |
-| alert_price_check   | every 5 min from the open, open <= t < close   | coalesced into one tick   |
-| portfolio_snapshot  | once, at close + 5 min                         | fired once per missed close |
+:mod:`services.clock.calendar`; slots are tz-aware UTC instants. What each job's schedule is (its interval,
+whether the close is included, what happens to missed slots) sits beside its type in
+:mod:`services.core.jobs.types` (``SPECS``).
 """
 
 from __future__ import annotations
@@ -23,7 +16,10 @@ from enum import StrEnum
 from services.clock import calendar
 from services.clock.calendar import NEW_YORK, Session
 from services.core.jobs.types import (
+    SPECS,
+    JobSpec,
     JobType,
+    MissedPolicy,
     Tick,
     TickReason,
     UnknownJobType,
@@ -62,49 +58,6 @@ __all__ = [
     "tick_problem",
 ]
 
-
-class MissedPolicy(StrEnum):
-    SKIP = "skip"  # trading decisions on stale data are worse than none: skip and record
-    COALESCE = "coalesce"  # monitoring: one catch-up tick does the work of all missed ones
-    FIRE_EACH = "fire_each"  # snapshot: every missed close still gets its one snapshot
-
-
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    job_type: JobType
-    every: timedelta | None  # None: once per session, at close + after_close
-    include_close: bool
-    after_close: timedelta | None
-    missed: MissedPolicy
-    description: str
-
-
-SPECS: dict[JobType, JobSpec] = {
-    JobType.STRATEGY_EXECUTION: JobSpec(
-        JobType.STRATEGY_EXECUTION, timedelta(minutes=15), False, None, MissedPolicy.SKIP,
-        "every 15 min from the open, open <= t < close",
-    ),
-    JobType.ORDER_STATUS_CHECK: JobSpec(
-        JobType.ORDER_STATUS_CHECK, timedelta(minutes=1), True, None, MissedPolicy.COALESCE,
-        "every 1 min from the open, open <= t <= close",
-    ),
-    JobType.POSITION_SYNC: JobSpec(
-        JobType.POSITION_SYNC, timedelta(minutes=5), True, None, MissedPolicy.COALESCE,
-        "every 5 min from the open, open <= t <= close",
-    ),
-    JobType.PRICE_UPDATE: JobSpec(
-        JobType.PRICE_UPDATE, timedelta(minutes=5), True, None, MissedPolicy.COALESCE,
-        "every 5 min from the open, open <= t <= close",
-    ),
-    JobType.PORTFOLIO_SNAPSHOT: JobSpec(
-        JobType.PORTFOLIO_SNAPSHOT, None, False, timedelta(minutes=5), MissedPolicy.FIRE_EACH,
-        "once, at close + 5 min",
-    ),
-    JobType.ALERT_PRICE_CHECK: JobSpec(
-        JobType.ALERT_PRICE_CHECK, timedelta(minutes=5), False, None, MissedPolicy.COALESCE,
-        "every 5 min from the open, open <= t < close",
-    ),
-}
 
 JOB_ORDER: dict[JobType, int] = {job: i for i, job in enumerate(JobType)}
 

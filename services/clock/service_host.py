@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from services.broker import reports_exchange_calendar
 from services.clock.calendar_check import BrokerCalendarDay, CalendarSource
 from services.clock.service import ClockService
+from services.core.host import ServiceDefinition
 
 if TYPE_CHECKING:
     from services.core.host import ServiceContext
@@ -37,3 +38,7 @@ async def setup(ctx: ServiceContext) -> None:
     nc = await ctx.rt.connect_as("clock", "openbell-clock")
     clock = ClockService(ctx.rt.store, nc.jetstream(), ctx.rt.subjects, calendar_source=source)
     ctx.background(clock.run(ctx.stop), name="clock")
+
+
+# The clock consumes no ticks: it emits every job type's ticks (services/core/jobs/types.py, SPECS).
+SERVICE = ServiceDefinition(name="clock", setup=setup, nats_role="clock")

@@ -8,10 +8,12 @@ or TRUNCATE an event (refused by privileges, and by the append-only triggers beh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
+from eventstore.projections import Projection
 from eventstore.schema import migrate
 
 
@@ -82,19 +84,19 @@ async def _hand_over_objects(dsn: str, owner: str) -> None:
         await con.close()
 
 
-async def migrate_and_grant(owner_dsn: str, service: str | None) -> None:
-    """Run every migration as the owner (event store, read models, simulator tables), then give the
-    service role what it needs and nothing more. ``service`` None or the owner itself: no grants."""
+async def migrate_and_grant(owner_dsn: str, service: str | None, projections: Sequence[Projection] = ()) -> None:
+    """Run every migration as the owner (event store, the read models of ``projections``, simulator
+    tables), then give the service role what it needs and nothing more. ``service`` None or the owner
+    itself: no grants."""
     from services.broker.simulator.broker import SCHEMA as SIM_SCHEMA
     from services.broker.simulator.broker import SCHEMA_LOCK_KEY
     from services.core.jobs.lease import create_lease_table
-    from services.core.projections import known_projections
 
     con = await asyncpg.connect(owner_dsn)
     try:
         await migrate(con)
         await create_lease_table(con)
-        for projection in known_projections():
+        for projection in projections:
             async with con.transaction():
                 await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"projection:{projection.name}")
                 await projection.setup(con)

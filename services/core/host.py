@@ -1,17 +1,19 @@
 """The service host: runs one or more openbell services in one process.
 
-Every service is a module with ``async def setup(ctx: ServiceContext) -> None`` that registers its durable
-JetStream consumers on ``ctx.consumers``, its request/reply commands (FastStream subscribers) on
-``ctx.bus`` and its background loops with ``ctx.background``. The host then starts them and runs until
-stopped. ``openbell serve <names>`` and ``openbell demo`` both use it; the
-compose stack runs one service per container, and more copies of a service share its durable consumers.
+Every service declares what it provides in a :class:`ServiceDefinition` (its ``definition.py``, or beside
+its setup for the platform's own services): ``setup(ctx)``, which registers its durable JetStream consumers
+on ``ctx.consumers``, its request/reply commands on ``ctx.bus`` and its background loops with
+``ctx.background``; the projections of the read models it owns; the job types whose ticks it consumes; and
+the commands it answers. The host knows no service by name: the composition root (:mod:`services.stack`)
+passes it the one list of them (a :class:`Catalog`). ``openbell serve <names>`` and ``openbell demo`` both
+use it; the compose stack runs one service per container, and more copies of a service share its durable
+consumers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -20,30 +22,18 @@ from typing import Any
 
 from faststream.nats import NatsBroker
 
-from eventstore.projections import ProjectionRunner
+from eventstore.projections import Projection, ProjectionRunner
 from services.broker.protocol import Broker
 from services.broker.simulator.broker import ManualClock
 from services.core.health import HostHealth, set_current
 from services.core.jobs.consumer import DurableConsumers
 from services.core.jobs.runner import JobRunner
-from services.core.projections import known_projections, report_stops
+from services.core.jobs.types import JobType
+from services.core.projections import PLATFORM_PROJECTIONS, report_stops
 from services.core.runtime import Runtime, connect_runtime, faststream_options
 from services.core.settings import Settings, SettingsError, load_settings, split_nats_urls
 
 log = logging.getLogger(__name__)
-
-# name -> module with ``setup(ctx)``. Order matters only for readability of logs.
-SERVICES: dict[str, str] = {
-    "relay": "services.core.relay_service",
-    "projections": "services.core.projection_service",
-    "clock": "services.clock.service_host",
-    "strategy": "services.strategy.service",
-    "orders": "services.orders.service",
-    "positions": "services.positions.service",
-    "alerts": "services.alerts.service",
-    "web": "services.web.service",
-}
-
 
 class TickTime(ManualClock):
     """Simulated broker time: the latest tick time this process has seen; it never goes backwards (ticks
@@ -113,25 +103,60 @@ class ServiceContext:
         await self.projections.run_once(*names, relevant_only=True)
 
 
+@dataclass(frozen=True)
+class ServiceDefinition:
+    """What one service provides to the host."""
+
+    name: str
+    setup: Callable[[ServiceContext], Awaitable[None]]
+    # Factories of the read models it owns (each a ``Projection``); every host process knows them all, so a
+    # reader catches a read model up wherever it runs, and ``openbell replay`` rebuilds them.
+    projections: tuple[Callable[[], Projection], ...] = ()
+    job_types: tuple[JobType, ...] = ()  # the ticks it consumes (its setup subscribes them)
+    commands: tuple[str, ...] = ()  # the request/reply subjects it answers, below ``<prefix>.cmd.``
+    # The NATS role of a process that hosts this service alone (services/core/nats_auth.py).
+    nats_role: str = "services"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The services a process may host, in the order they start."""
+
+    services: tuple[ServiceDefinition, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.services]
+
+    def resolve(self, names: Sequence[str]) -> list[ServiceDefinition]:
+        """The definitions of ``names`` (``all`` or none: every service), or ValueError naming the unknown."""
+        by_name = {s.name: s for s in self.services}
+        if not names or list(names) == ["all"]:
+            return list(self.services)
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise ValueError(f"unknown service {unknown[0]!r} (known: {', '.join(by_name)}, all)")
+        return [by_name[n] for n in dict.fromkeys(names)]
+
+    def projections(self) -> list[Projection]:
+        """A fresh instance of every read model's projection: the platform's (job history) and each
+        service's."""
+        factories = [*PLATFORM_PROJECTIONS, *(f for s in self.services for f in s.projections)]
+        return [factory() for factory in factories]
+
+    def with_service(self, definition: ServiceDefinition) -> Catalog:
+        return Catalog((*self.services, definition))
+
+
 class ServiceLoopDied(Exception):
     """A background loop of the services ended while they were running: the process must exit non-zero."""
 
 
-def runtime_role(services: Sequence[str]) -> str:
-    """The NATS role of a service process's main connection: the clock's, the relay's or the web's alone, else the
-    services' (a process hosting the clock or the relay among others opens their connections too)."""
-    if list(services) in (["clock"], ["relay"], ["web"]):
-        return services[0]
-    return "services"
-
-
-def resolve_services(names: Sequence[str]) -> list[str]:
-    if not names or list(names) == ["all"]:
-        return list(SERVICES)
-    unknown = [n for n in names if n not in SERVICES]
-    if unknown:
-        raise ValueError(f"unknown service {unknown[0]!r} (known: {', '.join(SERVICES)}, all)")
-    return list(dict.fromkeys(names))
+def runtime_role(services: Sequence[ServiceDefinition]) -> str:
+    """The NATS role of a service process's main connection: a service's own role when it runs alone (the
+    clock's, the relay's, the web's), else the services' (a process hosting the clock or the relay among
+    others opens their connections too)."""
+    return services[0].nats_role if len(services) == 1 else "services"
 
 
 @contextlib.asynccontextmanager
@@ -139,17 +164,20 @@ async def hosted(
     names: Sequence[str],
     settings: Settings | None = None,
     *,
+    catalog: Catalog,
     runtime: Runtime | None = None,
     broker_factory: Callable[[ServiceContext], Awaitable[Broker]] | None = None,
     virtual: bool = False,
     worker: str | None = None,
 ) -> AsyncIterator[ServiceContext]:
-    """Start the named services in this process; they run until the context exits."""
-    services = resolve_services(names)
+    """Start the named services of ``catalog`` in this process; they run until the context exits."""
+    definitions = catalog.resolve(names)
+    services = [d.name for d in definitions]
     async with contextlib.AsyncExitStack() as stack:
         if runtime is None:
             runtime = await stack.enter_async_context(
-                connect_runtime(settings, name=f"openbell-{'+'.join(services)}", role=runtime_role(services)))
+                connect_runtime(settings, name=f"openbell-{'+'.join(services)}", role=runtime_role(definitions),
+                                projections=catalog.projections()))
         # FastStream logs each message at log_level (debug: quiet by default) and handler errors as errors;
         # its lifecycle chatter stays below warnings unless debugging.
         bus_logger = logging.getLogger("openbell.bus")
@@ -181,7 +209,7 @@ async def hosted(
                 worker=worker,
                 lease=timedelta(seconds=runtime.settings.job_takeover_seconds),
             ),
-            projections=ProjectionRunner(runtime.store, known_projections()),
+            projections=ProjectionRunner(runtime.store, catalog.projections()),
             stop=asyncio.Event(),
             broker_factory=broker_factory,
             virtual=virtual,
@@ -192,9 +220,8 @@ async def hosted(
         try:
             # Inside the try: a setup or a start that fails still stops what was started before it.
             await ctx.projections.setup()
-            for name in services:
-                module = importlib.import_module(SERVICES[name])
-                await module.setup(ctx)
+            for definition in definitions:
+                await definition.setup(ctx)
             await bus.start()
             await ctx.consumers.start()
             log.info("services running: %s", ", ".join(services))
@@ -216,6 +243,7 @@ async def serve_forever(
     names: Sequence[str],
     settings: Settings | None = None,
     *,
+    catalog: Catalog,
     virtual: bool = False,
     until: Callable[[ServiceContext], Awaitable[None]] | None = None,
 ) -> None:
@@ -227,7 +255,7 @@ async def serve_forever(
     from services.core.health import HealthState, heartbeat, serve_health
 
     settings = settings or load_settings()
-    services = resolve_services(names)
+    services = [d.name for d in catalog.resolve(names)]
     health = HealthState()
     stop_http: Callable[[], None] | None = None
     if settings.metrics_port is not None:
@@ -249,7 +277,7 @@ async def serve_forever(
         loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
     try:
-        async with hosted(services, settings, virtual=virtual) as ctx:
+        async with hosted(services, settings, catalog=catalog, virtual=virtual) as ctx:
             ctx.background(heartbeat(ctx, services, health, every=settings.heartbeat_seconds), "heartbeat")
             # Until asked to stop (or the virtual clock's run ends), or until a background loop dies: then
             # the process exits non-zero, and a supervisor restarts it, rather than staying up with a loop gone.

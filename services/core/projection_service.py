@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from services.core.host import ServiceContext
+from services.core.host import ServiceContext, ServiceDefinition
 
 
 async def setup(ctx: ServiceContext) -> None:
     ctx.background(ctx.projections.run(ctx.stop), "projections")
+
+
+SERVICE = ServiceDefinition(name="projections", setup=setup)

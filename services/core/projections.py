@@ -1,33 +1,21 @@
-"""The list of openbell's read-model projections, for the services that run them and for ``openbell replay``.
+"""The platform's own read model (the job history) and how a projection that stops is reported.
 
-Each entry is ``module:factory``; the factory returns a ``Projection`` instance.
+Each service names the projections of the read models it owns in its ``ServiceDefinition``; the
+composition root (:mod:`services.stack`) gathers them all for the host and for ``openbell replay``.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from eventstore import ANY, EventStore
 from eventstore.projections import Projection, ProjectionRunner
 from services.core import metrics
+from services.core.jobs.projection import JobsProjection
 
-PROJECTION_FACTORIES: tuple[str, ...] = (
-    "services.core.jobs.projection:JobsProjection",
-    "services.strategy.projection:StrategyProjection",
-    "services.strategy.projection:EvaluationsProjection",
-    "services.orders.projection:TradesProjection",
-    "services.positions.projection:PortfolioProjection",
-    "services.alerts.projection:AlertsProjection",
-)
-
-
-def known_projections() -> list[Projection]:
-    projections: list[Projection] = []
-    for entry in PROJECTION_FACTORIES:
-        module_name, _, factory = entry.partition(":")
-        projections.append(getattr(importlib.import_module(module_name), factory)())
-    return projections
+# The job history's projection: it belongs to the platform (every job of every service records there).
+PLATFORM_PROJECTIONS: tuple[Callable[[], Projection], ...] = (JobsProjection,)
 
 
 def report_stops(runner: ProjectionRunner, store: EventStore) -> None:

@@ -6,7 +6,7 @@ from nats.aio.msg import Msg
 
 from eventstore.relay import Relay
 from services.core import event_feeds, metrics
-from services.core.host import ServiceContext
+from services.core.host import ServiceContext, ServiceDefinition
 from services.core.runtime import parse_append_notice
 
 # Published as soon as they are appended in the relay's process (see eventstore.relay): an order request
@@ -41,3 +41,6 @@ async def setup(ctx: ServiceContext) -> None:
     ctx.background(run(), "relay")
     # Halts, order lifecycle, risk refusals and discrepancies as feeds (from the events the relay publishes).
     await event_feeds.setup(ctx)
+
+
+SERVICE = ServiceDefinition(name="relay", setup=setup, nats_role="relay")

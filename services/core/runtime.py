@@ -17,7 +17,7 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +28,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from eventstore import AppendResult, EventStore
+from eventstore.projections import Projection
 from services.core import metrics
 from services.core.dbroles import ensure_roles, migrate_and_grant, role_of
 from services.core.embedded import PG_OWNER_ROLE, PG_SERVICE_ROLE, EmbeddedNats, EmbeddedPostgres
@@ -359,22 +360,30 @@ async def _ensure_streams(servers: Servers, settings: Settings, subjects: Subjec
         await admin.close()
 
 
-async def migrate_database(servers: Servers) -> None:
-    """The owner runs the migrations and grants the service role its privileges (when we have its URL)."""
+async def migrate_database(servers: Servers, projections: Sequence[Projection] = ()) -> None:
+    """The owner runs the migrations (the event store's, and the tables of ``projections``' read models)
+    and grants the service role its privileges (when we have its URL)."""
     if servers.database_owner_url is not None:
-        await migrate_and_grant(servers.database_owner_url, role_of(servers.database_url))
+        await migrate_and_grant(servers.database_owner_url, role_of(servers.database_url), projections)
 
 
 @contextlib.asynccontextmanager
 async def connect_runtime(
-    settings: Settings | None = None, *, name: str = "openbell", pool_size: int = 10, role: str = "operator"
+    settings: Settings | None = None,
+    *,
+    name: str = "openbell",
+    pool_size: int = 10,
+    role: str = "operator",
+    projections: Sequence[Projection] = (),
 ) -> AsyncIterator[Runtime]:
     """``role``: the NATS role of the runtime's connection (services/core/nats_auth.py): ``operator`` for
-    the CLI, ``services``/``clock``/``relay`` for services, ``admin`` for the demo."""
+    the CLI, ``services``/``clock``/``relay`` for services, ``admin`` for the demo. ``projections``: the
+    read models whose tables the owner creates if missing (the composition root, :mod:`services.stack`,
+    passes them all)."""
     settings = settings or load_settings()
     servers = await ensure_servers(settings)
     try:
-        await migrate_database(servers)
+        await migrate_database(servers, projections)
         store = await connect_store(servers.database_url, max_size=pool_size)
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
         raise CredentialsRefused(

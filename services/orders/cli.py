@@ -23,8 +23,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Orders with their status, quantities, average fill price and broker ids."""
         from eventstore.projections import ProjectionRunner
-        from services.core.runtime import connect_runtime
         from services.orders.projection import TradesProjection
+        from services.stack import connect_runtime
 
         async def main() -> list[Any]:
             async with connect_runtime(name="openbell-orders") as rt:

@@ -44,7 +44,7 @@ def _json_rows(rows: list[dict[str, Any]]) -> None:
 
 async def _fetch(*queries: tuple[Any, ...]) -> list[list[dict[str, Any]]]:
     """Run ``(sql, *args)`` queries on the caught-up read models; one result list per query."""
-    from services.core.runtime import connect_runtime
+    from services.stack import connect_runtime
 
     async with connect_runtime(name="openbell-positions") as rt:
         await refresh(rt.store)

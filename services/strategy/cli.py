@@ -46,7 +46,7 @@ def _report(results: list[CommandResult]) -> None:
 
 def _run(action: Any) -> None:
     """Run a command coroutine factory taking the store; configuration errors become one-line errors."""
-    from services.core.runtime import connect_runtime
+    from services.stack import connect_runtime
 
     async def main() -> list[CommandResult]:
         async with connect_runtime(name="openbell-cli") as rt:
@@ -104,7 +104,7 @@ def portfolio_resume(name: str, reason: Annotated[str, typer.Option(help="Why (r
 @portfolio_app.command("list")
 def portfolio_list() -> None:
     """Portfolios with their strategies and state."""
-    from services.core.runtime import connect_runtime
+    from services.stack import connect_runtime
     from services.strategy.portfolio import load_portfolio
 
     async def main() -> list[Any]:

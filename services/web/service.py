@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.core.host import ServiceContext
+from services.core.host import ServiceContext, ServiceDefinition
 from services.web.server import WebServer
 
 
@@ -10,3 +10,6 @@ async def setup(ctx: ServiceContext) -> None:
     server = WebServer(ctx.rt)
     await server.start()  # binds now: a port in use stops the command before anything else runs
     ctx.background(server.run_until(ctx.stop), name="web")
+
+
+SERVICE = ServiceDefinition(name="web", setup=setup, nats_role="web")

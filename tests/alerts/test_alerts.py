@@ -12,9 +12,10 @@ from nats.aio.client import Client as NatsClient
 
 from services.broker.protocol import Broker
 from services.broker.simulator.broker import SimBroker, SimConfig, SimFaults
-from services.core.host import ServiceContext, hosted
+from services.core.host import ServiceContext
 from services.core.jobs.types import JobType
 from services.model.vocabulary import Side
+from services.stack import hosted
 from tests.positions.helpers import (
     append_fill,
     fill,

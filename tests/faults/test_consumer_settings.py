@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NatsClient
 
-from services.core import host
+from services import stack
 from services.core.settings import load_settings
 from services.core.subjects import Subjects
 from tests.positions.helpers import sim_factory
@@ -18,7 +18,7 @@ async def test_every_consumer_of_every_service_uses_the_configured_ack_wait(
         nats_url=nats_url, database_url=pg_dsn, subject_prefix=subject_prefix, ack_wait_seconds=7.0, max_deliver=3
     )
     services = ["strategy", "orders", "positions", "alerts"]
-    async with host.hosted(services, settings, broker_factory=sim_factory(pg_dsn), virtual=True):
+    async with stack.hosted(services, settings, broker_factory=sim_factory(pg_dsn), virtual=True):
         pass
     subjects = Subjects(subject_prefix)
     js = nc.jetstream()

@@ -20,6 +20,8 @@ from eventstore.relay import Relay
 from services.core import host
 from services.core.embedded import EmbeddedPostgres
 from services.core.subjects import Subjects
+from services.stack import SERVICES
+from tests.faults import dying_service
 from tests.positions.helpers import settings_for
 
 SECOND = uuid.uuid4()  # appended once PostgreSQL is back (a retried append writes it once)
@@ -104,14 +106,14 @@ async def test_relay_and_projections_survive_a_postgresql_crash(
 
 
 async def test_a_loop_that_dies_stops_serve_with_an_error(
-    pg_dsn: str, nats_url: str, subject_prefix: str, monkeypatch: pytest.MonkeyPatch
+    pg_dsn: str, nats_url: str, subject_prefix: str
 ) -> None:
     """A loop ending while the services run is not left behind as a healthy-looking process: the health
     state says so (for /readyz), and `openbell serve` stops with an error (exit 1 from the command)."""
-    monkeypatch.setitem(host.SERVICES, "dying", "tests.faults.dying_service")
+    catalog = SERVICES.with_service(host.ServiceDefinition("dying", dying_service.setup))
     settings = settings_for(pg_dsn, nats_url, subject_prefix)
     with pytest.raises(host.ServiceLoopDied, match=r"dying-loop.*a bug in the loop"):
-        await asyncio.wait_for(host.serve_forever(["relay", "dying"], settings), 30)
+        await asyncio.wait_for(host.serve_forever(["relay", "dying"], settings, catalog=catalog), 30)
     from services.core.health import current
 
     health = current()

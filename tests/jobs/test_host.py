@@ -14,17 +14,19 @@ import urllib.request
 import pytest
 
 from services.core import host
+from services.stack import SERVICES
 from tests.jobs import broken_service
 from tests.positions.helpers import settings_for
 
 
 async def test_a_failing_setup_stops_what_was_started(
-    pg_dsn: str, nats_url: str, subject_prefix: str, monkeypatch: pytest.MonkeyPatch
+    pg_dsn: str, nats_url: str, subject_prefix: str
 ) -> None:
-    monkeypatch.setitem(host.SERVICES, "broken", "tests.jobs.broken_service")
+    catalog = SERVICES.with_service(host.ServiceDefinition("broken", broken_service.setup))
     broken_service.stopped.clear()
     with pytest.raises(RuntimeError, match="setup failed"):
-        async with host.hosted(["relay", "orders", "broken"], settings_for(pg_dsn, nats_url, subject_prefix)):
+        settings = settings_for(pg_dsn, nats_url, subject_prefix)
+        async with host.hosted(["relay", "orders", "broken"], settings, catalog=catalog):
             pytest.fail("the host must not run with a service that failed to set up")
     assert broken_service.stopped == ["loop"]
 

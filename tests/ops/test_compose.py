@@ -20,9 +20,9 @@ from services.broker import BrokerSettings
 from services.broker.alpaca import AlpacaSettings
 from services.core import nats_auth
 from services.core.embedded import nats_server_binary
-from services.core.host import SERVICES
 from services.core.settings import Settings
 from services.positions.settings import PositionsSettings
+from services.stack import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +49,7 @@ def test_every_service_has_a_container_that_serves_it() -> None:
     served = {
         name: spec["command"] for name, spec in services.items() if name not in ("nats", "postgres", "setup")
     }
-    assert {name: ["serve", name] for name in SERVICES} == served
+    assert {name: ["serve", name] for name in SERVICES.names} == served
     assert services["setup"]["command"] == ["setup"] and services["setup"]["restart"] == "no"
     for name in served:
         depends = services[name]["depends_on"]
@@ -132,8 +132,8 @@ def test_nats_runs_from_a_config_it_accepts_with_the_users_and_permissions_of_th
     services = compose()["services"]
     roles = {name: spec["environment"]["OPENBELL_NATS_USER"] for name, spec in services.items()
              if name not in ("nats", "postgres")}
-    assert roles == {"setup": "admin", "clock": "clock", "relay": "relay", "web": "web", **{
-        name: "services" for name in SERVICES if name not in ("clock", "relay", "web")}}
+    # ... the role each service's definition names for a process of its own.
+    assert roles == {"setup": "admin", **{service.name: service.nats_role for service in SERVICES.services}}
     for name, role in roles.items():
         variable = nats_auth.compose_password_variable(role)
         assert services[name]["environment"]["OPENBELL_NATS_PASSWORD"].startswith("${" + variable + ":?")

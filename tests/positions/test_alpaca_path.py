@@ -12,10 +12,11 @@ from nats.aio.client import Client as NatsClient
 from services.broker.alpaca import AlpacaBroker
 from services.broker.protocol import Broker
 from services.broker.ratelimit import RateLimiter
-from services.core.host import ServiceContext, hosted
+from services.core.host import ServiceContext
 from services.core.jobs.types import JobType
 from services.model.vocabulary import Side
 from services.positions.books import load_book
+from services.stack import hosted
 from tests.broker.conftest import API_KEY, API_SECRET, alpaca_settings_for
 from tests.fake_alpaca import FakeAlpaca
 from tests.positions.helpers import append_fill, fill, open_portfolio, run_tick, settings_for, wait_for

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from nats.aio.client import Client as NatsClient
 
-from services.core.host import hosted
 from services.core.jobs.types import JobType
 from services.model.vocabulary import Side
 from services.positions.books import load_book
+from services.stack import hosted
 from tests.positions.helpers import append_fill, fill, open_portfolio, run_tick, settings_for, sim_factory, wait_for
 
 OPENBELL = str(Path(sys.executable).parent / "openbell")

@@ -10,9 +10,9 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 
 from eventstore.relay import envelope_of
-from services.core.host import hosted
 from services.model.vocabulary import Side
 from services.positions.books import load_book
+from services.stack import hosted
 from tests.positions.helpers import append_fill, fill, open_portfolio, settings_for, wait_for
 
 T0 = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)

@@ -11,10 +11,11 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from services.broker.models import OrderRequest, OrderSide, OrderType
-from services.core.host import ServiceContext, hosted
+from services.core.host import ServiceContext
 from services.core.jobs.types import JobType
 from services.model.vocabulary import Side
 from services.positions.books import load_book
+from services.stack import hosted
 from tests.positions.helpers import (
     append_fill,
     fill,

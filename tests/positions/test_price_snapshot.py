@@ -11,11 +11,12 @@ from nats.aio.client import Client as NatsClient
 
 from services.broker.simulator.broker import SimBroker
 from services.clock import calendar
-from services.core.host import ServiceContext, hosted
+from services.core.host import ServiceContext
 from services.core.jobs.types import JobType, TickReason
 from services.model.vocabulary import Side
 from services.positions.books import load_book
 from services.positions.valuation import value_portfolio
+from services.stack import hosted
 from tests.positions.helpers import (
     append_fill,
     fill,

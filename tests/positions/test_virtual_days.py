@@ -25,11 +25,12 @@ from services.broker.simulator.broker import SimBroker, SimConfig
 from services.broker.simulator.engine import FillPolicy
 from services.clock import calendar
 from services.clock.virtual import VirtualClock
-from services.core.host import ServiceContext, hosted
+from services.core.host import ServiceContext
 from services.core.jobs.types import JobType, TickReason
 from services.model.vocabulary import Side
 from services.positions.books import load_book
 from services.positions.projection import PortfolioProjection
+from services.stack import hosted
 from services.strategy.commands import apply_all
 from services.strategy.config import parse_portfolio_spec
 from tests.positions.helpers import append_fill, fill, redeliver_tick, run_tick, settings_for, wait_for

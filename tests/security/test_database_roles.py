@@ -15,7 +15,7 @@ import pytest
 from eventstore import EventStore, NewEvent
 from eventstore.projections import ProjectionRunner
 from services.core.dbroles import ensure_roles, migrate_and_grant
-from services.core.projections import known_projections
+from services.stack import all_projections
 
 
 def _dsn_as(dsn: str, user: str, password: str | None, database: str) -> str:
@@ -108,7 +108,7 @@ async def test_a_service_connection_appends_and_reads_but_cannot_remove_or_rewri
 async def test_a_service_connection_writes_its_read_models_and_checkpoints(roles: Roles) -> None:
     store = await EventStore.connect(roles.service_dsn, max_size=2)
     try:
-        runner = ProjectionRunner(store, known_projections())
+        runner = ProjectionRunner(store, all_projections())
         await runner.setup()  # finds the owner's tables, creates nothing
         await store.append("probe-2", [NewEvent(type="SecurityProbe", data={"n": 2}, event_id=uuid.uuid4())])
         await runner.run_once()

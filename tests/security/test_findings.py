@@ -22,10 +22,11 @@ from nats.aio.client import Client as NatsClient
 from eventstore import ANY, NO_STREAM
 from services.clock import calendar
 from services.core.events import new_event
-from services.core.host import ServiceContext, hosted
+from services.core.host import ServiceContext
 from services.core.jobs.types import JobType, Tick, TickReason, encode_tick
 from services.model.events.alerts import NotificationRaised
 from services.model.events.strategy import PortfolioOpened
+from services.stack import hosted
 from services.strategy import plugins
 from tests.positions.helpers import job_end, run_tick, settings_for, sim_factory, wait_for
 

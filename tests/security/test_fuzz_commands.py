@@ -13,8 +13,8 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NatsClient
 
-from services.core.host import hosted
 from services.model.text import MAX_ERROR
+from services.stack import hosted
 from tests.positions.helpers import settings_for, sim_factory
 
 SEED = 20261203

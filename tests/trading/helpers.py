@@ -11,10 +11,10 @@ import msgspec
 from eventstore import EventStore
 from eventstore.projections import ProjectionRunner
 from services.core.events import registry
-from services.core.projections import known_projections
 from services.model.events.orders import OrderFilled, OrderPartiallyFilled
 from services.model.vocabulary import Side
 from services.positions.books import load_book
+from services.stack import all_projections
 from services.strategy.config import PortfolioSpec, parse_portfolio_spec
 
 TERMINAL = {"filled", "canceled", "rejected", "expired"}
@@ -100,7 +100,7 @@ async def books_settle_to_fills(store: EventStore, specs: list[PortfolioSpec], t
 async def read_model_tables(store: EventStore) -> dict[str, list[tuple[Any, ...]]]:
     tables: dict[str, list[tuple[Any, ...]]] = {}
     async with store.pool.acquire() as con:
-        for projection in known_projections():
+        for projection in all_projections():
             for table in projection.tables:
                 tables[table] = sorted(
                     (
@@ -113,7 +113,7 @@ async def read_model_tables(store: EventStore) -> dict[str, list[tuple[Any, ...]
 
 
 async def assert_rebuild_equals_live(store: EventStore) -> None:
-    runner = ProjectionRunner(store, known_projections())
+    runner = ProjectionRunner(store, all_projections())
     await runner.run_once()
     live = await read_model_tables(store)
     for name in runner.projections:

@@ -14,8 +14,9 @@ from services.broker.alpaca import AlpacaBroker
 from services.broker.protocol import Broker
 from services.broker.ratelimit import RateLimiter
 from services.broker.simulator.engine import FillPolicy
-from services.core.host import ServiceContext, hosted
+from services.core.host import ServiceContext
 from services.core.jobs.types import JobType
+from services.stack import hosted
 from services.strategy.commands import apply_all
 from services.strategy.config import parse_portfolio_spec
 from tests.broker.conftest import API_KEY, API_SECRET, alpaca_settings_for

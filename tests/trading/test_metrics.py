@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.core.host import hosted
 from services.core.jobs.types import JobType
 from services.core.metrics import serve_metrics
+from services.stack import hosted
 from services.strategy.commands import apply_all
 from services.strategy.config import parse_portfolio_spec
 from tests.positions.helpers import run_tick, settings_for, sim_factory, wait_for

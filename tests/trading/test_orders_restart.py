@@ -19,8 +19,9 @@ from services.broker.simulator.broker import SimBroker, SimConfig
 from services.broker.simulator.engine import FillPolicy
 from services.clock import calendar
 from services.clock.virtual import VirtualClock
-from services.core.host import ServiceContext, hosted
+from services.core.host import ServiceContext
 from services.core.jobs.types import JobType
+from services.stack import hosted
 from services.strategy.commands import apply_all
 from tests.positions.helpers import settings_for, wait_for
 from tests.trading.helpers import TERMINAL, books_settle_to_fills, portfolios, rows

@@ -14,12 +14,13 @@ from services.broker.models import OrderSide
 from services.broker.protocol import Broker
 from services.broker.simulator.broker import SimBroker, SimConfig, wall_clock
 from services.core.events import new_event, registry
-from services.core.host import ServiceContext, hosted
+from services.core.host import ServiceContext
 from services.model.events.orders import OrderRejected, OrderSubmitted
 from services.model.events.strategy import OrderRequested
 from services.model.ids import client_order_id
 from services.model.streams import order_stream
 from services.model.vocabulary import OrderType, Side
+from services.stack import hosted
 from tests.positions.helpers import settings_for, wait_for
 
 

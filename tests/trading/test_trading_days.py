@@ -16,9 +16,10 @@ from services.broker.simulator.broker import SimBroker, SimConfig
 from services.broker.simulator.engine import FillPolicy
 from services.clock import calendar
 from services.clock.virtual import VirtualClock
-from services.core.host import ServiceContext, hosted
+from services.core.host import ServiceContext
 from services.core.jobs.types import JobType
 from services.positions.books import load_book
+from services.stack import hosted
 from services.strategy.commands import apply_all
 from tests.positions.helpers import redeliver_tick, settings_for, wait_for
 from tests.trading.helpers import (

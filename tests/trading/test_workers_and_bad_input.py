@@ -13,8 +13,9 @@ from nats.aio.client import Client as NatsClient
 from services.broker.protocol import Broker
 from services.broker.simulator.broker import SimBroker, SimConfig
 from services.clock import calendar
-from services.core.host import ServiceContext, hosted
+from services.core.host import ServiceContext
 from services.core.jobs.types import JobType
+from services.stack import hosted
 from services.strategy.commands import apply_all
 from tests.positions.helpers import redeliver_tick, run_tick, settings_for, wait_for
 from tests.trading.helpers import portfolios, rows

@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.core.runtime import Runtime, connect_runtime
+from services.core.runtime import Runtime
 from services.core.settings import load_settings
+from services.stack import connect_runtime
 from services.web.server import WebServer
 
 OPERATOR_TOKEN = "test-operator-token-0123456789"

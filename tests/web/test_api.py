@@ -13,9 +13,8 @@ import msgspec
 
 from eventstore.projections import ProjectionRunner
 from services.core import feeds
-from services.core.host import hosted
-from services.core.projections import known_projections
 from services.core.runtime import Runtime
+from services.stack import all_projections, hosted
 from services.strategy.commands import apply_all
 from services.strategy.config import parse_portfolio_spec
 from services.web.app import TOKEN_HEADER
@@ -29,7 +28,7 @@ T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 async def open_portfolios(rt: Runtime, *names: str) -> None:
     specs = [parse_portfolio_spec({"name": n, "starting_cash": "25000"}) for n in names]
     await apply_all(rt.store, specs, T0)
-    await ProjectionRunner(rt.store, known_projections()).run_once()
+    await ProjectionRunner(rt.store, all_projections()).run_once()
 
 
 async def test_before_the_read_models_exist_the_api_answers_503_in_one_line(rt: Runtime, web: WebServer) -> None:

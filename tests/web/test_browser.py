@@ -16,10 +16,9 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from eventstore.projections import ProjectionRunner
 from services.core import feeds
-from services.core.host import hosted
-from services.core.projections import known_projections
 from services.core.runtime import Runtime
 from services.demo import run_demo
+from services.stack import all_projections, hosted
 from services.web.live import feed_position
 from services.web.server import WebServer
 from tests.positions.helpers import wait_for
@@ -98,7 +97,7 @@ async def test_dashboard_during_a_demo_day(rt: Runtime, web: WebServer, page: Pa
         if not demo.done():
             demo.cancel()
     # As `openbell demo` does: the read models take in the day's last events (the services have stopped).
-    await ProjectionRunner(rt.store, known_projections()).run_once()
+    await ProjectionRunner(rt.store, all_projections()).run_once()
 
     last = (await feed_position(rt.js, rt.subjects))[1]
     # Every message of the day's feeds follows the contract (its kind's Struct decodes it), and the

@@ -43,7 +43,7 @@ def jobs_command(
     """Table of every job: status, schedule, last/next run, runs, failures, average duration."""
     if ctx.invoked_subcommand is not None:
         return
-    from services.core.runtime import connect_runtime
+    from services.stack import connect_runtime
 
     async def show() -> None:
         async with connect_runtime(name="openbell-jobs") as rt:
@@ -72,7 +72,7 @@ def jobs_command(
 
 
 def _operator_action(job_type: str, enable: bool, reason: str) -> None:
-    from services.core.runtime import connect_runtime
+    from services.stack import connect_runtime
 
     try:
         job = parse_job_type(job_type)
@@ -120,7 +120,7 @@ def history_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Job executions (runs), newest first, with their counters or error."""
-    from services.core.runtime import connect_runtime
+    from services.stack import connect_runtime
 
     try:
         job_type = parse_job_type(job).value if job is not None else None

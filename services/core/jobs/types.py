@@ -1,13 +1,25 @@
-"""The contract between the clock and every tick consumer: job types and the tick payload.
+"""The contract between the clock and every tick consumer: the job types, each beside its schedule
+(``SPECS``), and the tick payload.
 
-It lives in the shared kernel so consumers do not depend on the clock service; the clock re-exports it
-(:mod:`services.clock.schedule`, :mod:`services.clock.ticks`).
+A new job type is one member of :class:`JobType` and its :class:`JobSpec` here; the clock
+(:mod:`services.clock.schedule`) computes its slots from the spec, and the service that runs it names it in
+its ``definition.py``. It lives in the platform so consumers do not depend on the clock service.
+
+| job_type            | when (trading days only)                       | missed slots              |
+| ------------------- | ---------------------------------------------- | ------------------------- |
+| strategy_execution  | every 15 min from the open, open <= t < close  | skipped (stale)           |
+| order_status_check  | every 1 min from the open, open <= t <= close  | coalesced into one tick   |
+| position_sync       | every 5 min from the open, open <= t <= close  | coalesced into one tick   |
+| price_update        | every 5 min from the open, open <= t <= close  | coalesced into one tick   |
+| alert_price_check   | every 5 min from the open, open <= t < close   | coalesced into one tick   |
+| portfolio_snapshot  | once, at close + 5 min                         | fired once per missed close |
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 import msgspec
@@ -20,6 +32,50 @@ class JobType(StrEnum):
     PRICE_UPDATE = "price_update"
     PORTFOLIO_SNAPSHOT = "portfolio_snapshot"
     ALERT_PRICE_CHECK = "alert_price_check"
+
+
+class MissedPolicy(StrEnum):
+    SKIP = "skip"  # trading decisions on stale data are worse than none: skip and record
+    COALESCE = "coalesce"  # monitoring: one catch-up tick does the work of all missed ones
+    FIRE_EACH = "fire_each"  # snapshot: every missed close still gets its one snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    job_type: JobType
+    every: timedelta | None  # None: once per session, at close + after_close
+    include_close: bool
+    after_close: timedelta | None
+    missed: MissedPolicy
+    description: str
+
+
+SPECS: dict[JobType, JobSpec] = {
+    JobType.STRATEGY_EXECUTION: JobSpec(
+        JobType.STRATEGY_EXECUTION, timedelta(minutes=15), False, None, MissedPolicy.SKIP,
+        "every 15 min from the open, open <= t < close",
+    ),
+    JobType.ORDER_STATUS_CHECK: JobSpec(
+        JobType.ORDER_STATUS_CHECK, timedelta(minutes=1), True, None, MissedPolicy.COALESCE,
+        "every 1 min from the open, open <= t <= close",
+    ),
+    JobType.POSITION_SYNC: JobSpec(
+        JobType.POSITION_SYNC, timedelta(minutes=5), True, None, MissedPolicy.COALESCE,
+        "every 5 min from the open, open <= t <= close",
+    ),
+    JobType.PRICE_UPDATE: JobSpec(
+        JobType.PRICE_UPDATE, timedelta(minutes=5), True, None, MissedPolicy.COALESCE,
+        "every 5 min from the open, open <= t <= close",
+    ),
+    JobType.PORTFOLIO_SNAPSHOT: JobSpec(
+        JobType.PORTFOLIO_SNAPSHOT, None, False, timedelta(minutes=5), MissedPolicy.FIRE_EACH,
+        "once, at close + 5 min",
+    ),
+    JobType.ALERT_PRICE_CHECK: JobSpec(
+        JobType.ALERT_PRICE_CHECK, timedelta(minutes=5), False, None, MissedPolicy.COALESCE,
+        "every 5 min from the open, open <= t < close",
+    ),
+}
 
 
 class UnknownJobType(ValueError):
