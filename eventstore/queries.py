@@ -1,13 +1,17 @@
-"""Typed page of the event log (the audit trail): one stream by version, or all streams by position."""
+"""Queries of the log: a typed page of it (the audit trail: one stream by version, or all streams by
+position), and the events a read model has not reached yet."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 from pydantic import BaseModel, Field
+
+from eventstore.records import RecordedEvent
 
 
 class LoggedEvent(BaseModel):
@@ -56,3 +60,25 @@ async def read_event_page(
     if len(rows) > limit:
         last = items[-1].version if stream_id is not None else items[-1].global_position
     return EventPage(items=items, next_after=last)
+
+
+async def events_after_checkpoint(
+    con: asyncpg.Connection, checkpoint: str, event_types: Sequence[str]
+) -> list[RecordedEvent]:
+    """The committed events of ``event_types`` after a reader's checkpoint: what that read model has not
+    applied yet (also those it could not take yet, behind an older transaction still open). Run it in the
+    same transaction as the read model's own query to see both at one moment."""
+    rows = await con.fetch(_AFTER_CHECKPOINT, checkpoint, list(event_types))
+    return [RecordedEvent(*row[:6], {}, row[6]) for row in rows]
+
+
+_AFTER_CHECKPOINT = """
+WITH checkpoint AS (
+    SELECT coalesce(max(position), 0) AS position, coalesce(max(tx), 0) AS tx
+    FROM eventstore_checkpoints WHERE name = $1
+)
+SELECT e.global_position, e.stream_id, e.stream_version, e.event_id, e.event_type, e.data, e.recorded_at
+FROM events e, checkpoint c
+WHERE e.event_type = ANY($2::text[]) AND (e.tx_id, e.global_position) > (c.tx::text::xid8, c.position)
+ORDER BY e.global_position
+"""

@@ -20,13 +20,23 @@ from services.core.projection_service import SERVICE as PROJECTIONS
 from services.core.relay_service import SERVICE as RELAY
 from services.core.runtime import Runtime
 from services.core.settings import Settings
+from services.model.reads import ReadModels
+from services.orders import queries as orders_queries
 from services.orders.definition import SERVICE as ORDERS
+from services.positions import queries as positions_queries
 from services.positions.definition import SERVICE as POSITIONS
 from services.strategy.definition import SERVICE as STRATEGY
 from services.web.service import SERVICE as WEB
 
+# What a service may read of another's read model: the owners' query functions.
+READS = ReadModels(
+    committed_orders=orders_queries.committed_orders,
+    quarantined_symbols=positions_queries.quarantined_symbols,
+    day_start_equity=positions_queries.day_start_equity,
+)
+
 # In the order they start (it matters only for the logs).
-SERVICES = Catalog((RELAY, PROJECTIONS, CLOCK, STRATEGY, ORDERS, POSITIONS, ALERTS, WEB))
+SERVICES = Catalog((RELAY, PROJECTIONS, CLOCK, STRATEGY, ORDERS, POSITIONS, ALERTS, WEB), READS)
 
 
 def all_projections() -> list[Projection]:

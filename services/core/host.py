@@ -32,6 +32,7 @@ from services.core.jobs.types import JobType
 from services.core.projections import PLATFORM_PROJECTIONS, report_stops
 from services.core.runtime import Runtime, connect_runtime, faststream_options
 from services.core.settings import Settings, SettingsError, load_settings, split_nats_urls
+from services.model.reads import ReadModels
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class ServiceContext:
     broker_factory: Callable[[ServiceContext], Awaitable[Broker]] | None = None
     tick_time: TickTime = field(default_factory=lambda: TickTime(datetime(2000, 1, 1, tzinfo=UTC)))
     virtual: bool = False
+    # Other services' read models, through their owners' query functions (given by the composition root).
+    reads: ReadModels | None = None
     # Which background loops run; a loop that dies stops the host (see services.core.health).
     health: HostHealth = field(default_factory=HostHealth)
     _broker: Broker | None = None
@@ -123,6 +126,7 @@ class Catalog:
     """The services a process may host, in the order they start."""
 
     services: tuple[ServiceDefinition, ...]
+    reads: ReadModels | None = None  # the owners' query functions, for services that read another's read model
 
     @property
     def names(self) -> list[str]:
@@ -145,7 +149,7 @@ class Catalog:
         return [factory() for factory in factories]
 
     def with_service(self, definition: ServiceDefinition) -> Catalog:
-        return Catalog((*self.services, definition))
+        return Catalog((*self.services, definition), self.reads)
 
 
 class ServiceLoopDied(Exception):
@@ -213,6 +217,7 @@ async def hosted(
             stop=asyncio.Event(),
             broker_factory=broker_factory,
             virtual=virtual,
+            reads=catalog.reads,
             health=health,
         )
         report_stops(ctx.projections, runtime.store)

@@ -1,4 +1,5 @@
-"""Typed queries on the trades read model (one row per order): filtered, keyset-paged (newest first).
+"""Typed queries on the trades read model (one row per order): filtered, keyset-paged (newest first), and
+what open orders still commit (for the strategy service's risk checks, through ``ServiceContext.reads``).
 
 A page is found through the index on (portfolio_id, requested_at, client_order_id): the cost of a page does
 not grow with the number of orders before it."""
@@ -7,12 +8,21 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
+from decimal import Decimal
 
 import asyncpg
 from pydantic import BaseModel, Field
 
+from eventstore.projections import checkpoint_name
+from eventstore.queries import events_after_checkpoint
 from services.core.decimals import PlainDecimal
+from services.core.events import registry
+from services.model.events.strategy import OrderRequested
+from services.model.reads import CommittedOrder
+from services.model.vocabulary import OPEN_ORDER_STATUSES, Side
 from services.orders.lifecycle import OrderStatus
+
+TRADES = "trades"  # the read model's name (services/orders/projection.py)
 
 OPEN_STATUSES = ("requested", "submitted", "unknown", "partially_filled")
 
@@ -111,3 +121,66 @@ async def list_orders(
     return OrderPage(
         items=items, next_cursor=encode_cursor(items[-1].requested_at, items[-1].client_order_id) if more else None
     )
+
+
+# -------------------------------------------------------------------- what orders commit (for risk checks)
+
+# Per portfolio, symbol and side: what is filled but not booked (at the fill price), what open limit orders
+# may still take (at their limits), and what open market orders may still take (no price yet).
+_COMMITTED_IN_TRADES = """
+WITH parts AS (
+    SELECT portfolio_id, symbol, side, filled_qty - booked_qty AS qty, (filled_qty - booked_qty) * avg_fill_price
+        AS notional FROM trades WHERE filled_qty > booked_qty
+    UNION ALL
+    SELECT portfolio_id, symbol, side, qty - filled_qty, (qty - filled_qty) * limit_price FROM trades
+    WHERE status = ANY($1::text[]) AND qty > filled_qty
+)
+SELECT portfolio_id, symbol, side,
+    coalesce(sum(qty) FILTER (WHERE notional IS NOT NULL), 0) AS priced_qty,
+    coalesce(sum(notional), 0) AS notional,
+    coalesce(sum(qty) FILTER (WHERE notional IS NULL), 0) AS market_qty
+FROM parts GROUP BY portfolio_id, symbol, side
+"""
+
+_trades_exist: list[bool] = []
+
+
+async def committed_orders(con: asyncpg.Connection) -> list[CommittedOrder]:
+    """Every portfolio's orders that still commit cash or shares the books do not show: open ones, and
+    fills the positions service has not booked yet, summed per symbol and side, apart for the market
+    orders' rest (valued at the tick's price).
+
+    From the trades read model as projected and, at the same moment (one repeatable-read snapshot), the
+    order requests the projection has not reached yet, counted whole: no catch-up on the path of every
+    tick. Other events not projected yet (fills, cancels, bookings) can only make these figures too high
+    for a moment, never too low: a risk check may refuse an order that would just have fitted, never let
+    through one that does not."""
+    async with con.transaction(isolation="repeatable_read", readonly=True):
+        # Before the read model's first run there is no table: every request in the log is then open.
+        if not _trades_exist and await con.fetchval("SELECT to_regclass('trades') IS NOT NULL"):
+            _trades_exist.append(True)  # once it exists, it stays: asked once per process
+        rows = await con.fetch(_COMMITTED_IN_TRADES, list(OPEN_ORDER_STATUSES)) if _trades_exist else []
+        requested = await events_after_checkpoint(con, checkpoint_name(TRADES), ["OrderRequested"])
+    # (portfolio, symbol, side, priced) -> [qty, notional]: the priced parts apart from the market orders' rest
+    sums: dict[tuple[str, str, Side, bool], list[Decimal]] = {}
+
+    def add(portfolio_id: str, symbol: str, side: Side, qty: Decimal, notional: Decimal | None) -> None:
+        total = sums.setdefault((portfolio_id, symbol, side, notional is not None), [Decimal(0), Decimal(0)])
+        total[0] += qty
+        total[1] += notional or 0
+
+    for row in rows:
+        side = Side(row["side"])
+        if row["priced_qty"]:
+            add(row["portfolio_id"], row["symbol"], side, row["priced_qty"], row["notional"])
+        if row["market_qty"]:
+            add(row["portfolio_id"], row["symbol"], side, row["market_qty"], None)
+    for event in requested:
+        order = registry.decode(event)
+        assert isinstance(order, OrderRequested)
+        notional = None if order.limit_price is None else order.qty * order.limit_price
+        add(order.portfolio_id, order.symbol, order.side, order.qty, notional)
+    return [
+        CommittedOrder(portfolio_id=pid, symbol=symbol, side=side, qty=qty, notional=notional if priced else None)
+        for (pid, symbol, side, priced), (qty, notional) in sums.items()
+    ]

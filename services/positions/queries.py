@@ -183,3 +183,35 @@ async def list_fills(
             )
         )
     return fills
+
+
+# ------------------------------------------------------------ for the strategy service's decisions
+
+_EXISTING_TABLES: set[str] = set()
+
+
+async def _exists(con: asyncpg.Connection, table: str) -> bool:
+    """Whether the read model's table exists yet (once it does, it stays: remembered per process)."""
+    if table not in _EXISTING_TABLES and await con.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+        _EXISTING_TABLES.add(table)
+    return table in _EXISTING_TABLES
+
+
+async def quarantined_symbols(con: asyncpg.Connection) -> frozenset[str]:
+    """The symbols position_sync quarantined: no new orders in them until the discrepancy is resolved."""
+    if not await _exists(con, "quarantined_symbols"):
+        return frozenset()
+    return frozenset(row[0] for row in await con.fetch("SELECT symbol FROM quarantined_symbols"))
+
+
+async def day_start_equity(con: asyncpg.Connection, trading_day: date) -> dict[str, Decimal]:
+    """Each portfolio's total value at its last snapshot before ``trading_day`` (the daily-loss limit's
+    base)."""
+    if not await _exists(con, "portfolio_snapshots"):
+        return {}
+    rows = await con.fetch(
+        "SELECT DISTINCT ON (portfolio_id) portfolio_id, total_value FROM portfolio_snapshots"
+        " WHERE trading_day < $1 ORDER BY portfolio_id, trading_day DESC",
+        trading_day,
+    )
+    return {row[0]: Decimal(row[1]) for row in rows}

@@ -1,6 +1,7 @@
-"""What earlier orders still commit beyond the books, read from the trades read model on a real
-PostgreSQL: open orders' rest (at their limit, or at the market), fills not booked yet, nothing for
-closed, fully booked orders, and the order requests the projection has not reached yet."""
+"""What earlier orders still commit beyond the books (the orders service's query for the strategy's risk
+checks), read from the trades read model on a real PostgreSQL: open orders' rest (at their limit, or at the
+market), fills not booked yet, nothing for closed, fully booked orders, and the order requests the
+projection has not reached yet."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from eventstore import EventStore
 from eventstore.projections import checkpoint_name
 from services.core.events import new_event
 from services.model.events.strategy import OrderRequested
+from services.model.reads import CommittedOrder
 from services.model.streams import order_stream
 from services.model.vocabulary import OrderType, Side
 from services.orders.projection import TradesProjection
-from services.strategy.decide import PendingOrder
-from services.strategy.service import read_pending_orders
+from services.orders.queries import committed_orders
 
 AT = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
 
@@ -30,7 +31,7 @@ def request(coid: str, symbol: str, qty: str, limit: str | None) -> OrderRequest
     )
 
 
-async def test_pending_orders_from_the_trades_read_model(pg_dsn: str) -> None:
+async def test_committed_orders_from_the_trades_read_model_and_the_requests_after_it(pg_dsn: str) -> None:
     store = await EventStore.connect(pg_dsn)
     con = await asyncpg.connect(pg_dsn)
     try:
@@ -60,14 +61,15 @@ async def test_pending_orders_from_the_trades_read_model(pg_dsn: str) -> None:
                 coid, pid, symbol, side, Decimal(qty), None if limit is None else Decimal(limit), status, AT, n,
                 Decimal(filled), None if avg is None else Decimal(avg), Decimal(booked),
             )
-        pending = await read_pending_orders(con)
+        committed = await committed_orders(con)
     finally:
         await con.close()
         await store.close()
-    assert set(pending) == {"p1"}
-    assert sorted(pending["p1"], key=lambda p: (p.symbol, p.side.value, p.notional is None)) == [
-        PendingOrder(symbol="AAPL", side=Side.BUY, qty=Decimal(9), notional=Decimal(906)),  # 3 x 100 + 6 x 101
-        PendingOrder(symbol="AAPL", side=Side.BUY, qty=Decimal(12), notional=None),  # 10 open + 2 requested since
-        PendingOrder(symbol="MSFT", side=Side.SELL, qty=Decimal(3), notional=Decimal(600)),
-        PendingOrder(symbol="NVDA", side=Side.BUY, qty=Decimal(3), notional=Decimal(93)),  # requested since
+    assert sorted(committed, key=lambda c: (c.portfolio_id, c.symbol, c.side.value, c.notional is None)) == [
+        CommittedOrder(portfolio_id="p1", symbol="AAPL", side=Side.BUY, qty=Decimal(9), notional=Decimal(906)),
+        # 10 open at the market + 2 requested since (market)
+        CommittedOrder(portfolio_id="p1", symbol="AAPL", side=Side.BUY, qty=Decimal(12), notional=None),
+        CommittedOrder(portfolio_id="p1", symbol="MSFT", side=Side.SELL, qty=Decimal(3), notional=Decimal(600)),
+        # requested since, at its limit
+        CommittedOrder(portfolio_id="p1", symbol="NVDA", side=Side.BUY, qty=Decimal(3), notional=Decimal(93)),
     ]
