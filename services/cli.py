@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import asyncpg
 import msgspec
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -24,6 +23,7 @@ from rich.table import Table
 from typer.core import TyperOption
 
 from eventstore import PositionNotFound, RecordedEvent
+from eventstore.faults import is_retryable
 from services import demo
 from services.alerts import cli as alerts_cli
 from services.cli_support import CommandError, console, err_console, fail, run_async
@@ -234,9 +234,6 @@ def _event_line(event: RecordedEvent) -> str:
 
 
 # What a database going away mid-command raises (refused, shutting down, connection closed).
-_LOST_DATABASE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
-
-
 def event_json(event: RecordedEvent) -> dict[str, object]:
     """One event as plain JSON: ``data`` an object (not the stored JSON text), times ISO 8601 with zone."""
     return {
@@ -323,7 +320,9 @@ def events(
                                 return
                 except PositionNotFound as exc:
                     raise CommandError(f"{exc} (use a position printed by 'openbell events')") from None
-                except _LOST_DATABASE as exc:
+                except Exception as exc:
+                    if not is_retryable(exc):  # the database's outage (one classification, eventstore.faults)
+                        raise
                     log.warning("lost PostgreSQL at %s (%s); retrying every 2s", where,
                                 str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                     while True:
@@ -331,7 +330,9 @@ def events(
                         try:
                             async with rt.store.pool.acquire() as con:
                                 await con.fetchval("SELECT 1")
-                        except _LOST_DATABASE:
+                        except Exception as exc:
+                            if not is_retryable(exc):
+                                raise
                             continue
                         log.warning("PostgreSQL at %s is back", where)
                         break

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from services.core.host import ServiceContext, ServiceDefinition
-from services.web.server import WebServer
 
 
 async def setup(ctx: ServiceContext) -> None:
+    # Loaded here, not with the list of services: every command imports that list, few serve the web app.
+    from services.web.server import WebServer
+
     server = WebServer(ctx.rt)
     await server.start()  # binds now: a port in use stops the command before anything else runs
     ctx.background(server.run_until(ctx.stop), name="web")
