@@ -15,7 +15,8 @@ from services.core.host import hosted
 from services.core.jobs.types import JobType
 from services.model.vocabulary import Side
 from services.positions.books import load_book
-from tests.positions.helpers import append_fill, fill, open_portfolio, run_tick, settings_for, sim_factory, wait_for
+from tests.positions.helpers import append_fill, fill, open_portfolio, run_tick, settings_for, sim_factory
+from tests.waiting import until
 
 OPENBELL = str(Path(sys.executable).parent / "openbell")
 T0 = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
@@ -42,7 +43,7 @@ async def test_commands(pg_dsn: str, nats_url: str, subject_prefix: str, nc: Nat
             book, _ = await load_book(store, "p1")
             return book is not None and book.position("AAPL").qty == 10
 
-        await wait_for(booked)
+        await until(booked, what="the fill booked into p1")
         for day in range(2):
             at = T0 + timedelta(days=day)
             await run_tick(ctx, JobType.PRICE_UPDATE, at.replace(hour=21))

@@ -22,8 +22,9 @@ from services.clock.virtual import VirtualClock
 from services.core.host import ServiceContext, hosted
 from services.core.jobs.types import JobType
 from services.strategy.commands import apply_all
-from tests.positions.helpers import settings_for, wait_for
+from tests.positions.helpers import settings_for
 from tests.trading.helpers import TERMINAL, books_settle_to_fills, portfolios, rows
+from tests.waiting import until
 
 DAY = calendar.session(date(2026, 11, 18))
 SEED, CASH, LATENCY = 5, Decimal(500_000), 20
@@ -74,7 +75,7 @@ async def test_orders_service_killed_and_restarted(
                     return False
                 return True
 
-            await wait_for(orders_consuming, timeout=30)
+            await until(orders_consuming, 30, "the orders process's order_status_check consumer")
             clock = VirtualClock(store, ctx.rt.nc, ctx.rt.subjects, tick_timeout=60)
             kill_at = DAY.open + timedelta(hours=2, minutes=15)
             killed = asyncio.Event()
