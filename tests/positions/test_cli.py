@@ -52,12 +52,15 @@ async def test_commands(pg_dsn: str, nats_url: str, subject_prefix: str, nc: Nat
         # tail: started before a feed message, prints it, stops after --count.
         tail = asyncio.create_task(openbell("tail", "--count", "1", env=env))
         # Core NATS keeps nothing for a subscriber that is not there yet: publish until the tail has one.
-        while not tail.done():
+        async def tail_ended() -> bool:
             await nc.publish(f"{subject_prefix}.feed.price.AAPL",
                              b'{"kind": "price", "symbol": "AAPL", "price": "1.5"}')
             await nc.flush()
             await asyncio.wait({tail}, timeout=0.2)
-        code, out, err = await asyncio.wait_for(tail, 60)
+            return tail.done()
+
+        await until(tail_ended, 60, "openbell tail to print a feed message and end", interval=0)
+        code, out, err = await tail
         assert code == 0, err
         assert f"{subject_prefix}.feed.price.AAPL  symbol=AAPL  price=1.5" in out
 

@@ -90,7 +90,7 @@ async def test_orders_service_killed_and_restarted(
             await asyncio.wait_for(killed.wait(), 120)
             process.wait(10)
             assert process.returncode == -signal.SIGKILL
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the outage under test: the orders service stays down while ticks go on
             process = start_orders_service(pg_dsn, nats_url, subject_prefix)
             result = await asyncio.wait_for(run, 300)
             assert result.outcomes["completed"] == result.ticks, result.outcomes
