@@ -35,6 +35,8 @@ FILL_ORDER_WAIT = 10.0  # seconds a fill waits for its portfolio's earlier fills
 
 
 class FillConsumer(PositionsShell):
+    """The handler of the positions service's durable consumers of OrderPartiallyFilled and OrderFilled."""
+
     async def on_fill(self, delivery: Delivery) -> None:
         """Book one order fill (OrderPartiallyFilled / OrderFilled envelope) into its portfolio."""
         try:

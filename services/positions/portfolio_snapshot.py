@@ -25,6 +25,8 @@ class SnapshotsIncomplete(RuntimeError):
 
 
 class PortfolioSnapshot(PositionsShell):
+    """The portfolio_snapshot job (``portfolio_snapshot``), run by the job runner for each of its ticks."""
+
     async def portfolio_snapshot(self, job: JobContext) -> dict[str, int]:
         at = job.scheduled_at
         day = snapshot_day(at)

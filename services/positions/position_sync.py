@@ -60,6 +60,8 @@ class _Comparison:
 
 
 class PositionSync(PositionsShell):
+    """The position_sync job (``position_sync``), run by the job runner for each of its ticks."""
+
     @property
     def policy(self) -> ReconcilePolicy:
         return self.settings.position_sync_policy

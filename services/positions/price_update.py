@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 
 class PriceUpdate(PositionsShell):
+    """The price_update job (``price_update``), run by the job runner for each of its ticks."""
+
     async def price_update(self, job: JobContext) -> dict[str, int]:
         at, tick_id = job.scheduled_at, job.tick.tick_id
         await self.ctx.catch_up(PortfolioProjection.name, "alerts")
