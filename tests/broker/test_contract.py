@@ -21,6 +21,7 @@ from services.broker.models import (
 )
 from services.broker.protocol import Broker
 from tests.broker.conftest import START, Harness
+from tests.waiting import until
 
 
 def market(client_id: str, qty: str = "10", side: OrderSide = OrderSide.BUY, symbol: str = "AAPL") -> OrderRequest:
@@ -254,11 +255,9 @@ async def test_trade_updates_stream_reports_cumulative_fills(harness: Harness) -
     consumer = asyncio.create_task(consume())
     if harness.fake is not None:
         # alpaca-py does not wait for the listen acknowledgement: wait until the server has us.
-        for _ in range(200):
-            if harness.fake.listeners():
-                break
-            await asyncio.sleep(0.02)
-        assert harness.fake.listeners() == 1
+        fake = harness.fake
+        await until(lambda: fake.listeners(), 4, "the fake Alpaca to have our trade-updates listener", interval=0.02)
+        assert fake.listeners() == 1
     await asyncio.sleep(0)
     order = await harness.broker.submit_order(market("contract-stream-1", "9"))
     await harness.advance(timedelta(seconds=5))

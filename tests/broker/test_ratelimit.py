@@ -15,13 +15,9 @@ from services.broker.ratelimit import Priority, RateLimiter
 from services.orders.service import listing_floor
 from tests.broker.conftest import API_KEY, API_SECRET, START, alpaca_settings_for
 from tests.fake_alpaca import FakeAlpaca, Fault
+from tests.waiting import until
 
 LIMIT = 20
-
-
-async def _until_called(fake: FakeAlpaca, name: str) -> None:
-    while fake.calls[name] == 0:  # noqa: ASYNC110 (the fake's counter is the only signal it landed)
-        await asyncio.sleep(0.01)
 
 
 async def test_a_late_response_does_not_raise_the_budget(clock: object) -> None:
@@ -33,7 +29,8 @@ async def test_a_late_response_does_not_raise_the_budget(clock: object) -> None:
         # The first request stalls; the server counts it first (its answer will say 19 left) ...
         fake.add_fault("GET", "/v2/account", Fault("stall", seconds=3.0))
         slow = asyncio.create_task(broker.get_account())
-        await asyncio.wait_for(_until_called(fake, "GET /v2/account"), 5)
+        # The fake's counter is the only signal the request landed.
+        await until(lambda: fake.calls["GET /v2/account"], 5, "the fake to count the first request", interval=0.01)
         # ... while 18 more are sent and answered: one request is left in this window.
         for _ in range(LIMIT - 2):
             await broker.get_clock()

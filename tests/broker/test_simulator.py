@@ -285,7 +285,7 @@ async def test_rate_limiter_priorities_and_reset() -> None:
 
     limiter.update_from_headers({"X-Ratelimit-Remaining": "0"}, 200)
     tasks = [asyncio.create_task(take(p)) for p in (Priority.QUOTES, Priority.ORDER_STATUS, Priority.ORDER_SUBMIT)]
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.02)  # none of them gets through within 0.02 s:
     assert order == []  # nothing left until the reset
     now[0] = 1061.0  # the window resets: the budget refills
     await asyncio.wait_for(asyncio.gather(*tasks), 2)

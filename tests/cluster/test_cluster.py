@@ -5,7 +5,6 @@ order is lost (bench.chaos's invariants)."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from services.core import nats_auth
 from services.core.nats_cluster import NatsCluster, node_config
 from services.core.settings import SettingsError, load_settings
 from services.core.subjects import Subjects
+from tests.waiting import until
 
 
 def test_settings_take_several_urls_and_replicas() -> None:
@@ -56,12 +56,19 @@ async def test_streams_have_three_replicas_on_the_cluster_whose_nodes_authentica
         try:
             subjects = Subjects("clustered")
             js = nc.jetstream()
-            for _ in range(150):  # until the new cluster has elected its JetStream meta leader
-                try:
-                    await subjects.ensure_streams(js, replicas=3)
-                    break
-                except nats.errors.Error:
-                    await asyncio.sleep(0.2)
+
+            async def streams_made() -> bool:
+                await subjects.ensure_streams(js, replicas=3)
+                return True
+
+            # Refused until the new cluster has elected its JetStream meta leader.
+            await until(
+                streams_made,
+                30,
+                "the cluster's JetStream to create the streams",
+                interval=0.2,
+                tolerate=lambda exc: isinstance(exc, nats.errors.Error),
+            )
             info = await js.stream_info(subjects.events_stream)
             assert info.config.num_replicas == 3
             assert info.cluster is not None and info.cluster.leader is not None

@@ -11,6 +11,7 @@ import pytest
 
 from eventstore import EventStore, NewEvent, RecordedEvent
 from eventstore.projections import STOP_AFTER, Projection, ProjectionFailed, ProjectionRunner, ProjectionStopped
+from tests.waiting import until
 
 
 def moved(amount: str) -> NewEvent:
@@ -127,10 +128,11 @@ async def test_concurrent_runners_apply_each_event_once(store: EventStore) -> No
     stop = asyncio.Event()
     tasks = [asyncio.create_task(r.run(stop, poll_interval=0.005)) for r in runners]
     await asyncio.gather(*(store.append(f"acct-{i % 3}", [moved("1")]) for i in range(90)))
-    for _ in range(200):
-        if sum(r[2] for r in await table(store)) == 90:  # type: ignore[misc]
-            break
-        await asyncio.sleep(0.02)
+
+    async def all_applied() -> bool:
+        return sum(r[2] for r in await table(store)) == 90  # type: ignore[misc]
+
+    await until(all_applied, 10, "the 90 events applied", interval=0.02)
     stop.set()
     await asyncio.gather(*tasks)
     rows = await table(store)

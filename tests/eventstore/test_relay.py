@@ -15,6 +15,7 @@ from eventstore import ANY, EventStore, NewEvent, RecordedEvent
 from eventstore.relay import Relay, envelope_decoder
 from services.core.embedded import EmbeddedNats, EmbeddedPostgres
 from services.core.subjects import Subjects
+from tests.waiting import until
 
 
 def order_placed(n: int) -> NewEvent:
@@ -32,14 +33,6 @@ async def stream_messages(nc: NatsClient, subjects: Subjects) -> list[nats.aio.m
     return messages
 
 
-async def wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
 async def test_relay_publishes_every_event_once_with_envelope(
     store: EventStore, nc: NatsClient, subject_prefix: str
 ) -> None:
@@ -55,7 +48,7 @@ async def test_relay_publishes_every_event_once_with_envelope(
     async def all_published() -> bool:
         return relay.published >= 35
 
-    await wait_until(all_published)
+    await until(all_published, 20, "35 events published")
     stop.set()
     await task
     messages = await stream_messages(nc, subjects)
@@ -77,7 +70,7 @@ async def test_relay_publishes_every_event_once_with_envelope(
     async def one_more() -> bool:
         return again.published == 1
 
-    await wait_until(one_more)
+    await until(one_more, 20, "the restarted relay to publish the new event")
     stop.set()
     await task
     assert len(await stream_messages(nc, subjects)) == 36
@@ -95,7 +88,8 @@ async def test_only_one_relay_is_active_and_a_standby_takes_over(
     tasks.append(asyncio.create_task(second.run(stop_second)))
     for n in range(10):
         await store.append("order-1", [order_placed(n)])
-    await asyncio.sleep(0.6)
+    await until(lambda: first.published == 10, 20, "the active relay to publish the first 10 events")
+    await asyncio.sleep(0.6)  # the standby tries the lock every 0.5 s: it must stay a standby meanwhile
     assert not second.is_leader.is_set()
     stop_first.set()
     await tasks[0]
@@ -106,7 +100,7 @@ async def test_only_one_relay_is_active_and_a_standby_takes_over(
     async def all_in_stream() -> bool:
         return len(await stream_messages(nc, subjects)) == 20
 
-    await wait_until(all_in_stream)
+    await until(all_in_stream, 20, "20 events in the stream")
     stop_second.set()
     await tasks[1]
     assert first.published + second.published == 20
@@ -129,12 +123,12 @@ async def test_relay_survives_nats_restart_without_loss_or_duplicates(
             event = order_placed(n)
             await store.append(f"order-{n % 7}", [event])
             appended.append(event.event_id)
-            await asyncio.sleep(0.003)
+            await asyncio.sleep(0.003)  # a steady trickle, so the outage falls in the middle of it
 
     write = asyncio.create_task(writer(300))
-    await asyncio.sleep(0.3)
+    await until(lambda: relay.published >= 20, 20, "the relay publishing while the writer writes")
     private_nats.kill()
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # the outage under test: the server stays down for half a second
     private_nats.start(reuse=False)
     await write
 
@@ -143,7 +137,7 @@ async def test_relay_survives_nats_restart_without_loss_or_duplicates(
             return len(await stream_messages(nc, subjects)) >= len(appended)
         return False
 
-    await wait_until(delivered, 30)
+    await until(delivered, 30, "every appended event in the stream after the restart")
     stop.set()
     await task
     ids = [m.headers["Nats-Msg-Id"] for m in await stream_messages(nc, subjects)]  # type: ignore[index]
@@ -163,25 +157,28 @@ async def test_relay_survives_postgres_restart(
     task = asyncio.create_task(relay.run(stop))
     for n in range(20):
         await store.append("order-1", [order_placed(n)])
-    await asyncio.sleep(0.2)
+    await until(lambda: relay.published == 20, 20, "the first 20 events published before the crash")
     private_postgres.kill()
     private_postgres.start(reuse=False)
     # The pool drops its dead connections; appends work again once the server is back.
     for n in range(20, 40):
-        for _attempt in range(50):
-            try:
-                await store.append("order-1", [order_placed(n)])
-                break
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                last = exc
-                await asyncio.sleep(0.1)
-        else:
-            raise AssertionError(f"store did not recover: {last!r}")
+
+        async def appended(n: int = n) -> bool:
+            await store.append("order-1", [order_placed(n)])
+            return True
+
+        await until(
+            appended,
+            5,
+            f"append #{n} once PostgreSQL is back",
+            interval=0.1,
+            tolerate=lambda exc: isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError),
+        )
 
     async def all_in_stream() -> bool:
         return len(await stream_messages(nc, subjects)) == 40
 
-    await wait_until(all_in_stream, 30)
+    await until(all_in_stream, 30, "40 events in the stream")
     stop.set()
     await task
     await store.close()
@@ -233,7 +230,7 @@ async def test_relay_checkpoint_is_stored_once_caught_up_and_a_lost_write_only_r
     async def stored() -> bool:
         return relay.published == 20 and await checkpoint() == positions[-1]
 
-    await wait_until(stored)
+    await until(stored, 20, "20 events published and the checkpoint stored")
     assert relay.published_position == positions[-1]
     stop.set()
     await task
@@ -245,7 +242,7 @@ async def test_relay_checkpoint_is_stored_once_caught_up_and_a_lost_write_only_r
     async def resumed_at_checkpoint() -> bool:
         return resumed.published_position == positions[-1]
 
-    await wait_until(resumed_at_checkpoint)
+    await until(resumed_at_checkpoint, 20, "the resumed relay at its checkpoint")
     assert resumed.published == 0
     stop.set()
     await task
@@ -265,7 +262,7 @@ async def test_relay_checkpoint_is_stored_once_caught_up_and_a_lost_write_only_r
     async def republished() -> bool:
         return again.published == 8
 
-    await wait_until(republished)
+    await until(republished, 20, "the 8 events after the lost checkpoint republished")
     stop.set()
     await task
     messages = await stream_messages(nc, subjects)
@@ -301,7 +298,7 @@ async def test_early_types_are_published_from_the_append_and_counted_once(
     async def all_published() -> bool:
         return relay.published == 7
 
-    await wait_until(all_published)
+    await until(all_published, 20, "7 events published")
     stop.set()
     await task
     assert relay.published == 7  # each event counted once, early or not

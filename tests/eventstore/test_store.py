@@ -27,6 +27,7 @@ from eventstore import (
     WrongExpectedVersion,
 )
 from eventstore.store import _READ_ALL
+from tests.waiting import until
 
 
 class Deposited(msgspec.Struct, frozen=True, kw_only=True):
@@ -210,7 +211,7 @@ async def test_tailing_reader_never_skips_a_late_commit(store: EventStore, pg_ds
                         i,
                         event_id,
                     )
-                    await asyncio.sleep(rng.uniform(0.005, 0.04))
+                    await asyncio.sleep(rng.uniform(0.005, 0.04))  # a slow writer: commits out of order
                 written.add(event_id)
         finally:
             await con.close()
@@ -256,7 +257,7 @@ async def test_subscribe_all_catches_up_then_follows(store: EventStore) -> None:
                 return
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.05)
+    await until(lambda: len(received) == 5, 5, "the subscription to catch up with the first 5 events")
     for _ in range(3):
         await store.append("sub-1", [deposit()])
     await asyncio.wait_for(task, 5)

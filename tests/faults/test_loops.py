@@ -5,9 +5,7 @@ InternalClientError was missing from their retry lists), while the process staye
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 
 import asyncpg
 import nats
@@ -23,6 +21,7 @@ from services.core.subjects import Subjects
 from services.stack import SERVICES
 from tests.faults import dying_service
 from tests.positions.helpers import settings_for
+from tests.waiting import until
 
 SECOND = uuid.uuid4()  # appended once PostgreSQL is back (a retried append writes it once)
 
@@ -52,19 +51,6 @@ def test_one_classification_counts_every_server_error_and_no_bug() -> None:
     assert not is_retryable(ValueError("a bug"))
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if await check():
-                return
-        except Exception as exc:
-            if not is_retryable(exc):
-                raise
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
 async def test_relay_and_projections_survive_a_postgresql_crash(
     private_postgres: EmbeddedPostgres, nats_url: str, subject_prefix: str
 ) -> None:
@@ -89,12 +75,12 @@ async def test_relay_and_projections_survive_a_postgresql_crash(
             await store.append("counter-a", [NewEvent(type="Incremented", data={"by": 2}, event_id=SECOND)])
             return True
 
-        await until(lambda: caught_up(1))
+        await until(lambda: caught_up(1), 60, "the first event published and projected", tolerate=is_retryable)
         await asyncio.to_thread(private_postgres.kill)
         await asyncio.sleep(1.5)  # both loops meet the dead server (and its broken connections) meanwhile
         await asyncio.to_thread(private_postgres.start, reuse=False)
-        await until(appended)
-        await until(lambda: caught_up(2))
+        await until(appended, 60, "an append once PostgreSQL is back", tolerate=is_retryable)
+        await until(lambda: caught_up(2), 60, "the second event published and projected", tolerate=is_retryable)
         assert not any(loop.done() for loop in loops)
         info = await nc.jetstream().stream_info(subjects.events_stream)
         assert info.state.messages == 2

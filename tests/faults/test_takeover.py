@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from nats.aio.client import Client as NatsClient
 
 from eventstore import EventStore
+from eventstore.faults import is_retryable
 from services.core.embedded import EmbeddedPostgres
 from services.core.events import new_event, registry
 from services.core.jobs.consumer import DurableConsumers, subscribe_ticks
@@ -21,6 +22,7 @@ from services.core.jobs.lease import RunLeases
 from services.core.jobs.runner import JobContext, JobRunner
 from services.core.jobs.types import JobType, Tick, TickReason, encode_tick
 from services.core.subjects import Subjects
+from tests.waiting import until
 
 T0 = datetime(2026, 7, 2, 14, 0, tzinfo=UTC)  # a Thursday, 10:00 New York: a position_sync slot
 CLOSE_PLUS_5 = datetime(2026, 7, 2, 20, 5, tzinfo=UTC)  # that day's portfolio_snapshot slot
@@ -39,13 +41,6 @@ async def consumers(nats_url: str) -> AsyncIterator[DurableConsumers]:
     made = DurableConsumers(nats_url, ack_wait=1.0, max_deliver=2)
     yield made
     await made.stop()
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def run_events(store: EventStore, tick_id: str) -> list[object]:
@@ -83,7 +78,7 @@ async def test_a_run_whose_worker_died_is_taken_over_once_its_lease_runs_out(
             events = await run_events(store, tick.tick_id)
             return bool(events) and isinstance(events[-1], JobExecutionCompleted)
 
-        await until(completed)
+        await until(completed, 30, "the tick's run completed by the worker that took it over")
         waited = time.monotonic() - killed_at
         events = await run_events(store, tick.tick_id)
         assert [type(e).__name__ for e in events] == ["JobExecutionStarted"] * 2 + ["JobExecutionCompleted"]
@@ -130,17 +125,15 @@ async def test_a_postgresql_restart_during_a_run_ends_in_one_completed_execution
         await asyncio.wait_for(reading.wait(), 30)
         await asyncio.to_thread(private_postgres.kill)
         crashed.set()
-        await asyncio.sleep(3)
+        await asyncio.sleep(3)  # the outage under test: PostgreSQL stays down for 3 s
         await asyncio.to_thread(private_postgres.start, reuse=False)
 
         async def completed() -> bool:
-            try:
-                events = await run_events(store, tick.tick_id)
-            except Exception:  # noqa: BLE001 - the pool reconnects after the restart
-                return False
+            events = await run_events(store, tick.tick_id)
             return bool(events) and isinstance(events[-1], JobExecutionCompleted)
 
-        await until(completed, timeout=60)
+        # The pool reconnects after the restart: until then reading fails with a retryable error.
+        await until(completed, 60, "the tick's run completed after the restart", tolerate=is_retryable)
         events = await run_events(store, tick.tick_id)
         terminal = [e for e in events if not isinstance(e, JobExecutionStarted)]
         assert len(terminal) == 1 and isinstance(terminal[0], JobExecutionCompleted)

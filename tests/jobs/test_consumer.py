@@ -30,6 +30,7 @@ from services.core.jobs.consumer import (
 from services.core.jobs.runner import JobContext, JobRunner
 from services.core.jobs.types import JobType, Tick, TickReason, encode_tick
 from services.core.subjects import Subjects
+from tests.waiting import until
 
 T0 = datetime(2026, 7, 2, 13, 30, tzinfo=UTC)
 
@@ -47,14 +48,6 @@ async def brokers(nats_url: str) -> AsyncIterator[list[DurableConsumers]]:
     yield made
     for b in made:
         await b.stop()
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 async def dlq_messages(js: JetStreamContext, subjects: Subjects, service: str) -> list[tuple[bytes, dict[str, str]]]:
@@ -104,18 +97,14 @@ async def test_malformed_ticks_go_to_dlq_and_consumer_keeps_running(
         await js.publish(subject, payload)
     later = tick(6)
     await js.publish(subject, encode_tick(later))
-    await wait_for(lambda: len(ran) == 2)
+    await until(lambda: len(ran) == 2, 10, "the two good ticks run")
     assert ran == [good.tick_id, later.tick_id]
-    dead: list[tuple[bytes, dict[str, str]]] = []
 
-    async def collect() -> bool:
-        dead[:] = await dlq_messages(js, subjects, "positions")
-        return len(dead) == len(bad_payloads)
+    async def every_dead_letter() -> list[tuple[bytes, dict[str, str]]]:
+        dead = await dlq_messages(js, subjects, "positions")
+        return dead if len(dead) == len(bad_payloads) else []
 
-    deadline = time.monotonic() + 10
-    while not await collect():
-        assert time.monotonic() < deadline, f"only {len(dead)} dead letters"
-        await asyncio.sleep(0.05)
+    dead = await until(every_dead_letter, 10, f"{len(bad_payloads)} dead letters")
     assert [d[0] for d in dead] == list(bad_payloads)
     for (_payload, headers), expected in zip(dead, bad_payloads.values(), strict=True):
         assert expected in headers[H_REASON], headers[H_REASON]
@@ -158,12 +147,14 @@ async def test_transient_errors_are_retried_then_dead_lettered(
     js = nc.jetstream()
     for payload in (b"twice", b"always", b"poison", b"fine", b"server"):
         await js.publish(subject, payload)
-    await wait_for(
+    await until(
         lambda: len(attempts.get(b"always", [])) == 3
         and len(attempts.get(b"twice", [])) == 3
-        and len(attempts.get(b"server", [])) == 6
+        and len(attempts.get(b"server", [])) == 6,
+        10,
+        "the retries of always, twice and server",
     )
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # no delivery beyond these within 0.3 s (the backoff is 0.1 s)
     assert attempts[b"twice"] == [1, 2, 3]  # succeeded on the third delivery
     assert attempts[b"always"] == [1, 2, 3]  # gave up after max_deliver
     assert attempts[b"server"] == [1, 2, 3, 4, 5, 6]  # past max_deliver: the server was down, not the message
@@ -205,8 +196,8 @@ async def test_workers_share_one_durable_consumer(
                            reason=TickReason.SCHEDULED) for i in range(30)]
     for t in ticks:
         await js.publish(subjects.tick("order_status_check"), encode_tick(t), headers={"Nats-Msg-Id": t.tick_id})
-    await wait_for(lambda: len(ran["w1"]) + len(ran["w2"]) == 30)
-    await asyncio.sleep(0.2)
+    await until(lambda: len(ran["w1"]) + len(ran["w2"]) == 30, 10, "30 ticks run")
+    await asyncio.sleep(0.2)  # and no tick runs a second time within 0.2 s
     all_runs = ran["w1"] + ran["w2"]
     assert sorted(all_runs) == sorted(t.tick_id for t in ticks), "each tick ran exactly once"
     consumers = [c.name for c in await js.consumers_info(subjects.ticks_stream)]
@@ -232,20 +223,20 @@ async def test_consumers_keep_fetching_across_a_nats_restart(private_nats: Embed
     await consumers.start()
     try:
         await nc.jetstream().publish(subject, b"before")
-        await wait_for(lambda: handled == [b"before"])
+        await until(lambda: handled == [b"before"], 10, "the message published before the restart")
         private_nats.kill()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the outage under test: the server stays down for half a second
         private_nats.start(reuse=False)
-        deadline = time.monotonic() + 20
-        while True:  # publish once the client is back (its reconnect loop decides when)
-            try:
-                await nc.jetstream().publish(subject, b"after", headers={"Nats-Msg-Id": "after"})
-                break
-            except (nats.errors.Error, TimeoutError):
-                assert time.monotonic() < deadline, "the publisher never reconnected"
-                await asyncio.sleep(0.1)
-        await wait_for(lambda: b"after" in handled, timeout=20)
-        await asyncio.sleep(0.2)
+        # Publish once the client is back (its reconnect loop decides when); the message id keeps it once.
+        await until(
+            lambda: nc.jetstream().publish(subject, b"after", headers={"Nats-Msg-Id": "after"}),
+            20,
+            "the publisher to reconnect",
+            interval=0.1,
+            tolerate=lambda exc: isinstance(exc, nats.errors.Error | TimeoutError),
+        )
+        await until(lambda: b"after" in handled, 20, "the message published after the restart")
+        await asyncio.sleep(0.2)  # and nothing handled twice within 0.2 s
         assert handled == [b"before", b"after"]
         # Nothing is left undelivered. (The ack of "before" may be lost with the killed server's unsynced
         # consumer state: JetStream would then deliver it again after ack_wait, which handlers tolerate.)
@@ -285,11 +276,17 @@ async def test_stop_lets_a_handler_finish_then_cuts_a_hanging_one_short(
         took = time.monotonic() - t0
         assert finished == [b"slow"]
         assert (0.2 < took < 2.0) if acked else (took < 2.0)
-        deadline = time.monotonic() + 2  # the server may answer before it has read the closed client's ack
-        while (pending := (await js.consumer_info(subjects.events_stream, durable)).num_ack_pending) and acked:
-            assert time.monotonic() < deadline, "the finished message was never acknowledged"
-            await asyncio.sleep(0.02)
-        assert pending == (0 if acked else 1)  # not acknowledged: JetStream delivers it again after ack_wait
+
+        async def ack_pending() -> int:
+            return (await js.consumer_info(subjects.events_stream, durable)).num_ack_pending
+
+        async def acknowledged() -> bool:
+            return await ack_pending() == 0
+
+        if acked:  # the server may answer before it has read the closed client's ack
+            await until(acknowledged, 2, "the finished message's ack", interval=0.02)
+        else:
+            assert await ack_pending() == 1  # not acknowledged: JetStream delivers it again after ack_wait
 
 
 async def test_a_restart_with_new_settings_updates_the_durable_consumer(

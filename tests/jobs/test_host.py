@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -17,6 +16,7 @@ from services.core import host
 from services.stack import SERVICES
 from tests.jobs import broken_service
 from tests.positions.helpers import settings_for
+from tests.waiting import until
 
 
 async def test_a_failing_setup_stops_what_was_started(
@@ -68,10 +68,11 @@ async def test_serve_exposes_metrics_and_stops_cleanly_on_sigterm(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 30
-        while "openbell_relay_active 1.0" not in await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics"):
-            assert time.monotonic() < deadline, "the relay never became active"
-            await asyncio.sleep(0.2)
+
+        async def relay_active() -> bool:
+            return "openbell_relay_active 1.0" in await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+
+        await until(relay_active, 30, "the relay's metrics to say it is active", interval=0.2)
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:

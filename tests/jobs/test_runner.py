@@ -31,6 +31,7 @@ from services.core.jobs.projection import JobsProjection, job_history, job_stats
 from services.core.jobs.runner import JobContext, JobRunner, RunStatus, safe_error
 from services.core.jobs.types import JobType, Tick, TickReason
 from services.core.subjects import Subjects
+from tests.waiting import until
 
 T0 = datetime(2026, 7, 2, 13, 30, tzinfo=UTC)
 
@@ -96,7 +97,7 @@ async def test_two_workers_same_tick_run_once(store: EventStore) -> None:
     a, b = JobRunner(store, worker="a"), JobRunner(store, worker="b")
     ta = asyncio.create_task(a.run(tick(1), slow))
     tb = asyncio.create_task(b.run(tick(1), slow))
-    await asyncio.sleep(0.3)
+    await until(lambda: calls and (ta.done() or tb.done()), 10, "one worker in the job, the other turned away")
     gate.set()
     outcomes = sorted([(await ta).status, (await tb).status])
     assert calls == [tick(1).tick_id]
@@ -154,7 +155,7 @@ async def test_breaker_trips_at_exactly_ten_and_resets_on_enable(
     types = await types_in(store, job_stream("price_update"))
     assert types.count("JobCircuitOpened") == 1
     await nc.flush()
-    await asyncio.sleep(0.1)
+    await until(lambda: notices and feed and feed[-1]["status"] == "skipped", 10, "the notice and the skipped feed")
     assert len(notices) == 1 and notices[0]["consecutive_failures"] == 10
     assert [f["status"] for f in feed][-2:] == ["failed", "skipped"]
     # other job types are unaffected
@@ -202,7 +203,7 @@ async def test_abandoned_attempt_is_taken_over(store: EventStore) -> None:
     other = JobRunner(store, worker="other")
     assert (await other.run(t, job)).status is RunStatus.IN_PROGRESS  # its lease is alive: it may complete
     assert job.calls == []
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(1.1)  # the dead worker's one-second lease runs out (the wall clock is what leases use)
     out = await other.run(t, job)
     assert out.status is RunStatus.COMPLETED and out.attempt == 2
     assert job.calls == [t.tick_id]
@@ -413,11 +414,11 @@ async def test_complete_after_the_grace_appends_to_the_recorded_start(store: Eve
 
     async def job(ctx: JobContext) -> dict[str, int]:
         assert ctx.complete is not None
-        for _ in range(200):  # the start is appended once the grace ends
-            if await types_in(store, run) == ["JobExecutionStarted"]:
-                break
-            await asyncio.sleep(0.01)
-        assert await types_in(store, run) == ["JobExecutionStarted"]
+
+        async def started() -> bool:  # the start is appended once the grace ends
+            return await types_in(store, run) == ["JobExecutionStarted"]
+
+        await until(started, 2, "the start appended after the grace", interval=0.01)
         assert await ctx.complete([effect("effect-late")], {"n": 1})
         return {"n": 1}
 
@@ -496,7 +497,7 @@ async def test_a_cancelled_run_in_its_grace_records_nothing(store: EventStore) -
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # nothing is recorded after the cancel either
     assert await types_in(store, jobrun_stream(tick(4).tick_id)) == []
     job = Job()
     assert (await runner.run(tick(4), job, idempotent_effects=True)).status is RunStatus.COMPLETED

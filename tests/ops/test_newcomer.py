@@ -5,7 +5,6 @@ with its heartbeat and /healthz, ``tail`` across a restart of the servers, and u
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -14,13 +13,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
 import pytest
 
 from services.core.embedded import EmbeddedNats, free_port
+from tests.waiting import until, until_sync
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -41,14 +41,6 @@ def _spawn(data_dir: Path, log: Path, *args: str, **extra: str) -> subprocess.Po
             [sys.executable, "-m", "services.cli", *args],
             env=_env(data_dir, **extra), stdout=out, stderr=subprocess.STDOUT, text=True, cwd=data_dir.parent,
         )
-
-
-def _until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _http(url: str) -> tuple[int, str]:
@@ -103,11 +95,11 @@ async def test_newcomer_session(data_dir: Path, tmp_path: Path) -> None:
     serve = _spawn(data_dir, serve_log, "serve", "all", OPENBELL_METRICS_PORT=str(port),
                    OPENBELL_HEARTBEAT_SECONDS="1")
     try:
-        _until(lambda: _http(f"http://127.0.0.1:{port}/healthz")[0] == 200, 60, "/healthz")
-        _until(lambda: _http(f"http://127.0.0.1:{port}/readyz")[0] == 200, 30, "/readyz")
+        until_sync(lambda: _http(f"http://127.0.0.1:{port}/healthz")[0] == 200, 60, "/healthz")
+        until_sync(lambda: _http(f"http://127.0.0.1:{port}/readyz")[0] == 200, 30, "/readyz")
         ready = json.loads(_http(f"http://127.0.0.1:{port}/readyz")[1])
         assert ready["ready"] and ready["consumers_bound"] == ready["consumers_expected"] > 0
-        _until(lambda: serve_log.read_text().count("heartbeat:") >= 2, 30, "two heartbeats")
+        until_sync(lambda: serve_log.read_text().count("heartbeat:") >= 2, 30, "two heartbeats")
     finally:
         serve.send_signal(signal.SIGINT)
         serve.wait(30)
@@ -126,27 +118,29 @@ async def test_newcomer_session(data_dir: Path, tmp_path: Path) -> None:
     try:
         # A service's identity (the one that publishes feeds), from the data dir's generated credentials.
         feed_publisher = {"user": "services", "password": EmbeddedNats(data_dir / "nats").password("services")}
-        _until(lambda: "following" in tail_log.read_text(), 30, "tail to follow")
-        _until(lambda: "PortfolioOpened" in follow_log.read_text(), 30, "events --follow to catch up")
+        until_sync(lambda: "following" in tail_log.read_text(), 30, "tail to follow")
+        until_sync(lambda: "PortfolioOpened" in follow_log.read_text(), 30, "events --follow to catch up")
         nc = await nats.connect(f"nats://127.0.0.1:{nats_port}", **feed_publisher)
         await nc.publish("openbell.feed.test.one", b'{"n": 1}')
         await nc.close()
-        _until(lambda: "n=1" in tail_log.read_text(), 10, "the first message")
+        until_sync(lambda: "n=1" in tail_log.read_text(), 10, "the first message")
         assert "stopped (pid" in "\n".join(_openbell(data_dir, "servers", "stop").stdout.splitlines())
-        _until(lambda: "lost NATS" in tail_log.read_text(), 10, "the outage line")
-        _until(lambda: "lost PostgreSQL" in follow_log.read_text(), 60, "the follow's outage line")
+        until_sync(lambda: "lost NATS" in tail_log.read_text(), 10, "the outage line")
+        until_sync(lambda: "lost PostgreSQL" in follow_log.read_text(), 60, "the follow's outage line")
         restarted = _openbell(data_dir, "servers", "start")
         assert f"started nats-server on 127.0.0.1:{nats_port}" in restarted.stdout, restarted.stdout
         nc = await nats.connect(f"nats://127.0.0.1:{nats_port}", **feed_publisher)
-        deadline = time.monotonic() + 20
-        while tail.poll() is None and time.monotonic() < deadline:  # core NATS: sent until the tail is back
+
+        async def tail_got_the_second() -> bool:  # core NATS: sent again until the tail is back and ends
             await nc.publish("openbell.feed.test.two", b'{"n": 2}')
             await nc.flush()
-            await asyncio.sleep(0.2)
+            return tail.poll() is not None
+
+        await until(tail_got_the_second, 20, "the tail to receive a message after the restart", interval=0.2)
         await nc.close()
         tail.wait(5)
         assert _openbell(data_dir, "portfolio", "halt", "demo-01").returncode == 0
-        _until(lambda: "PortfolioHalted" in follow_log.read_text(), 30, "the follow to resume")
+        until_sync(lambda: "PortfolioHalted" in follow_log.read_text(), 30, "the follow to resume")
     finally:
         for process in (tail, follow):
             if process.poll() is None:

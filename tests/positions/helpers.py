@@ -1,14 +1,11 @@
 """Helpers of the positions and alerts tests: settings for the test's own servers, a simulator broker in
-tick time, events the strategy and orders services would append, and polling."""
+tick time, events the strategy and orders services would append, and ticks run to their end."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import TypeVar
 
 from eventstore import NO_STREAM, AppendResult, EventStore
 from services.broker.protocol import Broker
@@ -22,8 +19,7 @@ from services.model.decimals import canonical_decimal
 from services.model.events.orders import OrderFilled, OrderPartiallyFilled
 from services.model.events.strategy import PortfolioOpened, StrategyAttached
 from services.model.vocabulary import Side
-
-T = TypeVar("T")
+from tests.waiting import until
 
 
 def settings_for(pg_dsn: str, nats_url: str, subject_prefix: str) -> Settings:
@@ -65,18 +61,6 @@ async def append_fill(store: EventStore, event: OrderFilled | OrderPartiallyFill
     return await store.append(f"order-{event.client_order_id}", [new_event(event, *cause)])
 
 
-async def wait_for(check: Callable[[], Awaitable[T]], timeout: float = 15.0, interval: float = 0.05) -> T:
-    """Poll ``check`` until it returns a truthy value; fail with the last value after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    value = await check()
-    while not value:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached in {timeout}s (last value: {value!r})")
-        await asyncio.sleep(interval)
-        value = await check()
-    return value
-
-
 # ------------------------------------------------------------------------------------------- ticks
 
 JOB_END_TYPES = ("JobExecutionCompleted", "JobExecutionFailed", "JobExecutionSkipped")
@@ -98,7 +82,7 @@ async def run_tick(ctx: ServiceContext, job_type: JobType, at: datetime, *,
     """Publish a tick as the clock does and wait for its recorded end."""
     tick = Tick.for_slot(job_type, at, emitted_at=at, reason=reason)
     await publish_tick(ctx.rt.js, ctx.rt.subjects, tick)
-    return await wait_for(lambda: job_end(ctx.rt.store, tick.tick_id), timeout=timeout)
+    return await until(lambda: job_end(ctx.rt.store, tick.tick_id), timeout, f"the end of {tick.tick_id}")
 
 
 async def redeliver_tick(ctx: ServiceContext, job_type: JobType, at: datetime, service: str) -> None:
@@ -111,4 +95,4 @@ async def redeliver_tick(ctx: ServiceContext, job_type: JobType, at: datetime, s
         info = await ctx.rt.js.consumer_info(ctx.rt.subjects.ticks_stream, f"{service}_{job_type.value}")
         return info.num_pending == 0 and info.num_ack_pending == 0
 
-    await wait_for(drained)
+    await until(drained, what=f"the {service} consumer of {job_type.value} ticks to drain")

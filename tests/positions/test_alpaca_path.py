@@ -19,7 +19,8 @@ from services.positions.books import load_book
 from services.stack import hosted
 from tests.broker.conftest import API_KEY, API_SECRET, alpaca_settings_for
 from tests.fake_alpaca import FakeAlpaca
-from tests.positions.helpers import append_fill, fill, open_portfolio, run_tick, settings_for, wait_for
+from tests.positions.helpers import append_fill, fill, open_portfolio, run_tick, settings_for
+from tests.waiting import until
 
 T0 = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)  # Tuesday 10:00 New York
 QUOTES = "GET /v2/stocks/quotes/latest"
@@ -68,7 +69,7 @@ async def test_price_update_and_position_sync_on_fake_alpaca(
             book, _ = await load_book(store, "p1")
             return book is not None and book.position("MSFT").qty == 4 and book.position("AAPL").qty == 10
 
-        await wait_for(booked)
+        await until(booked)
         fake.reset_counts()
         end = await run_tick(ctx, JobType.PRICE_UPDATE, T0 + timedelta(minutes=5))
         assert end["type"] == "JobExecutionCompleted", end

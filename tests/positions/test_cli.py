@@ -15,7 +15,8 @@ from services.core.jobs.types import JobType
 from services.model.vocabulary import Side
 from services.positions.books import load_book
 from services.stack import hosted
-from tests.positions.helpers import append_fill, fill, open_portfolio, run_tick, settings_for, sim_factory, wait_for
+from tests.positions.helpers import append_fill, fill, open_portfolio, run_tick, settings_for, sim_factory
+from tests.waiting import until
 
 OPENBELL = str(Path(sys.executable).parent / "openbell")
 T0 = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
@@ -42,7 +43,7 @@ async def test_commands(pg_dsn: str, nats_url: str, subject_prefix: str, nc: Nat
             book, _ = await load_book(store, "p1")
             return book is not None and book.position("AAPL").qty == 10
 
-        await wait_for(booked)
+        await until(booked, what="the fill booked into p1")
         for day in range(2):
             at = T0 + timedelta(days=day)
             await run_tick(ctx, JobType.PRICE_UPDATE, at.replace(hour=21))
@@ -51,12 +52,15 @@ async def test_commands(pg_dsn: str, nats_url: str, subject_prefix: str, nc: Nat
         # tail: started before a feed message, prints it, stops after --count.
         tail = asyncio.create_task(openbell("tail", "--count", "1", env=env))
         # Core NATS keeps nothing for a subscriber that is not there yet: publish until the tail has one.
-        while not tail.done():
+        async def tail_ended() -> bool:
             await nc.publish(f"{subject_prefix}.feed.price.AAPL",
                              b'{"kind": "price", "symbol": "AAPL", "price": "1.5"}')
             await nc.flush()
             await asyncio.wait({tail}, timeout=0.2)
-        code, out, err = await asyncio.wait_for(tail, 60)
+            return tail.done()
+
+        await until(tail_ended, 60, "openbell tail to print a feed message and end", interval=0)
+        code, out, err = await tail
         assert code == 0, err
         assert f"{subject_prefix}.feed.price.AAPL  symbol=AAPL  price=1.5" in out
 

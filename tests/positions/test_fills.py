@@ -13,7 +13,8 @@ from eventstore.relay import envelope_of
 from services.model.vocabulary import Side
 from services.positions.books import load_book
 from services.stack import hosted
-from tests.positions.helpers import append_fill, fill, open_portfolio, settings_for, wait_for
+from tests.positions.helpers import append_fill, fill, open_portfolio, settings_for
+from tests.waiting import until
 
 T0 = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
 
@@ -62,7 +63,7 @@ async def test_fills_booked_once_with_two_workers_and_redeliveries(
                     n += e.type == "FillApplied"
             return n == len(fills)
 
-        await wait_for(all_booked)
+        await until(all_booked, what="every fill booked")
         # Booked in log order per portfolio, whichever worker or durable got each fill first.
         for pid in ("p1", "p2"):
             source = [(f.client_order_id, f.cumulative_qty, f.fill_qty) for f in fills if f.portfolio_id == pid]
@@ -114,4 +115,4 @@ async def test_unknown_portfolio_and_garbage_are_dead_lettered(
             book, _ = await load_book(ctx.rt.store, "p1")
             return book is not None and book.position("AAPL").qty == 1
 
-        await wait_for(booked)
+        await until(booked, what="the fill booked into p1")

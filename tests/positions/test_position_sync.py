@@ -24,8 +24,8 @@ from tests.positions.helpers import (
     run_tick,
     settings_for,
     sim_factory,
-    wait_for,
 )
+from tests.waiting import until
 
 T0 = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)  # Tuesday 10:00 New York
 POLICY = '{"quantity": "fix", "closed_at_broker": "halt", "unknown_at_broker": "quarantine"}'
@@ -68,7 +68,7 @@ async def test_discrepancies_detected_once_and_handled_by_policy(
             return bool(b1 and b2 and b1.position("NVDA").qty == 3 and b1.position("AAPL").qty == 10
                         and b2.position("MSFT").qty == 5)
 
-        await wait_for(booked)
+        await until(booked, what="the fills booked into p1 and p2")
         broker = await ctx.at(T0)
         # In flight: a limit order far below the market stays open at the broker.
         await broker.submit_order(OrderRequest(client_order_id="inflight-1", symbol="GOOGL", side=OrderSide.BUY,
@@ -135,7 +135,7 @@ async def test_default_policy_fixes_into_the_unassigned_bucket(
             b1, _ = await load_book(store, "p1")
             return bool(b1 and b2 and b1.position("AMD").qty == 2 and b2.position("AMD").qty == 3)
 
-        await wait_for(booked)
+        await until(booked, what="the fills booked into p1 and p2")
         await ctx.broker()  # creates the simulator's tables
         # Two owners, the broker has 1 more; plus an unknown symbol: both go to the unassigned bucket.
         await set_broker_positions(pg_dsn, {"AMD": ("6", "100"), "KO": ("10", "60")})

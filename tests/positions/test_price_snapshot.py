@@ -25,8 +25,8 @@ from tests.positions.helpers import (
     run_tick,
     settings_for,
     sim_factory,
-    wait_for,
 )
+from tests.waiting import until
 
 NY = calendar.NEW_YORK
 T0 = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)  # Tuesday 10:00 New York
@@ -37,7 +37,7 @@ async def _booked(ctx: ServiceContext, portfolio_id: str, symbol: str, qty: int)
         book, _ = await load_book(ctx.rt.store, portfolio_id)
         return book is not None and book.position(symbol).qty == qty
 
-    await wait_for(check)
+    await until(check, what=f"{qty} {symbol} booked into {portfolio_id}")
 
 
 async def test_price_update_batches_and_never_prices_missing_at_zero(

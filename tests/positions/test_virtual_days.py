@@ -33,7 +33,8 @@ from services.positions.projection import PortfolioProjection
 from services.stack import hosted
 from services.strategy.commands import apply_all
 from services.strategy.config import parse_portfolio_spec
-from tests.positions.helpers import append_fill, fill, redeliver_tick, run_tick, settings_for, wait_for
+from tests.positions.helpers import append_fill, fill, redeliver_tick, run_tick, settings_for
+from tests.waiting import until
 
 FRIDAY = calendar.session(date(2026, 11, 27))
 MONDAY = calendar.session(date(2026, 11, 30))
@@ -100,7 +101,7 @@ async def test_virtual_days_with_injected_discrepancies(
             book, _ = await load_book(store, "holder")
             return book is not None and book.position("KO").qty == 5 and book.position("PEP").qty == 10
 
-        await wait_for(holder_booked)
+        await until(holder_booked, what="the holder's fills booked")
         await ctx.broker()
         commands = AlertCommands(store)
         await commands.create({"alert_id": "cheap", "symbol": "AAPL", "condition": "above", "threshold": "1",

@@ -24,8 +24,9 @@ from services.positions.books import load_book
 from services.stack import hosted
 from services.strategy.commands import apply_all
 from services.strategy.config import parse_portfolio_spec
-from tests.positions.helpers import append_fill, fill, settings_for, wait_for
+from tests.positions.helpers import append_fill, fill, settings_for
 from tests.positions.test_virtual_days import sim_sql
+from tests.waiting import until
 
 POLICY = '{"quantity": "fix", "closed_at_broker": "halt", "unknown_at_broker": "quarantine"}'
 SERVICES = ["relay", "projections", "strategy", "orders", "positions", "alerts"]
@@ -83,7 +84,7 @@ async def test_virtual_month_with_injected_discrepancies(
             book, _ = await load_book(store, "holder")
             return book is not None and book.position("KO").qty == 5 and book.position("PEP").qty == 10
 
-        await wait_for(holder_booked)
+        await until(holder_booked, what="the holder's fills booked")
         await ctx.broker()
         alerts = AlertCommands(store)
         await alerts.create({"alert_id": "above", "symbol": "AAPL", "condition": "above", "threshold": "1"})

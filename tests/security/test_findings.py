@@ -28,7 +28,8 @@ from services.model.events.alerts import NotificationRaised
 from services.model.events.strategy import PortfolioOpened
 from services.stack import hosted
 from services.strategy import plugins
-from tests.positions.helpers import job_end, run_tick, settings_for, sim_factory, wait_for
+from tests.positions.helpers import job_end, run_tick, settings_for, sim_factory
+from tests.waiting import until
 
 SESSION = calendar.session(datetime(2026, 11, 18).date())
 assert SESSION is not None
@@ -166,7 +167,7 @@ async def test_an_event_a_projection_cannot_apply_stops_it_loudly_and_the_others
                                    at=datetime.now(UTC))
         await store.append("test-later", [new_event(later, "later")], ANY)
 
-        stopped = await wait_for(lambda: _stopped(ctx), timeout=30)
+        stopped = await until(lambda: _stopped(ctx), 30, "the poisoned projection to stop")
         names = set(stopped)
         # Only projections that read PortfolioOpened stop; the alerts projection is not one of them.
         assert names and all("PortfolioOpened" in (ctx.projections[n].event_types or {"PortfolioOpened"})
@@ -179,7 +180,7 @@ async def test_an_event_a_projection_cannot_apply_stops_it_loudly_and_the_others
                 rows = await con.fetch("SELECT kind, title FROM notifications ORDER BY position")
             return [f"{r['kind']}: {r['title']}" for r in rows] if len(rows) >= 2 else []
 
-        shown = await wait_for(notified, timeout=30)
+        shown = await until(notified, 30, "two notifications in the alerts read model")
         assert any(s.startswith("projection_stopped: projection ") for s in shown), shown
         assert "test: after the poison" in shown
         from services.core import metrics
@@ -223,8 +224,8 @@ async def test_the_relay_dead_letters_an_event_nats_refuses_and_goes_on(
             info = await js.stream_info(subjects.events_stream)
             return info.state.messages
 
-        assert await wait_for(published, timeout=20) == 1  # the small one; the huge one went to the DLQ
-        reasons = await wait_for(lambda: dead_letters(ctx, 1), timeout=20)
+        assert await until(published, 20, "an event published") == 1  # the small one; the huge one went to the DLQ
+        reasons = await until(lambda: dead_letters(ctx, 1), 20, "the huge event's dead letter")
         assert any(r.startswith(subjects.dlq("relay")) and "exceeds the NATS max_payload" in r for r in reasons)
 
 
@@ -258,7 +259,7 @@ async def test_ticks_for_the_future_for_no_slot_or_with_unknown_fields_are_dead_
         await js.publish(subjects.tick(job.value), msgspec.json.encode({**extra, "run_as": "root"}))
         published += 1
 
-        reasons = await wait_for(lambda: dead_letters(ctx, published), timeout=30)
+        reasons = await until(lambda: dead_letters(ctx, published), 30, "a dead letter for each bad tick")
         joined = "\n".join(reasons)
         assert joined.count("is for a time in the future") == 2, joined
         assert joined.count(f"is not a slot of {job.value}") == 2, joined

@@ -17,6 +17,7 @@ from nats.js.api import StreamConfig
 
 from services.core.embedded import EmbeddedNats
 from services.core.subjects import Subjects
+from tests.waiting import until
 
 PREFIX = "secure"
 ALLOWED_ORIGIN = "http://dashboard.example:8080"
@@ -82,21 +83,23 @@ async def _delivered(admin: Conn, sender: Conn, subject: str) -> list[str]:
     await admin.nc.flush()
     refused = f'permissions violation for publish to "{subject}"'.lower()  # nats-py lowercases it
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    try:
-        while loop.time() < deadline:
+    sent_at = -1.0
+
+    async def verdict() -> tuple[list[str]] | None:
+        nonlocal sent_at
+        if loop.time() - sent_at >= 0.5:
             await sender.nc.publish(subject, b"{}")
             await sender.nc.flush()
             await admin.nc.flush()
-            look_until = loop.time() + 0.5
-            while loop.time() < look_until:
-                if any(refused in error.lower() for error in sender.errors):
-                    assert not seen, f"{subject} from {sender.role} was refused and delivered"
-                    return []
-                if seen:
-                    return seen[:1]
-                await asyncio.sleep(0.01)
-        raise AssertionError(f"{sender.role}: neither delivery nor refusal of {subject} (errors: {sender.errors})")
+            sent_at = loop.time()
+        if any(refused in error.lower() for error in sender.errors):
+            assert not seen, f"{subject} from {sender.role} was refused and delivered"
+            return ([],)
+        return (seen[:1],) if seen else None
+
+    try:
+        (delivered,) = await until(verdict, 30, f"delivery or refusal of {subject} from {sender.role}", interval=0.01)
+        return delivered
     finally:
         await sub.unsubscribe()
 
@@ -154,14 +157,14 @@ async def test_the_clock_reads_the_job_feed_and_no_other_feed(connect: Callable[
     await clock.nc.subscribe(f"{PREFIX}.feed.order.*", cb=collect)
     await clock.nc.flush()
     job_ended, order = f"{PREFIX}.feed.job.completed", f"{PREFIX}.feed.order.filled"
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while job_ended not in seen and loop.time() < deadline:
+
+    async def job_feed_seen() -> bool:  # core NATS: published again until the subscription has it
         await services.nc.publish(order, b"{}")
         await services.nc.publish(job_ended, b"{}")
         await services.nc.flush()
-        await asyncio.sleep(0.2)
-    assert job_ended in seen
+        return job_ended in seen
+
+    await until(job_feed_seen, 30, "the job feed at the clock", interval=0.2)
     assert order not in seen
     assert any("subscription" in error.lower() and "feed.order" in error for error in clock.errors), clock.errors
     assert not any("feed.job" in error for error in clock.errors)

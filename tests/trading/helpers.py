@@ -16,6 +16,7 @@ from services.model.vocabulary import Side
 from services.positions.books import load_book
 from services.stack import all_projections
 from services.strategy.config import PortfolioSpec, parse_portfolio_spec
+from tests.waiting import until
 
 TERMINAL = {"filled", "canceled", "rejected", "expired"}
 KINDS = (
@@ -84,17 +85,18 @@ async def assert_books_equal_sum_of_fills(store: EventStore, specs: list[Portfol
 
 async def books_settle_to_fills(store: EventStore, specs: list[PortfolioSpec], timeout: float = 20.0) -> int:
     """Wait until the positions service has booked every fill (it follows the log), then check the books."""
-    import asyncio
-    import time
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await assert_books_equal_sum_of_fills(store, specs)
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+    async def settled() -> tuple[int]:
+        return (await assert_books_equal_sum_of_fills(store, specs),)
+
+    (checked,) = await until(
+        settled,
+        timeout,
+        "the books to equal the sum of the fills",
+        interval=0.1,
+        tolerate=lambda exc: isinstance(exc, AssertionError),
+    )
+    return checked
 
 
 async def read_model_tables(store: EventStore) -> dict[str, list[tuple[Any, ...]]]:

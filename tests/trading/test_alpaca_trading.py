@@ -22,8 +22,9 @@ from services.strategy.config import parse_portfolio_spec
 from tests.broker.conftest import API_KEY, API_SECRET, alpaca_settings_for
 from tests.fake_alpaca import FakeAlpaca
 from tests.fake_alpaca.server import Fault
-from tests.positions.helpers import run_tick, settings_for, wait_for
+from tests.positions.helpers import run_tick, settings_for
 from tests.trading.helpers import TERMINAL, books_settle_to_fills, rows
+from tests.waiting import until
 
 T0 = datetime(2026, 11, 24, 16, 0, tzinfo=UTC)  # Tuesday 11:00 New York
 SUBMIT = "POST /v2/orders"
@@ -105,7 +106,7 @@ async def test_trading_on_fake_alpaca_with_faults(
         async def all_at_broker() -> bool:
             return fake.order_count() >= requested
 
-        await wait_for(all_at_broker, timeout=20)
+        await until(all_at_broker, 20, "every requested order at the fake Alpaca")
 
         async def all_final() -> bool:
             await ctx.catch_up("trades")

@@ -13,7 +13,8 @@ from services.core.metrics import serve_metrics
 from services.stack import hosted
 from services.strategy.commands import apply_all
 from services.strategy.config import parse_portfolio_spec
-from tests.positions.helpers import run_tick, settings_for, sim_factory, wait_for
+from tests.positions.helpers import run_tick, settings_for, sim_factory
+from tests.waiting import until
 
 T0 = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)  # Tuesday 10:00 New York
 
@@ -64,7 +65,7 @@ async def test_a_tick_and_its_order_show_in_the_metrics(pg_dsn: str, nats_url: s
                 now = await asyncio.to_thread(scrape, port)
                 return now.get(submitted, 0) - before.get(submitted, 0) == 1
 
-            await wait_for(counted)
+            await until(counted, what="one submitted order counted in the metrics")
             after = await asyncio.to_thread(scrape, port)
             async with ctx.rt.store.pool.acquire() as con:
                 order_position = await con.fetchval(
@@ -76,7 +77,7 @@ async def test_a_tick_and_its_order_show_in_the_metrics(pg_dsn: str, nats_url: s
                 now = await asyncio.to_thread(scrape, port)
                 return now[("openbell_relay_published_position", ())] >= order_position
 
-            await wait_for(published_past_the_order)
+            await until(published_past_the_order, what="the relay's published position past the order request")
             now = await asyncio.to_thread(scrape, port)
             assert now[("openbell_relay_active", ())] == 1
             published_position = now[("openbell_relay_published_position", ())]

@@ -23,8 +23,9 @@ from services.core.host import ServiceContext
 from services.core.jobs.types import JobType
 from services.stack import hosted
 from services.strategy.commands import apply_all
-from tests.positions.helpers import settings_for, wait_for
+from tests.positions.helpers import settings_for
 from tests.trading.helpers import TERMINAL, books_settle_to_fills, portfolios, rows
+from tests.waiting import until
 
 DAY = calendar.session(date(2026, 11, 18))
 SEED, CASH, LATENCY = 5, Decimal(500_000), 20
@@ -75,7 +76,7 @@ async def test_orders_service_killed_and_restarted(
                     return False
                 return True
 
-            await wait_for(orders_consuming, timeout=30)
+            await until(orders_consuming, 30, "the orders process's order_status_check consumer")
             clock = VirtualClock(store, ctx.rt.nc, ctx.rt.subjects, tick_timeout=60)
             kill_at = DAY.open + timedelta(hours=2, minutes=15)
             killed = asyncio.Event()
@@ -90,7 +91,7 @@ async def test_orders_service_killed_and_restarted(
             await asyncio.wait_for(killed.wait(), 120)
             process.wait(10)
             assert process.returncode == -signal.SIGKILL
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the outage under test: the orders service stays down while ticks go on
             process = start_orders_service(pg_dsn, nats_url, subject_prefix)
             result = await asyncio.wait_for(run, 300)
             assert result.outcomes["completed"] == result.ticks, result.outcomes

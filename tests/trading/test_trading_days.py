@@ -21,7 +21,7 @@ from services.core.jobs.types import JobType
 from services.positions.books import load_book
 from services.stack import hosted
 from services.strategy.commands import apply_all
-from tests.positions.helpers import redeliver_tick, settings_for, wait_for
+from tests.positions.helpers import redeliver_tick, settings_for
 from tests.trading.helpers import (
     TERMINAL,
     assert_rebuild_equals_live,
@@ -29,6 +29,7 @@ from tests.trading.helpers import (
     portfolios,
     rows,
 )
+from tests.waiting import until
 
 SERVICES = ["relay", "projections", "strategy", "orders", "positions", "alerts"]
 DAYS = tuple(date(2026, 11, d) for d in range(16, 21))  # a trading week, Monday to Friday
@@ -71,7 +72,7 @@ async def test_virtual_trading_week(pg_dsn: str, nats_url: str, subject_prefix: 
             await ctx.catch_up("trades")
             return not await rows(store, "SELECT 1 FROM trades WHERE status = 'requested'")
 
-        await wait_for(none_waiting)
+        await until(none_waiting, what="no order still requested in the trades read model")
         submits_before = brokers[0].calls("submit_order")
         requested_before = len(await rows(store, "SELECT 1 FROM events WHERE event_type = 'OrderRequested'"))
         last_strategy_tick = max(s for s in _strategy_slots(start, midday))

@@ -17,8 +17,9 @@ from services.core.host import ServiceContext
 from services.core.jobs.types import JobType
 from services.stack import hosted
 from services.strategy.commands import apply_all
-from tests.positions.helpers import redeliver_tick, run_tick, settings_for, wait_for
+from tests.positions.helpers import redeliver_tick, run_tick, settings_for
 from tests.trading.helpers import portfolios, rows
+from tests.waiting import until
 
 SESSION = calendar.session(datetime(2026, 11, 18).date())
 assert SESSION is not None
@@ -126,7 +127,7 @@ async def test_bad_input_is_refused_or_dead_lettered(
             wanted = (subjects.dlq("orders"), subjects.dlq("strategy"))
             return reasons if all(any(r.startswith(w) for r in reasons) for w in wanted) else []
 
-        reasons = await wait_for(dead_letters)
+        reasons = await until(dead_letters, what="the dead letters of the orders and strategy consumers")
         assert any(r.startswith(subjects.dlq("orders")) and "malformed OrderRequested" in r for r in reasons), reasons
         assert any(r.startswith(subjects.dlq("strategy")) and "malformed work item" in r for r in reasons), reasons
 
@@ -157,7 +158,7 @@ async def test_bad_input_is_refused_or_dead_lettered(
                 found = await rows(store, "SELECT status FROM trades")
                 return bool(found) and all(r["status"] != "requested" for r in found)
 
-            await wait_for(submitted)
+            await until(submitted, what="every requested order submitted")
 
 
 async def test_global_halt_refuses_orders_until_resumed(

@@ -19,7 +19,7 @@ from services.strategy.commands import apply_all
 from services.strategy.config import parse_portfolio_spec
 from services.web.app import TOKEN_HEADER
 from services.web.server import WebServer
-from tests.positions.helpers import wait_for
+from tests.waiting import until
 from tests.web.conftest import OPERATOR_TOKEN
 
 T0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
@@ -180,7 +180,7 @@ async def test_live_stream_resumes_after_the_last_sequence_and_halts_have_a_feed
             async def stored() -> bool:
                 return (await http.get("/api/health")).json()["feed_last"] == start + 6
 
-            await wait_for(stored)
+            await until(stored, what="the feed messages counted by /api/health")
             async with http.stream("GET", "/api/live", headers={"Last-Event-ID": str(ids[-1])}) as again:
                 rest = await asyncio.wait_for(read_sse(again, 2), 10)
             assert [e["id"] for e in rest] == [start + 5, start + 6]

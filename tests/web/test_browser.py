@@ -21,7 +21,7 @@ from services.demo import run_demo
 from services.stack import all_projections, hosted
 from services.web.live import feed_position
 from services.web.server import WebServer
-from tests.positions.helpers import wait_for
+from tests.waiting import until
 from tests.web.conftest import OPERATOR_TOKEN
 
 CHROMIUM = os.environ.get("OPENBELL_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -89,7 +89,7 @@ async def test_dashboard_during_a_demo_day(rt: Runtime, web: WebServer, page: Pa
         async def published_meanwhile() -> bool:
             return (await feed_position(rt.js, rt.subjects))[1] >= seen_before + 20
 
-        await wait_for(published_meanwhile, timeout=60)
+        await until(published_meanwhile, 60, "20 feed messages published while the page reconnects")
         await web.start()
         await page.wait_for_function(f"window.openbell.seqs.includes({seen_before + 20})", timeout=30_000)
         await demo

@@ -12,7 +12,7 @@ import sys
 
 import httpx
 
-from tests.positions.helpers import wait_for
+from tests.waiting import until
 
 
 def env_for(pg_dsn: str, nats_url: str, prefix: str, **extra: str) -> dict[str, str]:
@@ -46,7 +46,7 @@ async def test_serve_web_answers_and_stops_on_sigterm(
                 except httpx.TransportError:
                     return False
 
-            await wait_for(healthy, timeout=60, interval=0.2)
+            await until(healthy, 60, "the web app to report healthy", interval=0.2)
             assert (await http.get("/api/portfolios")).json() == []  # the service created the read models
         process.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), 30)

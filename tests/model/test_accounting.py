@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from services.model.accounting import Book, Fill, Position, apply_fill, book_fill
 from services.model.vocabulary import Side
-from tests.logic.helpers import D
+from tests.builders import D
 
 
 def buy(qty: str, price: str, fees: str = "0") -> Fill:

@@ -11,7 +11,7 @@ from services.positions.valuation import (
     quotes_observed,
     value_portfolio,
 )
-from tests.logic.helpers import T0, D
+from tests.builders import T0, D
 
 
 def quote(symbol: str, bid: str | None, ask: str | None, last: str | None, age_minutes: int = 0) -> Quote:

@@ -20,7 +20,7 @@ from services.positions.reconcile import (
     find_discrepancies,
     plan_sync,
 )
-from tests.logic.helpers import T0, D
+from tests.builders import T0, D
 
 KNOWN = frozenset({"AAPL", "MSFT", "NVDA"})
 FIX_ALL = ReconcilePolicy()

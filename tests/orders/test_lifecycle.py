@@ -29,7 +29,7 @@ from services.orders.lifecycle import (
     submit_unknown,
     too_late_to_send,
 )
-from tests.logic.helpers import T0, D, order_state
+from tests.builders import T0, D, order_state
 
 COID = "ob-" + "a" * 40
 

@@ -4,7 +4,7 @@ from services.model.events.positions import PositionReconciled
 from services.model.events.strategy import PortfolioOpened
 from services.model.ledger import evolve_book, record_fill
 from services.model.vocabulary import Side
-from tests.logic.helpers import T0, D
+from tests.builders import T0, D
 
 COID = "ob-" + "a" * 40
 

@@ -14,7 +14,7 @@ from services.model.events import positions as position_events
 from services.model.events import strategy as strategy_events
 from services.model.events.strategy import OrderRequested
 from services.model.vocabulary import OrderType, Side
-from tests.logic.helpers import T0, D
+from tests.builders import T0, D
 
 EXPECTED = {
     "PortfolioOpened", "PortfolioRiskLimitsChanged", "PortfolioHalted", "PortfolioResumed", "StrategyAttached",

@@ -17,7 +17,7 @@ from services.alerts.conditions import (
 )
 from services.model.events.alerts import AlertTriggered, NotificationRaised
 from services.strategy.config import ConfigError
-from tests.logic.helpers import T0, D
+from tests.builders import T0, D
 
 
 def spec(condition: str, threshold: str, reference: str | None = None) -> AlertSpec:

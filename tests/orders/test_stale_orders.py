@@ -21,7 +21,8 @@ from services.model.ids import client_order_id
 from services.model.streams import order_stream
 from services.model.vocabulary import OrderType, Side
 from services.stack import hosted
-from tests.positions.helpers import settings_for, wait_for
+from tests.positions.helpers import settings_for
+from tests.waiting import until
 
 
 class WallClockSim(SimBroker):
@@ -81,7 +82,7 @@ async def test_requests_too_old_are_not_sent_unless_the_broker_has_them(
                 [await store.stream_version(order_stream(o.client_order_id)) >= 1 for o in (stale, accepted, fresh)]
             )
 
-        await wait_for(answered, timeout=20)
+        await until(answered, 20, "the orders service to answer each of the three requests")
 
         async def outcome(order: OrderRequested) -> object:
             return [registry.decode(e) async for e in store.read_stream(order_stream(order.client_order_id))][1]

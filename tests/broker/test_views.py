@@ -5,7 +5,7 @@ from services.broker.views import order_view, position_view, quote_view
 from services.model.events.orders import OrderFilled, OrderSubmitted
 from services.model.market import BrokerStatus
 from services.orders.lifecycle import OrderStatus, apply_broker_order
-from tests.logic.helpers import T0, D, order_state
+from tests.builders import T0, D, order_state
 
 
 def broker_order(status: broker.OrderStatus, filled: str, avg: str | None) -> broker.Order:
