@@ -85,8 +85,8 @@ async def _hand_over_objects(dsn: str, owner: str) -> None:
 async def migrate_and_grant(owner_dsn: str, service: str | None) -> None:
     """Run every migration as the owner (event store, read models, simulator tables), then give the
     service role what it needs and nothing more. ``service`` None or the owner itself: no grants."""
-    from services.broker.simulator.broker import SCHEMA as SIM_SCHEMA
-    from services.broker.simulator.broker import SCHEMA_LOCK_KEY
+    from services.broker.simulator.storage import SCHEMA as SIM_SCHEMA
+    from services.broker.simulator.storage import SCHEMA_LOCK_KEY
     from services.core.jobs.lease import create_lease_table
     from services.core.projections import known_projections
 
