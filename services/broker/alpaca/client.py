@@ -31,6 +31,8 @@ class TimeoutSession(requests.Session):
 
 
 def prepare_client(client: Any, settings: AlpacaSettings, limiter: RateLimiter) -> None:
+    """Give an alpaca-py client openbell's session (timeouts, the rate limiter's response hook) and no blind
+    retries; BrokerConfigError for a client without the attributes that carry them."""
     session = TimeoutSession((settings.alpaca_connect_timeout, settings.alpaca_read_timeout))
 
     def on_response(response: requests.Response, *args: Any, **kwargs: Any) -> None:
