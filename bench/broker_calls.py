@@ -18,7 +18,7 @@ from typing import Any
 
 from services.broker.alpaca import AlpacaBroker, load_alpaca_settings
 from services.broker.ratelimit import RateLimiter
-from services.broker.simulator.broker import ManualClock
+from services.broker.simulator import ManualClock
 from services.core import eventloop
 from tests.fake_alpaca import FakeAlpaca
 

@@ -32,7 +32,7 @@ from typing import Any
 import asyncpg
 
 from services.broker.models import Order, OrderRequest
-from services.broker.simulator.broker import SimBroker, SimConfig
+from services.broker.simulator import SimBroker, SimConfig
 from services.broker.simulator.market import DEFAULT_SYMBOLS
 from services.clock.ticks import publish_tick
 from services.core import eventloop

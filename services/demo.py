@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from eventstore.projections import ProjectionRunner
-from services.broker.simulator.broker import SimBroker, SimConfig
+from services.broker.simulator import SimBroker, SimConfig
 from services.broker.simulator.engine import FillPolicy
 from services.broker.simulator.market import DEFAULT_SYMBOLS
 from services.cli_support import CommandError, console, run_async

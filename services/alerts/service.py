@@ -37,6 +37,7 @@ from services.alerts.conditions import AlertSpec, alert_created, check_alerts, p
 from services.alerts.projection import AlertsProjection
 from services.alerts.state import AlertState, evolve_alert, validate_alert_id
 from services.broker.quotes import QuoteSettings, QuotesUnavailable, fetch_quotes, load_quote_settings
+from services.broker.views import quote_view
 from services.core import feeds
 from services.core.events import new_event, registry
 from services.core.host import ServiceContext
@@ -45,6 +46,7 @@ from services.core.jobs.runner import JobContext, safe_error
 from services.core.jobs.types import JobType
 from services.core.limits import decode_command, error_reply
 from services.model.events.alerts import AlertRemoved, AlertTriggered, NotificationRaised
+from services.model.market import quote_price
 from services.model.streams import alert_stream, portfolio_stream
 from services.model.symbols import validate_name
 from services.model.text import one_line, shown
@@ -196,9 +198,7 @@ class AlertsService:
         broker = await self.ctx.broker()
         quotes = await broker.latest_quotes([symbol])
         quote = quotes.get(symbol)
-        if quote is None or quote.bid_price <= 0 or quote.ask_price < quote.bid_price:
-            return None
-        return quote.mid
+        return quote_price(quote_view(quote)) if quote is not None else None
 
     async def on_command(self, msg: Msg) -> None:
         name = msg.subject.rsplit(".", 1)[-1]

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.broker.errors import BrokerConfigError
 from services.broker.protocol import Broker
-from services.broker.simulator.broker import SimBroker, SimConfig, SimFaults, wall_clock
+from services.broker.simulator import SimBroker, SimConfig, SimFaults, wall_clock
 from services.broker.simulator.engine import FillPolicy
 
 __all__ = ["Broker", "BrokerSettings", "check_trading_configuration", "create_broker"]

@@ -32,10 +32,12 @@ class BrokerCalendarDay(Protocol):
 
 
 class CalendarSource(Protocol):
+    name: str  # the broker's name (OPENBELL_BROKER), recorded in a mismatch
+
     async def get_calendar(self, start: date, end: date) -> Sequence[BrokerCalendarDay]: ...
 
 
-def compare_session(day: date, broker_days: Sequence[BrokerCalendarDay], *, broker: str = "alpaca") -> (
+def compare_session(day: date, broker_days: Sequence[BrokerCalendarDay], *, broker: str) -> (
     CalendarMismatch | None
 ):
     """None when the broker agrees with exchange-calendars about ``day`` (open or closed, open and close
@@ -86,11 +88,11 @@ async def record_mismatch(store: EventStore, mismatch: CalendarMismatch) -> bool
 
 
 async def check_calendar(
-    store: EventStore, source: CalendarSource, day: date, *, broker: str = "alpaca"
+    store: EventStore, source: CalendarSource, day: date
 ) -> CalendarMismatch | None:
     """Compare ``day`` (the exchange date of the tick's scheduled time) with the broker's calendar."""
     days = await source.get_calendar(day, day)
-    mismatch = compare_session(day, days, broker=broker)
+    mismatch = compare_session(day, days, broker=source.name)
     if mismatch is not None:
         await record_mismatch(store, mismatch)
     return mismatch

@@ -20,10 +20,12 @@ if TYPE_CHECKING:
 
 
 class _BrokerCalendar:
-    """The trading broker's calendar, created on first use (only when the broker is Alpaca)."""
+    """The trading broker's calendar, created on first use (only for a broker with an exchange calendar of
+    its own: ``reports_exchange_calendar``)."""
 
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
+        self.name = ctx.settings.broker
 
     async def get_calendar(self, start: date, end: date) -> Sequence[BrokerCalendarDay]:
         broker = await self.ctx.broker()

@@ -88,8 +88,8 @@ async def migrate_and_grant(owner_dsn: str, service: str | None, projections: Se
     """Run every migration as the owner (event store, the read models of ``projections``, simulator
     tables), then give the service role what it needs and nothing more. ``service`` None or the owner
     itself: no grants."""
-    from services.broker.simulator.broker import SCHEMA as SIM_SCHEMA
-    from services.broker.simulator.broker import SCHEMA_LOCK_KEY
+    from services.broker.simulator.storage import SCHEMA as SIM_SCHEMA
+    from services.broker.simulator.storage import SCHEMA_LOCK_KEY
     from services.core.jobs.lease import create_lease_table
 
     con = await asyncpg.connect(owner_dsn)

@@ -24,7 +24,7 @@ from faststream.nats import NatsBroker
 
 from eventstore.projections import Projection, ProjectionRunner
 from services.broker.protocol import Broker
-from services.broker.simulator.broker import ManualClock
+from services.broker.simulator import ManualClock
 from services.core.health import HostHealth, set_current
 from services.core.jobs.consumer import DurableConsumers
 from services.core.jobs.runner import JobRunner

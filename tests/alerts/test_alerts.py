@@ -11,7 +11,7 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 
 from services.broker.protocol import Broker
-from services.broker.simulator.broker import SimBroker, SimConfig, SimFaults
+from services.broker.simulator import SimBroker, SimConfig, SimFaults
 from services.core.host import ServiceContext
 from services.core.jobs.types import JobType
 from services.model.vocabulary import Side

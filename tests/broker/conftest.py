@@ -14,7 +14,7 @@ import pytest
 from services.broker.alpaca import AlpacaBroker, AlpacaSettings, load_alpaca_settings
 from services.broker.protocol import Broker
 from services.broker.ratelimit import RateLimiter
-from services.broker.simulator.broker import ManualClock, SimBroker, SimConfig
+from services.broker.simulator import ManualClock, SimBroker, SimConfig
 from services.broker.simulator.engine import FillPolicy
 from services.broker.simulator.market import MarketSimulator
 from tests.fake_alpaca import FakeAlpaca

@@ -255,11 +255,11 @@ def test_a_client_without_the_attributes_openbell_sets_is_refused(fake_alpaca: F
     the adapter refuses that client rather than run with blind order retries and no timeout."""
     from alpaca.trading.client import TradingClient
 
-    from services.broker.alpaca import _prepare_client
+    from services.broker.alpaca.client import prepare_client
 
     settings = alpaca_settings_for(fake_alpaca)
     client = TradingClient(API_KEY, API_SECRET, paper=True, url_override=fake_alpaca.url)
-    _prepare_client(client, settings, RateLimiter())
+    prepare_client(client, settings, RateLimiter())
     assert client._retry == 0 and client._session.default_timeout == (
         settings.alpaca_connect_timeout,
         settings.alpaca_read_timeout,
@@ -269,7 +269,7 @@ def test_a_client_without_the_attributes_openbell_sets_is_refused(fake_alpaca: F
         _session = None  # a release that kept the session but renamed the retry count
 
     with pytest.raises(BrokerConfigError, match="_retry") as info:
-        _prepare_client(RenamedClient(), settings, RateLimiter())
+        prepare_client(RenamedClient(), settings, RateLimiter())
     assert API_SECRET not in str(info.value)
 
 

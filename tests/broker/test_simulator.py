@@ -16,7 +16,7 @@ from services.broker import BrokerSettings, create_broker
 from services.broker.errors import AmbiguousSubmit, BrokerUnavailable, RateLimited
 from services.broker.models import OrderRequest, OrderSide, OrderStatus, OrderType
 from services.broker.ratelimit import Priority, RateLimiter
-from services.broker.simulator.broker import ManualClock, SimBroker, SimConfig, SimFaults
+from services.broker.simulator import ManualClock, SimBroker, SimConfig, SimFaults
 from services.broker.simulator.engine import FillPolicy, cumulative_target
 from services.broker.simulator.market import MarketSimulator
 from tests.broker.conftest import START

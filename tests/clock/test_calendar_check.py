@@ -22,23 +22,25 @@ def day_of(d: date, open_hm: tuple[int, int], close_hm: tuple[int, int]) -> Cale
 
 
 def test_agreeing_calendars() -> None:
-    assert compare_session(date(2026, 3, 9), [day_of(date(2026, 3, 9), (9, 30), (16, 0))]) is None
-    assert compare_session(date(2026, 11, 27), [day_of(date(2026, 11, 27), (9, 30), (13, 0))]) is None
-    assert compare_session(date(2026, 12, 25), []) is None  # both closed
+    assert compare_session(date(2026, 3, 9), [day_of(date(2026, 3, 9), (9, 30), (16, 0))], broker="alpaca") is None
+    assert compare_session(date(2026, 11, 27), [day_of(date(2026, 11, 27), (9, 30), (13, 0))], broker="alpaca") is None
+    assert compare_session(date(2026, 12, 25), [], broker="alpaca") is None  # both closed
 
 
 def test_mismatches() -> None:
-    early = compare_session(date(2026, 12, 24), [day_of(date(2026, 12, 24), (9, 30), (16, 0))])
+    early = compare_session(date(2026, 12, 24), [day_of(date(2026, 12, 24), (9, 30), (16, 0))], broker="alpaca")
     assert early is not None and early.detail == "close 13:00 EST vs broker 16:00 EST"
     assert early.ours_close == datetime(2026, 12, 24, 18, 0, tzinfo=UTC)
-    holiday = compare_session(date(2026, 7, 3), [day_of(date(2026, 7, 3), (9, 30), (16, 0))])
+    holiday = compare_session(date(2026, 7, 3), [day_of(date(2026, 7, 3), (9, 30), (16, 0))], broker="alpaca")
     assert holiday is not None and holiday.detail == "exchange-calendars: closed; broker: open"
-    missing = compare_session(date(2026, 7, 2), [])
+    missing = compare_session(date(2026, 7, 2), [], broker="alpaca")
     assert missing is not None and missing.detail == "exchange-calendars: open; broker: closed"
 
 
 class FakeBrokerCalendar:
     """The broker's calendar as data (the real broker is services/broker; this is an input, not a mock)."""
+
+    name = "alpaca"
 
     def __init__(self, days: Sequence[CalendarDay]) -> None:
         self.days = days
@@ -55,6 +57,7 @@ async def test_mismatch_is_recorded_once(pg_dsn: str) -> None:
         first = await check_calendar(store, source, d)
         again = await check_calendar(store, source, d)
         assert first is not None and again == first
+        assert first.broker == source.name  # the broker the calendar came from, as it is configured
         events = [registry.decode(e) async for e in store.read_stream(calendar_stream(d))]
         assert events == [first]
         ok = await check_calendar(store, FakeBrokerCalendar([day_of(date(2026, 11, 30), (9, 30), (16, 0))]),

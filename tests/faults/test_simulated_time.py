@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from services.broker.models import OrderRequest, OrderSide, OrderStatus, OrderType
-from services.broker.simulator.broker import SimBroker, SimConfig
+from services.broker.simulator import SimBroker, SimConfig
 from services.broker.simulator.engine import FillPolicy
 from services.core.host import TickTime
 

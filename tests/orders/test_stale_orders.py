@@ -12,7 +12,7 @@ from eventstore import NO_STREAM
 from services.broker.models import OrderRequest as BrokerOrderRequest
 from services.broker.models import OrderSide
 from services.broker.protocol import Broker
-from services.broker.simulator.broker import SimBroker, SimConfig, wall_clock
+from services.broker.simulator import SimBroker, SimConfig, wall_clock
 from services.core.events import new_event, registry
 from services.core.host import ServiceContext
 from services.model.events.orders import OrderRejected, OrderSubmitted

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from eventstore import NO_STREAM, AppendResult, EventStore
 from services.broker.protocol import Broker
-from services.broker.simulator.broker import SimBroker, SimConfig
+from services.broker.simulator import SimBroker, SimConfig
 from services.clock.ticks import publish_tick
 from services.core.events import new_event
 from services.core.host import ServiceContext

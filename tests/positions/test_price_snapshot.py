@@ -9,7 +9,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from services.broker.simulator.broker import SimBroker
+from services.broker.simulator import SimBroker
 from services.clock import calendar
 from services.core.host import ServiceContext
 from services.core.jobs.types import JobType, TickReason

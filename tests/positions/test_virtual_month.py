@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 
 from services.alerts.service import AlertCommands
 from services.broker.protocol import Broker
-from services.broker.simulator.broker import SimBroker, SimConfig
+from services.broker.simulator import SimBroker, SimConfig
 from services.broker.simulator.engine import FillPolicy
 from services.clock import calendar
 from services.clock.virtual import VirtualClock

@@ -12,7 +12,7 @@ from decimal import Decimal
 from nats.aio.client import Client as NatsClient
 
 from services.broker.protocol import Broker
-from services.broker.simulator.broker import SimBroker, SimConfig
+from services.broker.simulator import SimBroker, SimConfig
 from services.broker.simulator.engine import FillPolicy
 from services.clock import calendar
 from services.clock.virtual import VirtualClock

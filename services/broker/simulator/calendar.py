@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 import exchange_calendars
 
 from services.broker.models import CalendarDay, Clock, utc
+from services.clock.calendar import EXCHANGE
 
 FIRST_YEAR = 2000
 LAST_YEAR = 2035
@@ -21,7 +22,7 @@ LAST_YEAR = 2035
 @functools.lru_cache(maxsize=1)
 def _sessions() -> tuple[tuple[date, ...], tuple[CalendarDay, ...]]:
     """Every session of the covered years: (their dates, their days), both in date order."""
-    calendar = exchange_calendars.get_calendar("XNYS", start=f"{FIRST_YEAR}-01-01", end=f"{LAST_YEAR}-12-31")
+    calendar = exchange_calendars.get_calendar(EXCHANGE, start=f"{FIRST_YEAR}-01-01", end=f"{LAST_YEAR}-12-31")
     opens = list(calendar.opens.dt.to_pydatetime())
     closes = list(calendar.closes.dt.to_pydatetime())
     days = tuple(
