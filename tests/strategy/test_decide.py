@@ -27,7 +27,7 @@ from services.strategy.risk import RiskLimits
 from services.strategy.strategies import Action
 from tests.logic.helpers import T0, D, bars_from_closes
 
-ALWAYS = "tests.logic.sample_strategies:always"
+ALWAYS = "tests.strategy.sample_strategies:always"
 TICK = Tick(tick_id="strategy_execution@2025-03-03T15:00:00Z", scheduled_at=T0 + timedelta(minutes=30))
 PRICES = {"AAPL": D(100), "MSFT": D(200), "NVDA": D(50)}
 
@@ -163,7 +163,7 @@ def test_no_price_and_zero_quantity_are_refusals_not_orders() -> None:
 
 def test_a_failing_strategy_is_counted_and_holds_without_stopping_the_others() -> None:
     broken = parse_strategy_spec(
-        {"name": "broken", "kind": "tests.logic.sample_strategies:broken", "universe": ["AAPL"]}
+        {"name": "broken", "kind": "tests.strategy.sample_strategies:broken", "universe": ["AAPL"]}
     )
     result = decide(state(broken, always("buyer", ["MSFT"])))
     assert result.strategy_errors == 1
@@ -226,7 +226,7 @@ def test_a_strategy_that_exits_raises_anything_or_returns_no_signal_fails_only_i
     function: str, message: str
 ) -> None:
     broken = parse_strategy_spec(
-        {"name": "broken", "kind": f"tests.logic.sample_strategies:{function}", "universe": ["AAPL"]}
+        {"name": "broken", "kind": f"tests.strategy.sample_strategies:{function}", "universe": ["AAPL"]}
     )
     result = decide(state(broken, always("buyer", ["MSFT"])))
     assert result.strategy_errors == 1
@@ -238,7 +238,7 @@ def test_a_strategy_that_exits_raises_anything_or_returns_no_signal_fails_only_i
 
 
 def test_a_strategy_reason_is_kept_to_one_bounded_printable_line() -> None:
-    loud = parse_strategy_spec({"name": "loud", "kind": "tests.logic.sample_strategies:loud", "universe": ["AAPL"]})
+    loud = parse_strategy_spec({"name": "loud", "kind": "tests.strategy.sample_strategies:loud", "universe": ["AAPL"]})
     (requested,) = of_type(decide(state(loud)), OrderRequested)
     assert len(requested.reason) <= 500 and "\x1b" not in requested.reason and "\n" not in requested.reason
 
