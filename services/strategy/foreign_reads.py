@@ -5,7 +5,9 @@ filled and not booked (the orders service's ``trades`` read model, and the log p
 symbols position_sync quarantined (``quarantined_symbols``) and each portfolio's equity at the day's start
 (the positions service's ``portfolio_snapshots``). These functions read them as their owners project them;
 each takes a connection or the service's context (and a time) and returns plain values, so the owners'
-own queries can take their place without touching the callers.
+own queries can take their place without touching the callers. Those exist already
+(``services/orders/queries.py`` ``committed_orders``, ``services/positions/queries.py``, handed to every
+service as ``ServiceContext.reads``): switching to them removes this module.
 """
 
 from __future__ import annotations
