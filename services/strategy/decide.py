@@ -13,12 +13,18 @@ the orders accepted before it in the same tick (cash committed, position, order 
 never depends on timing. One order per symbol per tick: the client order id is made of the portfolio,
 the tick, the symbol and the side, and two strategies trading one symbol in one tick would cancel out
 or double up.
+
+The steps, each a function below: ``daily_loss_halt``; ``commitments_before_tick`` (what earlier ticks'
+orders still commit); ``strategy_signals`` (every strategy on its universe); for each non-HOLD signal
+``signal_event`` and ``order_or_refusal`` (``size_signal``, ``check_signal_order``, then ``order_event``
+or ``refusal_event``), an accepted order counted by ``commit_order``; last ``failure_notification``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -132,35 +138,10 @@ class TradingControls(msgspec.Struct, frozen=True, kw_only=True):
 NO_CONTROLS = TradingControls()
 
 
-class OrderIntent(msgspec.Struct, frozen=True, kw_only=True):
-    client_order_id: str
-    symbol: str
-    side: Side
-    qty: Decimal
-    order_type: OrderType
-    limit_price: Decimal | None
-    reference_price: Decimal
-
-
-class RiskRefusal(msgspec.Struct, frozen=True, kw_only=True):
-    client_order_id: str
-    side: Side
-    qty: Decimal
-    rule: str
-    detail: str
-
-
-class Decision(msgspec.Struct, frozen=True, kw_only=True):
-    strategy: str
-    symbol: str
-    signal: Signal
-    order: OrderIntent | None = None
-    refusal: RiskRefusal | None = None
-
-
 class PortfolioDecisions(msgspec.Struct, frozen=True, kw_only=True):
+    """One portfolio's decision at one tick: the events to append and the counters of its evaluation."""
+
     portfolio_id: str
-    decisions: tuple[Decision, ...]
     events: tuple[NewEvent, ...]  # to append, in this order
     halted_by_daily_loss: bool
     equity: Decimal | None  # None when a holding has no price
@@ -170,10 +151,6 @@ class PortfolioDecisions(msgspec.Struct, frozen=True, kw_only=True):
     strategy_errors: int  # evaluations where the strategy raised (recorded as HOLD with the error)
     # One line per failed evaluation: "<strategy> on <symbol>: <error>" (in PortfolioEvaluated, and notified).
     strategy_failures: tuple[str, ...] = ()
-
-    @property
-    def orders(self) -> tuple[OrderIntent, ...]:
-        return tuple(d.order for d in self.decisions if d.order is not None)
 
 
 def portfolio_equity(cash: Decimal, positions: Mapping[str, Position], prices: Mapping[str, Decimal]) -> Decimal | None:
@@ -203,29 +180,105 @@ def decide_portfolio(
     tick: Tick,
     controls: TradingControls = NO_CONTROLS,
 ) -> PortfolioDecisions:
-    at = tick.scheduled_at
-    pid = portfolio.portfolio_id
-    events: list[NewEvent] = []
+    """The portfolio's events at this tick, in the order to append them: a daily-loss halt, then for each
+    non-HOLD signal its SignalGenerated and its order or refusal, then a notification of the strategies
+    that failed; and the counters of its PortfolioEvaluated."""
     equity = portfolio_equity(portfolio.cash, portfolio.positions, market.prices)
+    halt = daily_loss_halt(portfolio, equity, tick)
+    events: list[NewEvent] = [] if halt is None else [halt]
+    context = DecisionContext(
+        portfolio=portfolio,
+        market=market,
+        tick=tick,
+        controls=controls,
+        equity=equity,
+        halted=portfolio.halted or halt is not None,
+    )
+    commitments = commitments_before_tick(portfolio, market.prices)
+    failures: list[str] = []
+    signals = refused = 0
+    for found in strategy_signals(portfolio, market, tick.scheduled_at):
+        if found.failure is not None:
+            failures.append(found.failure)
+        if found.signal.action is Action.HOLD:
+            continue
+        signals += 1
+        events.append(signal_event(context, found))
+        outcome = order_or_refusal(context, found, commitments)
+        events.append(outcome)
+        if isinstance(outcome.data, OrderRequested):
+            commit_order(commitments, outcome.data, market.prices[found.symbol])
+        else:
+            refused += 1
+    notification = failure_notification(portfolio.portfolio_id, tick, failures)
+    if notification is not None:
+        events.append(notification)
+    return PortfolioDecisions(
+        portfolio_id=portfolio.portfolio_id,
+        events=tuple(events),
+        halted_by_daily_loss=halt is not None,
+        equity=equity,
+        signals_generated=signals,
+        trades_requested=commitments.orders_this_tick,
+        orders_refused=refused,
+        strategy_errors=len(failures),
+        strategy_failures=tuple(failures),
+    )
 
-    halted = portfolio.halted
-    halted_by_daily_loss = False
+
+class DecisionContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What every signal of one portfolio's decision at one tick is sized and checked against."""
+
+    portfolio: PortfolioState
+    market: MarketData
+    tick: Tick
+    controls: TradingControls
+    equity: Decimal | None  # None when a holding has no price
+    halted: bool  # halted before this tick, or by its daily loss limit
+
+
+class StrategySignal(msgspec.Struct, frozen=True, kw_only=True):
+    """One strategy's signal for one symbol of its universe."""
+
+    strategy: StrategySpec
+    symbol: str
+    signal: Signal
+    failure: str | None = None  # "<strategy> on <symbol>: <error>" when it failed (the signal is then HOLD)
+
+
+@dataclass
+class Commitments:
+    """What the portfolio has promised when the next order of the tick is checked; local to one decision
+    and updated by each accepted order, so that each check sees the orders accepted before it."""
+
+    available_cash: Decimal  # less what earlier ticks' buys and this tick's accepted buys spend
+    position_qty: dict[str, Decimal]  # less what pending sales sell, plus this tick's orders
+    pending_buy_qty: dict[str, Decimal]  # shares earlier ticks' buys will add: the weight counts them
+    ordered_symbols: set[str] = field(default_factory=set)  # one order per symbol per tick
+    orders_this_tick: int = 0
+
+
+def daily_loss_halt(portfolio: PortfolioState, equity: Decimal | None, tick: Tick) -> NewEvent | None:
+    """A PortfolioHalted when this tick's equity breaches the daily loss limit of a portfolio not halted
+    yet; None otherwise (no equity without a price for every holding, no check without a day start)."""
     if (
-        not halted
-        and equity is not None
-        and portfolio.day_start_equity is not None
-        and risk.daily_loss_breached(portfolio.day_start_equity, equity, portfolio.risk_limits)
+        portfolio.halted
+        or equity is None
+        or portfolio.day_start_equity is None
+        or not risk.daily_loss_breached(portfolio.day_start_equity, equity, portfolio.risk_limits)
     ):
-        halted = halted_by_daily_loss = True
-        reason = f"daily loss limit: equity {equity:.2f} against {portfolio.day_start_equity:.2f} at the day's start"
-        halt = PortfolioHalted(portfolio_id=pid, reason=reason, rule=risk.DAILY_LOSS_LIMIT, at=at)
-        events.append(new_event(halt, pid, tick.tick_id))
+        return None
+    pid = portfolio.portfolio_id
+    reason = f"daily loss limit: equity {equity:.2f} against {portfolio.day_start_equity:.2f} at the day's start"
+    halt = PortfolioHalted(portfolio_id=pid, reason=reason, rule=risk.DAILY_LOSS_LIMIT, at=tick.scheduled_at)
+    return new_event(halt, pid, tick.tick_id)
 
-    # What earlier ticks' orders still commit, and this tick's accepted orders so far (checks of later
-    # orders see them): a buy cannot spend cash that an open buy will, a sale cannot sell shares twice.
+
+def commitments_before_tick(portfolio: PortfolioState, prices: Mapping[str, Decimal]) -> Commitments:
+    """What earlier ticks' orders still commit: a buy cannot spend cash that an open buy will (market
+    orders valued at the current price), a sale cannot sell shares that a pending sale will."""
     available_cash = portfolio.cash
     position_qty = {symbol: p.qty for symbol, p in portfolio.positions.items()}
-    # Shares that earlier ticks' buys will add (open, or filled and not booked): the weight counts them.
     pending_buy_qty: dict[str, Decimal] = {}
     for pending in portfolio.pending:
         if pending.side is Side.BUY:
@@ -233,14 +286,16 @@ def decide_portfolio(
             if pending.notional is not None:
                 available_cash -= pending.notional
             else:
-                available_cash -= pending.qty * market.prices.get(pending.symbol, ZERO)
+                available_cash -= pending.qty * prices.get(pending.symbol, ZERO)
         else:
             position_qty[pending.symbol] = position_qty.get(pending.symbol, ZERO) - pending.qty
-    ordered_symbols: set[str] = set()
+    return Commitments(available_cash=available_cash, position_qty=position_qty, pending_buy_qty=pending_buy_qty)
 
-    decisions: list[Decision] = []
-    failures: list[str] = []
-    signals = trades = refused = errors = 0
+
+def strategy_signals(portfolio: PortfolioState, market: MarketData, at: datetime) -> Iterator[StrategySignal]:
+    """Every enabled strategy's signal for every symbol of its universe, strategies by name and symbols in
+    universe order. A strategy that fails, or whose kind is no longer allowed or installed, holds with its
+    failure: it fails that evaluation, not the tick."""
     for strategy in sorted((s for s in portfolio.strategies if s.enabled), key=lambda s: s.name):
         try:
             function: StrategyFunction | None = resolve_strategy(strategy.kind).function
@@ -258,136 +313,149 @@ def decide_portfolio(
                 parameters=strategy.parameters,
                 tick_time=at,
             )
+            failure = None
             try:
                 if function is None:
                     raise StrategyFailure(unavailable)
                 signal = call_strategy(function, data)
             except StrategyFailure as exc:  # recorded in the evaluation and notified, never hidden
-                errors += 1
-                failures.append(f"{strategy.name} on {symbol}: {exc}")
+                failure = f"{strategy.name} on {symbol}: {exc}"
                 signal = Signal.hold(f"strategy {strategy.kind} failed: {exc}")
-            if signal.action is Action.HOLD:
-                decisions.append(Decision(strategy=strategy.name, symbol=symbol, signal=signal))
-                continue
+            yield StrategySignal(strategy=strategy, symbol=symbol, signal=signal, failure=failure)
 
-            signals += 1
-            side = Side.BUY if signal.action is Action.BUY else Side.SELL
-            coid = client_order_id(pid, tick.tick_id, symbol, side)
-            generated = SignalGenerated(
-                portfolio_id=pid,
-                tick_id=tick.tick_id,
-                strategy=strategy.name,
-                symbol=symbol,
-                action=signal.action.value,
-                reason=signal.reason,
-                strength=signal.strength,
-                at=at,
-            )
-            events.append(new_event(generated, pid, tick.tick_id, strategy.name, symbol))
 
-            price = market.prices.get(symbol)
-            qty = ZERO
-            if price is None or price <= 0:
-                verdict = RiskDecision.refuse(NO_PRICE, f"no price for {symbol}: cannot size or check the order")
-            else:
-                qty = size_order(
-                    strategy.sizing, side, price=price, equity=equity, position_qty=position_qty.get(symbol, ZERO)
-                )
-                if qty == 0:
-                    verdict = RiskDecision.refuse(ZERO_QUANTITY, f"sizing gives 0 shares of {symbol} at {price}")
-                elif symbol in ordered_symbols:
-                    verdict = RiskDecision.refuse(ONE_ORDER_PER_SYMBOL, f"an order for {symbol} is requested already")
-                else:
-                    context = RiskContext(
-                        global_halt=controls.global_halt,
-                        portfolio_halted=halted,
-                        quarantined_symbols=controls.quarantined_symbols,
-                        orders_this_tick=trades,
-                        available_cash=available_cash,
-                        equity=equity,
-                        position_qty=position_qty.get(symbol, ZERO),
-                        pending_buy_qty=pending_buy_qty.get(symbol, ZERO),
-                    )
-                    order = ProposedOrder(symbol=symbol, side=side, qty=qty, price=price)
-                    verdict = check_order(order, context, portfolio.risk_limits)
-
-            if not verdict.allowed:
-                assert verdict.rule is not None
-                refused += 1
-                refusal = RiskRefusal(
-                    client_order_id=coid, side=side, qty=qty, rule=verdict.rule, detail=verdict.detail
-                )
-                decisions.append(Decision(strategy=strategy.name, symbol=symbol, signal=signal, refusal=refusal))
-                rejected = OrderRejectedByRisk(
-                    portfolio_id=pid,
-                    client_order_id=coid,
-                    tick_id=tick.tick_id,
-                    strategy=strategy.name,
-                    symbol=symbol,
-                    side=side,
-                    qty=qty,
-                    rule=verdict.rule,
-                    detail=verdict.detail,
-                    at=at,
-                )
-                events.append(new_event(rejected, coid, strategy.name))
-                continue
-
-            assert price is not None
-            limit_price = None
-            if strategy.order_type is OrderType.LIMIT:
-                limit_price = limit_price_for(side, price, strategy.limit_offset)
-            intent = OrderIntent(
-                client_order_id=coid,
-                symbol=symbol,
-                side=side,
-                qty=qty,
-                order_type=strategy.order_type,
-                limit_price=limit_price,
-                reference_price=price,
-            )
-            decisions.append(Decision(strategy=strategy.name, symbol=symbol, signal=signal, order=intent))
-            requested = OrderRequested(
-                portfolio_id=pid,
-                client_order_id=coid,
-                symbol=symbol,
-                side=side,
-                qty=qty,
-                order_type=strategy.order_type,
-                limit_price=limit_price,
-                tick_id=tick.tick_id,
-                strategy=strategy.name,
-                reason=signal.reason,
-                at=at,
-            )
-            events.append(new_event(requested, coid))
-            trades += 1
-            ordered_symbols.add(symbol)
-            position_qty[symbol] = position_qty.get(symbol, ZERO) + side.sign * qty
-            if side is Side.BUY:
-                available_cash -= qty * (limit_price or price)
-
-    if failures:
-        shown_failures = failures[:5] + ([f"and {len(failures) - 5} more"] if len(failures) > 5 else [])
-        notification = NotificationRaised(
-            kind="strategy_error",
-            portfolio_id=pid,
-            title=f"{pid}: {len(failures)} strategy evaluation(s) failed at {tick.tick_id}",
-            body="; ".join(shown_failures),
-            ref=tick.tick_id,
-            at=at,
-        )
-        events.append(new_event(notification, "strategy_error", pid, tick.tick_id))
-
-    return PortfolioDecisions(
+def signal_event(context: DecisionContext, found: StrategySignal) -> NewEvent:
+    """The SignalGenerated of a non-HOLD signal."""
+    pid, tick = context.portfolio.portfolio_id, context.tick
+    generated = SignalGenerated(
         portfolio_id=pid,
-        decisions=tuple(decisions),
-        events=tuple(events),
-        halted_by_daily_loss=halted_by_daily_loss,
-        equity=equity,
-        signals_generated=signals,
-        trades_requested=trades,
-        orders_refused=refused,
-        strategy_errors=errors,
-        strategy_failures=tuple(failures),
+        tick_id=tick.tick_id,
+        strategy=found.strategy.name,
+        symbol=found.symbol,
+        action=found.signal.action.value,
+        reason=found.signal.reason,
+        strength=found.signal.strength,
+        at=tick.scheduled_at,
     )
+    return new_event(generated, pid, tick.tick_id, found.strategy.name, found.symbol)
+
+
+def order_or_refusal(context: DecisionContext, found: StrategySignal, commitments: Commitments) -> NewEvent:
+    """A non-HOLD signal sized and checked: its OrderRequested, or an OrderRejectedByRisk naming the rule."""
+    side = Side.BUY if found.signal.action is Action.BUY else Side.SELL
+    price = context.market.prices.get(found.symbol)
+    qty = size_signal(found, side, price, context.equity, commitments)
+    verdict = check_signal_order(context, found.symbol, side, qty, price, commitments)
+    if not verdict.allowed:
+        return refusal_event(context, found, side, qty, verdict)
+    assert price is not None
+    return order_event(context, found, side, qty, price)
+
+
+def size_signal(
+    found: StrategySignal, side: Side, price: Decimal | None, equity: Decimal | None, commitments: Commitments
+) -> Decimal:
+    """The order's quantity by the strategy's sizing; 0 without a usable price (refused as NO_PRICE)."""
+    if price is None or price <= 0:
+        return ZERO
+    position_qty = commitments.position_qty.get(found.symbol, ZERO)
+    return size_order(found.strategy.sizing, side, price=price, equity=equity, position_qty=position_qty)
+
+
+def check_signal_order(
+    context: DecisionContext, symbol: str, side: Side, qty: Decimal, price: Decimal | None, commitments: Commitments
+) -> RiskDecision:
+    """Whether the sized order may go: a price, a quantity, one order per symbol and tick, then the
+    portfolio's risk checks against what is committed so far."""
+    if price is None or price <= 0:
+        return RiskDecision.refuse(NO_PRICE, f"no price for {symbol}: cannot size or check the order")
+    if qty == 0:
+        return RiskDecision.refuse(ZERO_QUANTITY, f"sizing gives 0 shares of {symbol} at {price}")
+    if symbol in commitments.ordered_symbols:
+        return RiskDecision.refuse(ONE_ORDER_PER_SYMBOL, f"an order for {symbol} is requested already")
+    risk_context = RiskContext(
+        global_halt=context.controls.global_halt,
+        portfolio_halted=context.halted,
+        quarantined_symbols=context.controls.quarantined_symbols,
+        orders_this_tick=commitments.orders_this_tick,
+        available_cash=commitments.available_cash,
+        equity=context.equity,
+        position_qty=commitments.position_qty.get(symbol, ZERO),
+        pending_buy_qty=commitments.pending_buy_qty.get(symbol, ZERO),
+    )
+    order = ProposedOrder(symbol=symbol, side=side, qty=qty, price=price)
+    return check_order(order, risk_context, context.portfolio.risk_limits)
+
+
+def refusal_event(
+    context: DecisionContext, found: StrategySignal, side: Side, qty: Decimal, verdict: RiskDecision
+) -> NewEvent:
+    """The OrderRejectedByRisk of a refused order, under the client order id it would have had."""
+    assert verdict.rule is not None
+    pid, tick = context.portfolio.portfolio_id, context.tick
+    coid = client_order_id(pid, tick.tick_id, found.symbol, side)
+    rejected = OrderRejectedByRisk(
+        portfolio_id=pid,
+        client_order_id=coid,
+        tick_id=tick.tick_id,
+        strategy=found.strategy.name,
+        symbol=found.symbol,
+        side=side,
+        qty=qty,
+        rule=verdict.rule,
+        detail=verdict.detail,
+        at=tick.scheduled_at,
+    )
+    return new_event(rejected, coid, found.strategy.name)
+
+
+def order_event(context: DecisionContext, found: StrategySignal, side: Side, qty: Decimal, price: Decimal) -> NewEvent:
+    """The OrderRequested of an accepted order: at the market, or at a marketable limit off ``price``."""
+    strategy = found.strategy
+    pid, tick = context.portfolio.portfolio_id, context.tick
+    coid = client_order_id(pid, tick.tick_id, found.symbol, side)
+    limit_price = None
+    if strategy.order_type is OrderType.LIMIT:
+        limit_price = limit_price_for(side, price, strategy.limit_offset)
+    requested = OrderRequested(
+        portfolio_id=pid,
+        client_order_id=coid,
+        symbol=found.symbol,
+        side=side,
+        qty=qty,
+        order_type=strategy.order_type,
+        limit_price=limit_price,
+        tick_id=tick.tick_id,
+        strategy=strategy.name,
+        reason=found.signal.reason,
+        at=tick.scheduled_at,
+    )
+    return new_event(requested, coid)
+
+
+def commit_order(commitments: Commitments, order: OrderRequested, price: Decimal) -> None:
+    """Count an accepted order against what the tick's later orders may use (a buy's cash at its limit,
+    or at ``price`` for a market order)."""
+    commitments.orders_this_tick += 1
+    commitments.ordered_symbols.add(order.symbol)
+    held = commitments.position_qty.get(order.symbol, ZERO)
+    commitments.position_qty[order.symbol] = held + order.side.sign * order.qty
+    if order.side is Side.BUY:
+        commitments.available_cash -= order.qty * (order.limit_price or price)
+
+
+def failure_notification(portfolio_id: str, tick: Tick, failures: list[str]) -> NewEvent | None:
+    """One strategy_error notification of the tick's failed evaluations (the first five named); None if
+    none failed."""
+    if not failures:
+        return None
+    shown_failures = failures[:5] + ([f"and {len(failures) - 5} more"] if len(failures) > 5 else [])
+    notification = NotificationRaised(
+        kind="strategy_error",
+        portfolio_id=portfolio_id,
+        title=f"{portfolio_id}: {len(failures)} strategy evaluation(s) failed at {tick.tick_id}",
+        body="; ".join(shown_failures),
+        ref=tick.tick_id,
+        at=tick.scheduled_at,
+    )
+    return new_event(notification, "strategy_error", portfolio_id, tick.tick_id)

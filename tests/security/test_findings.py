@@ -65,7 +65,7 @@ async def test_a_command_cannot_load_code_and_a_broken_strategy_fails_only_its_e
     pg_dsn: str, nats_url: str, subject_prefix: str, nc: NatsClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The operator allowed one module of strategies (as OPENBELL_STRATEGY_ALLOW in the service's environment).
-    monkeypatch.setenv(plugins.ALLOW_VARIABLE, "tests.logic.sample_strategies:*")
+    monkeypatch.setenv(plugins.ALLOW_VARIABLE, "tests.strategy.sample_strategies:*")
     sys.modules.pop("this", None)  # `import this` prints the Zen of Python: the proof of an import
     settings = settings_for(pg_dsn, nats_url, subject_prefix)
     async with hosted(["relay", "projections", "strategy", "alerts"], settings,
@@ -87,7 +87,7 @@ async def test_a_command_cannot_load_code_and_a_broken_strategy_fails_only_its_e
         for name, function in (("exits", "exits"), ("none", "returns_none"), ("buyer", "always")):
             answer = await command(nc, subject_prefix, "portfolio.attach", {
                 "portfolio": "p1",
-                "strategy": {"name": name, "kind": f"tests.logic.sample_strategies:{function}",
+                "strategy": {"name": name, "kind": f"tests.strategy.sample_strategies:{function}",
                              "universe": ["AAPL"] if name != "buyer" else ["MSFT"]},
             })
             assert answer.get("ok") is True, answer

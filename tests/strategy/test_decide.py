@@ -24,10 +24,9 @@ from services.strategy.decide import (
     limit_price_for,
 )
 from services.strategy.risk import RiskLimits
-from services.strategy.strategies import Action
 from tests.logic.helpers import T0, D, bars_from_closes
 
-ALWAYS = "tests.logic.sample_strategies:always"
+ALWAYS = "tests.strategy.sample_strategies:always"
 TICK = Tick(tick_id="strategy_execution@2025-03-03T15:00:00Z", scheduled_at=T0 + timedelta(minutes=30))
 PRICES = {"AAPL": D(100), "MSFT": D(200), "NVDA": D(50)}
 
@@ -65,6 +64,11 @@ def of_type(result: PortfolioDecisions, event_type: type) -> list:  # type: igno
     return [e.data for e in result.events if isinstance(e.data, event_type)]
 
 
+def ordered(result: PortfolioDecisions) -> list[str]:
+    """The symbols of the orders requested, in the order of the events."""
+    return [o.symbol for o in of_type(result, OrderRequested)]
+
+
 def test_a_crossover_on_real_bars_requests_a_sized_order() -> None:
     closes = [100] * 6 + [101]
     strategy = parse_strategy_spec(
@@ -94,8 +98,7 @@ def test_a_crossover_on_real_bars_requests_a_sized_order() -> None:
 def test_hold_signals_make_no_events() -> None:
     result = decide(state(always("quiet", ["AAPL", "MSFT"], action="hold")))
     assert result.events == ()
-    assert [d.signal.action for d in result.decisions] == [Action.HOLD, Action.HOLD]
-    assert result.signals_generated == 0
+    assert (result.signals_generated, result.strategy_errors) == (0, 0)
 
 
 def test_deciding_the_same_tick_again_gives_the_same_event_ids() -> None:
@@ -110,14 +113,14 @@ def test_a_refused_order_is_an_event_naming_the_rule() -> None:
     (refused,) = of_type(result, OrderRejectedByRisk)
     assert refused.rule == risk.GLOBAL_HALT
     assert refused.client_order_id == client_order_id("growth", TICK.tick_id, "AAPL", Side.BUY)
-    assert result.orders == ()
-    assert result.decisions[0].refusal is not None and result.decisions[0].refusal.rule == risk.GLOBAL_HALT
+    assert of_type(result, OrderRequested) == []
+    assert (result.signals_generated, result.trades_requested, result.orders_refused) == (1, 0, 1)
 
 
 def test_quarantined_symbols_are_refused_and_others_trade() -> None:
     result = decide(state(always("buyer", ["AAPL", "MSFT"])), quarantined_symbols=frozenset({"AAPL"}))
     assert [r.rule for r in of_type(result, OrderRejectedByRisk)] == [risk.SYMBOL_QUARANTINED]
-    assert [o.symbol for o in result.orders] == ["MSFT"]
+    assert ordered(result) == ["MSFT"]
 
 
 def test_the_daily_loss_limit_halts_the_portfolio_and_refuses_its_orders() -> None:
@@ -138,7 +141,7 @@ def test_an_already_halted_portfolio_is_not_halted_again() -> None:
 def test_one_order_per_symbol_per_tick_whatever_the_strategies_say() -> None:
     held = {"AAPL": Position(symbol="AAPL", qty=D(5), cost_basis=D(500))}
     result = decide(state(always("a_buyer", ["AAPL"]), always("b_seller", ["AAPL"], action="sell"), positions=held))
-    assert [o.side for o in result.orders] == [Side.BUY]  # strategies are evaluated by name
+    assert [o.side for o in of_type(result, OrderRequested)] == [Side.BUY]  # strategies are evaluated by name
     assert [r.rule for r in of_type(result, OrderRejectedByRisk)] == [ONE_ORDER_PER_SYMBOL]
 
 
@@ -146,11 +149,11 @@ def test_orders_of_one_tick_see_each_other() -> None:
     strategy = always("buyer", ["AAPL", "MSFT", "NVDA"])
     # Each buy costs 10 x price; 1 500 of cash pays for AAPL (1 000) but not MSFT (2 000) after it.
     result = decide(state(strategy, cash=D(1_500), risk_limits=RiskLimits(max_position_weight=None)))
-    assert [o.symbol for o in result.orders] == ["AAPL", "NVDA"]
+    assert ordered(result) == ["AAPL", "NVDA"]
     assert [r.rule for r in of_type(result, OrderRejectedByRisk)] == [risk.INSUFFICIENT_CASH]
 
     capped = decide(state(strategy, risk_limits=RiskLimits(max_orders_per_tick=2)))
-    assert [o.symbol for o in capped.orders] == ["AAPL", "MSFT"]
+    assert ordered(capped) == ["AAPL", "MSFT"]
     assert [r.rule for r in of_type(capped, OrderRejectedByRisk)] == [risk.MAX_ORDERS_PER_TICK]
 
 
@@ -163,17 +166,18 @@ def test_no_price_and_zero_quantity_are_refusals_not_orders() -> None:
 
 def test_a_failing_strategy_is_counted_and_holds_without_stopping_the_others() -> None:
     broken = parse_strategy_spec(
-        {"name": "broken", "kind": "tests.logic.sample_strategies:broken", "universe": ["AAPL"]}
+        {"name": "broken", "kind": "tests.strategy.sample_strategies:broken", "universe": ["AAPL"]}
     )
     result = decide(state(broken, always("buyer", ["MSFT"])))
     assert result.strategy_errors == 1
-    assert "RuntimeError: no data for AAPL" in result.decisions[0].signal.reason
-    assert [o.symbol for o in result.orders] == ["MSFT"]
+    assert result.strategy_failures == ("broken on AAPL: RuntimeError: no data for AAPL",)
+    assert ordered(result) == ["MSFT"]
 
 
 def test_disabled_strategies_are_not_evaluated() -> None:
     result = decide(state(always("buyer", ["AAPL"], enabled=False)))
-    assert result.decisions == ()
+    assert result.events == ()
+    assert (result.signals_generated, result.strategy_errors) == (0, 0)
 
 
 def test_limit_orders_get_a_marketable_limit_in_price_increments() -> None:
@@ -226,19 +230,19 @@ def test_a_strategy_that_exits_raises_anything_or_returns_no_signal_fails_only_i
     function: str, message: str
 ) -> None:
     broken = parse_strategy_spec(
-        {"name": "broken", "kind": f"tests.logic.sample_strategies:{function}", "universe": ["AAPL"]}
+        {"name": "broken", "kind": f"tests.strategy.sample_strategies:{function}", "universe": ["AAPL"]}
     )
     result = decide(state(broken, always("buyer", ["MSFT"])))
     assert result.strategy_errors == 1
     assert len(result.strategy_failures) == 1 and message in result.strategy_failures[0]
     assert result.strategy_failures[0].startswith("broken on AAPL: ")
-    assert [o.symbol for o in result.orders] == ["MSFT"]
+    assert ordered(result) == ["MSFT"]
     (notification,) = of_type(result, NotificationRaised)
     assert notification.kind == "strategy_error" and message in notification.body
 
 
 def test_a_strategy_reason_is_kept_to_one_bounded_printable_line() -> None:
-    loud = parse_strategy_spec({"name": "loud", "kind": "tests.logic.sample_strategies:loud", "universe": ["AAPL"]})
+    loud = parse_strategy_spec({"name": "loud", "kind": "tests.strategy.sample_strategies:loud", "universe": ["AAPL"]})
     (requested,) = of_type(decide(state(loud)), OrderRequested)
     assert len(requested.reason) <= 500 and "\x1b" not in requested.reason and "\n" not in requested.reason
 

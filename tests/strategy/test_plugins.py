@@ -6,12 +6,12 @@ import pytest
 from services.strategy import plugins
 from services.strategy.plugins import BUILTIN_STRATEGIES, UnknownStrategy, known_kinds, resolve_strategy
 from services.strategy.strategies import InvalidParameters, moving_average_crossover
-from tests.logic import sample_strategies
+from tests.strategy import sample_strategies
 
 
 @pytest.fixture(autouse=True)
 def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv(plugins.ALLOW_VARIABLE, "tests.logic.sample_strategies:*, tests.logic.no_such_module:f")
+    monkeypatch.setenv(plugins.ALLOW_VARIABLE, "tests.strategy.sample_strategies:*, tests.strategy.no_such_module:f")
     plugins._resolve_installed.cache_clear()
     plugins._entry_point_targets.cache_clear()
     yield
@@ -35,7 +35,7 @@ def test_unknown_kind_lists_the_known_ones() -> None:
 
 
 def test_module_function_path_loads_a_user_strategy_and_its_parameter_model() -> None:
-    definition = resolve_strategy("tests.logic.sample_strategies:always")
+    definition = resolve_strategy("tests.strategy.sample_strategies:always")
     assert definition.function is sample_strategies.always
     assert definition.params_model is sample_strategies.AlwaysParams
     with pytest.raises(InvalidParameters, match="strength"):
@@ -45,9 +45,9 @@ def test_module_function_path_loads_a_user_strategy_and_its_parameter_model() ->
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("tests.logic.no_such_module:f", "cannot import module"),
-        ("tests.logic.sample_strategies:missing", "has no 'missing'"),
-        ("tests.logic.sample_strategies:NOT_A_FUNCTION", "is not a function"),
+        ("tests.strategy.no_such_module:f", "cannot import module"),
+        ("tests.strategy.sample_strategies:missing", "has no 'missing'"),
+        ("tests.strategy.sample_strategies:NOT_A_FUNCTION", "is not a function"),
     ],
 )
 def test_bad_paths_are_clear_errors(path: str, message: str) -> None:
@@ -55,7 +55,9 @@ def test_bad_paths_are_clear_errors(path: str, message: str) -> None:
         resolve_strategy(path)
 
 
-@pytest.mark.parametrize("kind", ["os:system", "subprocess:run", "this:s", "sys:exit", "tests.logic.sample_strategies"])
+@pytest.mark.parametrize(
+    "kind", ["os:system", "subprocess:run", "this:s", "sys:exit", "tests.strategy.sample_strategies"]
+)
 def test_a_path_the_operator_did_not_allow_is_refused_before_any_import(kind: str) -> None:
     import sys
 
@@ -67,16 +69,16 @@ def test_a_path_the_operator_did_not_allow_is_refused_before_any_import(kind: st
 
 
 def test_the_allow_list_names_functions_or_whole_modules(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(plugins.ALLOW_VARIABLE, "tests.logic.sample_strategies:always")
-    assert resolve_strategy("tests.logic.sample_strategies:always").function is sample_strategies.always
+    monkeypatch.setenv(plugins.ALLOW_VARIABLE, "tests.strategy.sample_strategies:always")
+    assert resolve_strategy("tests.strategy.sample_strategies:always").function is sample_strategies.always
     with pytest.raises(UnknownStrategy, match="not allowed"):
-        resolve_strategy("tests.logic.sample_strategies:broken")
+        resolve_strategy("tests.strategy.sample_strategies:broken")
     with pytest.raises(UnknownStrategy, match=r"not a .package\.module:function. path"):
-        resolve_strategy("tests.logic.sample_strategies:always\n")
+        resolve_strategy("tests.strategy.sample_strategies:always\n")
 
 
 def test_entry_points_of_installed_packages_are_strategy_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
-    installed = [EntryPoint("always_buy", "tests.logic.sample_strategies:always", plugins.ENTRY_POINT_GROUP)]
+    installed = [EntryPoint("always_buy", "tests.strategy.sample_strategies:always", plugins.ENTRY_POINT_GROUP)]
 
     def fake_entry_points(*, group: str, name: str | None = None) -> list[EntryPoint]:
         assert group == "openbell.strategies"
