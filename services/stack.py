@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from eventstore.projections import Projection
+from services.alerts import queries as alerts_queries
 from services.alerts.definition import SERVICE as ALERTS
 from services.clock.service_host import SERVICE as CLOCK
 from services.core import host, runtime
@@ -33,6 +34,9 @@ READS = ReadModels(
     committed_orders=orders_queries.committed_orders,
     quarantined_symbols=positions_queries.quarantined_symbols,
     day_start_equity=positions_queries.day_start_equity,
+    open_order_symbols=orders_queries.open_order_symbols,
+    active_alert_symbols=alerts_queries.active_alert_symbols,
+    latest_price=positions_queries.latest_price,
 )
 
 # In the order they start (it matters only for the logs).

@@ -59,3 +59,10 @@ async def list_notifications(
         before, limit,
     )
     return [Notification.model_validate(dict(r)) for r in rows]
+
+
+async def active_alert_symbols(con: asyncpg.Connection) -> frozenset[str]:
+    """The symbols of active alerts (none before the read model exists): price_update quotes them too."""
+    if not await con.fetchval("SELECT to_regclass('alerts') IS NOT NULL"):
+        return frozenset()
+    return frozenset(r["symbol"] for r in await con.fetch("SELECT DISTINCT symbol FROM alerts WHERE active"))

@@ -189,12 +189,12 @@ class AlertsService:
 
     async def price_of(self, symbol: str) -> Decimal | None:
         """The latest observed price, else the broker's current quote (mid)."""
+        if self.ctx.reads is None:
+            raise RuntimeError("the alerts service needs ServiceContext.reads (services.stack gives them)")
         async with self.store.pool.acquire() as con:
-            if await con.fetchval("SELECT to_regclass('latest_quotes') IS NOT NULL"):
-                price = await con.fetchval(
-                    "SELECT price FROM latest_quotes WHERE symbol = $1 AND price IS NOT NULL", symbol)
-                if price is not None:
-                    return Decimal(price)
+            price = await self.ctx.reads.latest_price(con, symbol)  # the positions service's read model
+        if price is not None:
+            return price
         broker = await self.ctx.broker()
         quotes = await broker.latest_quotes([symbol])
         quote = quotes.get(symbol)

@@ -3,7 +3,8 @@ query functions.
 
 A read model's owner implements these in its ``queries.py`` (the only module that writes SQL against its
 tables); the composition root (:mod:`services.stack`) hands them to the readers as ``ServiceContext.reads``.
-So the strategy service sees the orders' and the positions' read models without importing either service.
+So the strategy service sees the orders' and the positions' read models, and the positions and alerts
+services each other's, without importing one another.
 Connections are typed ``Any`` here: the model never loads a database driver.
 """
 
@@ -41,3 +42,9 @@ class ReadModels:
     quarantined_symbols: Callable[[Any], Awaitable[frozenset[str]]]
     # positions: each portfolio's total value at its last snapshot before this trading day
     day_start_equity: Callable[[Any, date], Awaitable[dict[str, Decimal]]]
+    # orders: the symbols of orders still open (position_sync does not judge a position an order may move)
+    open_order_symbols: Callable[[Any], Awaitable[frozenset[str]]]
+    # alerts: the symbols of active alerts (price_update quotes them too)
+    active_alert_symbols: Callable[[Any], Awaitable[frozenset[str]]]
+    # positions: the latest observed price of a symbol, if any (a percent_change alert's reference)
+    latest_price: Callable[[Any, str], Awaitable[Decimal | None]]

@@ -184,3 +184,15 @@ async def committed_orders(con: asyncpg.Connection) -> list[CommittedOrder]:
         CommittedOrder(portfolio_id=pid, symbol=symbol, side=side, qty=qty, notional=notional if priced else None)
         for (pid, symbol, side, priced), (qty, notional) in sums.items()
     ]
+
+
+async def open_order_symbols(con: asyncpg.Connection) -> frozenset[str]:
+    """The symbols of orders still open (none before the read model exists)."""
+    if not _trades_exist and await con.fetchval("SELECT to_regclass('trades') IS NOT NULL"):
+        _trades_exist.append(True)
+    if not _trades_exist:
+        return frozenset()
+    rows = await con.fetch(
+        "SELECT DISTINCT symbol FROM trades WHERE status = ANY($1::text[])", list(OPEN_ORDER_STATUSES)
+    )
+    return frozenset(r["symbol"] for r in rows)

@@ -25,7 +25,6 @@ from services.model.events.positions import PositionReconciled
 from services.model.events.strategy import PortfolioHalted
 from services.model.market import BrokerPosition
 from services.model.streams import discrepancy_stream
-from services.model.vocabulary import OPEN_ORDER_STATUSES
 from services.positions.books import append_to_portfolio
 from services.positions.planning import SymbolSyncState, evolve_sync_state
 from services.positions.projection import PortfolioProjection, watched_symbols
@@ -37,7 +36,7 @@ from services.positions.reconcile import (
     find_discrepancies,
     plan_sync,
 )
-from services.positions.shell import PositionsShell, alert_symbols, table_exists
+from services.positions.shell import PositionsShell
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +99,9 @@ class PositionSync(PositionsShell):
                 )
             ]
             known = {r["symbol"] for r in await con.fetch("SELECT DISTINCT symbol FROM positions")}
-            known |= set(await watched_symbols(con)) | set(await alert_symbols(con))
+            known |= set(await watched_symbols(con)) | await self.reads.active_alert_symbols(con)
             in_flight = {r["symbol"] for r in await con.fetch("SELECT DISTINCT symbol FROM unbooked_fills")}
-            if await table_exists(con, "trades"):
-                rows = await con.fetch(
-                    "SELECT DISTINCT symbol FROM trades WHERE status::text = ANY($1::text[])", list(OPEN_ORDER_STATUSES)
-                )
-                in_flight |= {r["symbol"] for r in rows}
+            in_flight |= await self.reads.open_order_symbols(con)
             # The broker's average cost over the shared account is only comparable with ours for symbols
             # a single portfolio has ever held (another's round trip moves the broker's average, not ours).
             single_owner = {

@@ -14,7 +14,7 @@ from services.core.jobs.runner import JobContext
 from services.model.streams import quotes_stream
 from services.positions.planning import price_feed
 from services.positions.projection import PortfolioProjection, held_symbols, watched_symbols
-from services.positions.shell import PositionsShell, alert_symbols
+from services.positions.shell import PositionsShell
 from services.positions.valuation import quotes_observed
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,8 @@ class PriceUpdate(PositionsShell):
         at, tick_id = job.scheduled_at, job.tick.tick_id
         await self.ctx.catch_up(PortfolioProjection.name, "alerts")
         async with self.store.pool.acquire() as con:
-            symbols = set(await held_symbols(con)) | set(await watched_symbols(con)) | set(await alert_symbols(con))
+            symbols = set(await held_symbols(con)) | set(await watched_symbols(con))
+            symbols |= await self.reads.active_alert_symbols(con)
         if not symbols:
             return {"symbols_checked": 0, "symbols_updated": 0, "quote_problems": 0}
         broker = await self.ctx.at(at)

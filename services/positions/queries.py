@@ -215,3 +215,11 @@ async def day_start_equity(con: asyncpg.Connection, trading_day: date) -> dict[s
         trading_day,
     )
     return {row[0]: Decimal(row[1]) for row in rows}
+
+
+async def latest_price(con: asyncpg.Connection, symbol: str) -> Decimal | None:
+    """The latest usable observed price of ``symbol`` (price_update's quotes), if there is one."""
+    if not await _exists(con, "latest_quotes"):
+        return None
+    price = await con.fetchval("SELECT price FROM latest_quotes WHERE symbol = $1 AND price IS NOT NULL", symbol)
+    return None if price is None else Decimal(price)

@@ -8,23 +8,10 @@ from one context and one settings object.
 
 from __future__ import annotations
 
-import asyncpg
-
 from eventstore import EventStore
 from services.core.host import ServiceContext
+from services.model.reads import ReadModels
 from services.positions.settings import PositionsSettings
-
-
-async def table_exists(con: asyncpg.Connection, table: str) -> bool:
-    return bool(await con.fetchval("SELECT to_regclass($1) IS NOT NULL", table))
-
-
-async def alert_symbols(con: asyncpg.Connection) -> list[str]:
-    """Symbols of active price alerts (the alerts read model, when that service has created it)."""
-    if not await table_exists(con, "alerts"):
-        return []
-    rows = await con.fetch("SELECT DISTINCT symbol FROM alerts WHERE active ORDER BY symbol")
-    return [r["symbol"] for r in rows]
 
 
 class PositionsShell:
@@ -37,6 +24,13 @@ class PositionsShell:
     @property
     def store(self) -> EventStore:
         return self.ctx.rt.store
+
+    @property
+    def reads(self) -> ReadModels:
+        """Other services' read models (the alerts' symbols, the orders still open), through their owners."""
+        if self.ctx.reads is None:
+            raise RuntimeError("the positions service needs ServiceContext.reads (services.stack gives them)")
+        return self.ctx.reads
 
     async def publish(self, kind: str, key: str, payload: bytes) -> None:
         nc = self.ctx.rt.nc

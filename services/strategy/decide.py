@@ -23,7 +23,7 @@ or ``refusal_event``), an accepted order counted by ``commit_order``; last ``fai
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -37,6 +37,7 @@ from services.model.events.alerts import NotificationRaised
 from services.model.events.strategy import OrderRejectedByRisk, OrderRequested, PortfolioHalted, SignalGenerated
 from services.model.ids import client_order_id
 from services.model.market import Bar
+from services.model.reads import CommittedOrder
 from services.model.text import one_line
 from services.model.vocabulary import OrderType, Side, require_aware
 from services.strategy import risk
@@ -109,6 +110,16 @@ class PendingOrder(msgspec.Struct, frozen=True, kw_only=True):
     side: Side
     qty: Decimal
     notional: Decimal | None  # at their limit or fill prices; None (market orders): at the current price
+
+
+def pending_by_portfolio(committed: Iterable[CommittedOrder]) -> dict[str, tuple[PendingOrder, ...]]:
+    """What the orders service says earlier orders commit, per portfolio (the risk checks' input)."""
+    pending: dict[str, list[PendingOrder]] = {}
+    for order in committed:
+        pending.setdefault(order.portfolio_id, []).append(
+            PendingOrder(symbol=order.symbol, side=order.side, qty=order.qty, notional=order.notional)
+        )
+    return {portfolio_id: tuple(orders) for portfolio_id, orders in pending.items()}
 
 
 class PortfolioState(msgspec.Struct, frozen=True, kw_only=True):

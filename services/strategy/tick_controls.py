@@ -1,8 +1,10 @@
 """What every portfolio of one tick shares, loaded once per tick and process: the global halt, the
 quarantined symbols, the equity at the day's start and the orders still pending.
 
-It exists so that a tick with many portfolios reads these four things once, not once per portfolio; the
-reads of other services' read models behind it are in ``foreign_reads``.
+It exists so that a tick with many portfolios reads these four things once, not once per portfolio. Three
+of them are other services' read models, read through their owners' query functions
+(``ServiceContext.reads``: the orders service's ``committed_orders``, the positions service's
+``quarantined_symbols`` and ``day_start_equity``).
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from decimal import Decimal
 
 import msgspec
 
+from services.clock.calendar import exchange_date
 from services.core.host import ServiceContext
-from services.strategy.decide import PendingOrder
-from services.strategy.foreign_reads import day_start_equity, pending_orders, quarantined_symbols
+from services.strategy.decide import PendingOrder, pending_by_portfolio
 from services.strategy.portfolio import global_halt
 
 
@@ -51,7 +53,23 @@ class TickControlsCache:
 
 async def load_controls(ctx: ServiceContext, at: datetime) -> TickControls:
     """The tick's controls, its four reads at once."""
-    halted, quarantined, equity, pending = await asyncio.gather(
-        global_halt(ctx.rt.store), quarantined_symbols(ctx), day_start_equity(ctx, at), pending_orders(ctx)
+    reads = ctx.reads
+    if reads is None:
+        raise RuntimeError("the strategy service needs ServiceContext.reads (services.stack gives them)")
+
+    async def quarantined() -> frozenset[str]:
+        async with ctx.rt.store.pool.acquire() as con:
+            return await reads.quarantined_symbols(con)
+
+    async def equity() -> dict[str, Decimal]:
+        async with ctx.rt.store.pool.acquire() as con:
+            return await reads.day_start_equity(con, exchange_date(at))
+
+    async def pending() -> dict[str, tuple[PendingOrder, ...]]:
+        async with ctx.rt.store.pool.acquire() as con:
+            return pending_by_portfolio(await reads.committed_orders(con))
+
+    halted, symbols, start_equity, committed = await asyncio.gather(
+        global_halt(ctx.rt.store), quarantined(), equity(), pending()
     )
-    return TickControls(halted[0], quarantined, equity, pending)
+    return TickControls(halted[0], symbols, start_equity, committed)
