@@ -82,3 +82,16 @@ FROM events e, checkpoint c
 WHERE e.event_type = ANY($2::text[]) AND (e.tx_id, e.global_position) > (c.tx::text::xid8, c.position)
 ORDER BY e.global_position
 """
+
+
+async def stream_events_newest_first(
+    con: asyncpg.Connection, stream_id: str, event_type: str, *, before: int | None = None, limit: int = 100
+) -> list[RecordedEvent]:
+    """A stream's events of one type, newest first; ``before``: a global position from the previous page."""
+    rows = await con.fetch(
+        """SELECT global_position, stream_id, stream_version, event_id, event_type, data, recorded_at FROM events
+           WHERE stream_id = $1 AND event_type = $2 AND ($3::bigint IS NULL OR global_position < $3)
+           ORDER BY global_position DESC LIMIT $4""",
+        stream_id, event_type, before, limit,
+    )
+    return [RecordedEvent(*row[:6], {}, row[6]) for row in rows]

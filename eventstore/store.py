@@ -591,6 +591,25 @@ class EventStore:
         async with self.pool.acquire() as con:
             return int(await con.fetchval("SELECT coalesce(max(global_position), 0) FROM events"))
 
+    async def stream_ids(self, prefix: str) -> list[str]:
+        """The ids of the streams whose id starts with ``prefix`` (``portfolio-``: every portfolio's), sorted."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        async with self.pool.acquire() as con:
+            rows = await con.fetch("SELECT DISTINCT stream_id FROM events WHERE stream_id LIKE $1 ORDER BY 1", pattern)
+        return [row[0] for row in rows]
+
+    async def checkpoints(self) -> dict[str, int]:
+        """Every reader's stored checkpoint (a projection's, a relay's): name -> global position."""
+        async with self.pool.acquire() as con:
+            rows = await con.fetch("SELECT name, position FROM eventstore_checkpoints ORDER BY name")
+        return {row["name"]: int(row["position"]) for row in rows}
+
+    async def checkpoint(self, name: str) -> int | None:
+        """One reader's stored checkpoint, or None when it never stored one."""
+        async with self.pool.acquire() as con:
+            position = await con.fetchval("SELECT position FROM eventstore_checkpoints WHERE name = $1", name)
+        return None if position is None else int(position)
+
     async def count(self) -> int:
         async with self.pool.acquire() as con:
             return int(await con.fetchval("SELECT count(*) FROM events"))

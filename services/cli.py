@@ -194,8 +194,8 @@ def doctor() -> None:
             async with rt.store.pool.acquire() as con:
                 version = await con.fetchval("SHOW server_version")
                 db = await con.fetchval("SELECT current_database()")
-                checkpoints = await con.fetch("SELECT name, position FROM eventstore_checkpoints ORDER BY name")
             table.add_row("PostgreSQL", f"{version}, database {db!r} ({origins['postgres']})")
+            checkpoints = await rt.store.checkpoints()
             table.add_row("event store", f"schema ready, {await rt.store.count()} events")
             info = rt.nc._server_info
             # Host and port only: a URL may carry credentials.
@@ -207,8 +207,8 @@ def doctor() -> None:
             for stream in (rt.subjects.ticks_stream, rt.subjects.events_stream, rt.subjects.dlq_stream):
                 stream_info = await rt.js.stream_info(stream)
                 table.add_row(f"stream {stream}", f"{stream_info.state.messages} messages")
-            for row in checkpoints:
-                table.add_row(f"checkpoint {row['name']}", str(row["position"]))
+            for name, position in checkpoints.items():
+                table.add_row(f"checkpoint {name}", str(position))
             runner = ProjectionRunner(rt.store, all_projections())
             stopped = {name: problem for name in sorted(runner.projections) if (problem := await runner.check(name))}
             for name, problem in stopped.items():
@@ -233,7 +233,6 @@ def _event_line(event: RecordedEvent) -> str:
     )
 
 
-# What a database going away mid-command raises (refused, shutting down, connection closed).
 def event_json(event: RecordedEvent) -> dict[str, object]:
     """One event as plain JSON: ``data`` an object (not the stored JSON text), times ISO 8601 with zone."""
     return {

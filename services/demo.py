@@ -32,7 +32,10 @@ from services.clock.calendar import sessions_between
 from services.clock.schedule import JobType, all_slots_between
 from services.clock.virtual import VirtualClock
 from services.core.host import ServiceContext
+from services.core.jobs import queries as jobs_queries
 from services.core.runtime import Runtime
+from services.orders import queries as orders_queries
+from services.positions import queries as positions_queries
 from services.stack import all_projections, connect_runtime, hosted
 from services.strategy.commands import apply_all
 from services.strategy.config import PortfolioSpec, parse_portfolio_spec
@@ -129,37 +132,29 @@ async def run_demo(
 
 async def summary_tables(rt: Runtime) -> list[Table]:
     async with rt.store.pool.acquire() as con:
-        orders = await con.fetch(
-            "SELECT status, count(*) AS n, coalesce(sum(filled_qty), 0) AS qty FROM trades GROUP BY 1 ORDER BY 1"
-        )
-        portfolios = (
-            await con.fetch(
-                "SELECT portfolio_id, cash, equity, realized_pnl, unrealized_pnl FROM portfolios ORDER BY portfolio_id"
-            )
-            if await con.fetchval("SELECT to_regclass('portfolios') IS NOT NULL")
-            else []
-        )
-        jobs = await con.fetch(
-            "SELECT job_type::text, total_runs, total_failures, total_skipped, status::text FROM scheduled_jobs"
-            " ORDER BY job_type"
-        )
+        orders = await orders_queries.status_counts(con)
+        portfolios = await positions_queries.list_portfolios(con)
+        jobs = await jobs_queries.list_jobs(con, last_runs=0)
     order_table = Table(title="orders")
     for column in ("status", "orders", "filled qty"):
         order_table.add_column(column)
-    for row in orders:
-        order_table.add_row(row["status"], str(row["n"]), f"{row['qty']:f}")
+    for count in orders:
+        order_table.add_row(count.status, str(count.orders), f"{count.filled_qty:f}")
     pnl_table = Table(title="portfolios")
     for column in ("portfolio", "cash", "equity", "realized P&L", "unrealized P&L"):
         pnl_table.add_column(column, justify="right")
-    for row in portfolios:
+    for portfolio in portfolios:
         pnl_table.add_row(
-            row["portfolio_id"], *(_money(row[k]) for k in ("cash", "equity", "realized_pnl", "unrealized_pnl"))
+            portfolio.portfolio_id,
+            *(_money(v) for v in (portfolio.cash, portfolio.equity, portfolio.realized_pnl, portfolio.unrealized_pnl)),
         )
     job_table = Table(title="jobs")
     for column in ("job", "runs", "failures", "skipped", "status"):
         job_table.add_column(column)
-    for row in jobs:
-        job_table.add_row(row[0], str(row[1]), str(row[2]), str(row[3]), row[4])
+    for job in jobs:
+        job_table.add_row(
+            job.job_type.value, str(job.total_runs), str(job.total_failures), str(job.total_skipped), job.status.value
+        )
     return [order_table, pnl_table, job_table]
 
 
@@ -211,11 +206,8 @@ async def previous_data(rt: Runtime) -> DemoData:
     async with rt.store.pool.acquire() as con:
         marked = await con.fetchval("SELECT to_regclass($1) IS NOT NULL", DEMO_MARKER_TABLE)
         runs = await con.fetchval(f"SELECT count(*) FROM {DEMO_MARKER_TABLE}") if marked else 0
-        portfolio_streams = await con.fetch(
-            "SELECT DISTINCT stream_id FROM events WHERE stream_id LIKE 'portfolio-%' ORDER BY 1"
-        )
-        alerts = await con.fetchval("SELECT count(DISTINCT stream_id) FROM events WHERE stream_id LIKE 'alert-%'")
-    names = [row[0].removeprefix("portfolio-") for row in portfolio_streams]
+    names = [stream_id.removeprefix("portfolio-") for stream_id in await rt.store.stream_ids("portfolio-")]
+    alerts = len(await rt.store.stream_ids("alert-"))
     demo = tuple(n for n in names if n.startswith("demo-"))
     own = tuple(n for n in names if not n.startswith("demo-"))
     return DemoData(await rt.store.count(), int(runs), demo, own, int(alerts))

@@ -28,6 +28,7 @@ quietly stopped seeing imports would fail here too.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import textwrap
@@ -244,7 +245,67 @@ def io_violations(tree: Tree, modules: list[str]) -> list[str]:
     return found
 
 
+# ---------------------------------------------------------------------------------- tables and owners
+
+# SQL is written in capitals here: a table named after FROM / JOIN / INTO / UPDATE in a string literal.
+SQL_TABLE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE)\s+([a-z_][a-z0-9_]*)")
+SQL_CREATE = re.compile(r"\bCREATE TABLE IF NOT EXISTS\s+([a-z_][a-z0-9_]*)")
+
+
+def owner_of(module: str) -> str:
+    """Who owns what a module creates: ``eventstore`` or a folder of ``services`` (``services.orders``)."""
+    parts = module.split(".")
+    return parts[0] if parts[0] == "eventstore" else ".".join(parts[:2])
+
+
+def _strings(tree: Tree, module: str) -> Iterator[str]:
+    for node in ast.walk(tree._parse(module)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.value
+
+
+def table_owners(tree: Tree) -> dict[str, str]:
+    """Every table a module creates, and the owner of that module."""
+    owners: dict[str, str] = {}
+    for module in tree.files:
+        for text in _strings(tree, module):
+            for table in SQL_CREATE.findall(text):
+                owners.setdefault(table, owner_of(module))
+    return owners
+
+
+def sql_violations(tree: Tree) -> list[str]:
+    """A module that writes SQL against a table another folder owns (read models are read through their
+    owner's query functions; the log through the event store's)."""
+    owners = table_owners(tree)
+    found = []
+    for module in tree.files:
+        for text in _strings(tree, module):
+            for table in SQL_TABLE.findall(text):
+                if table in owners and owners[table] != owner_of(module):
+                    found.append(f"{module} reads {table}, which {owners[table]} owns")
+    return sorted(set(found))
+
+
 # ------------------------------------------------------------------------------------- the real tree
+
+
+def test_no_module_writes_sql_against_another_folders_tables() -> None:
+    tree = Tree.of(ROOT)
+    owners = table_owners(tree)
+    assert owners["trades"] == "services.orders" and owners["events"] == "eventstore"  # the checker sees them
+    assert sql_violations(tree) == []
+
+
+def test_sql_on_another_services_table_is_found(tmp_path: Path) -> None:
+    tree = plant(tmp_path, {
+        **CLEAN,
+        "services/orders/projection.py": 'SCHEMA = "CREATE TABLE IF NOT EXISTS trades (id text)"\n',
+        "services/orders/queries.py": 'Q = "SELECT id FROM trades"\n',
+        "services/strategy/risk.py": 'def f():\n    return "SELECT count(*) FROM trades WHERE x"\n',
+        "services/strategy/help.py": 'TEXT = "Create or update trades from a file."\n',
+    })
+    assert sql_violations(tree) == ["services.strategy.risk reads trades, which services.orders owns"]
 
 
 def test_no_layer_rule_is_broken() -> None:

@@ -18,6 +18,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from rich.table import Table
 
 from services.cli_support import console, fail, run_async
+from services.positions import queries as positions_queries
 
 alerts_app = typer.Typer(help="Price alerts: above, below, percent_change.", no_args_is_help=True)
 
@@ -41,10 +42,7 @@ async def send_command(name: str, payload: dict[str, Any]) -> dict[str, Any]:
 
         async def observed_price(symbol: str) -> Any:
             async with rt.store.pool.acquire() as con:
-                if not await con.fetchval("SELECT to_regclass('latest_quotes') IS NOT NULL"):
-                    return None
-                return await con.fetchval(
-                    "SELECT price FROM latest_quotes WHERE symbol = $1 AND price IS NOT NULL", symbol)
+                return await positions_queries.latest_price(con, symbol)
 
         return await AlertCommands(rt.store, observed_price).handle(name, data)
 
@@ -92,21 +90,15 @@ async def observed_prices(symbols: list[str]) -> dict[str, str]:
     from services.stack import connect_runtime
 
     async with connect_runtime(name="openbell-alerts") as rt, rt.store.pool.acquire() as con:
-        if not await con.fetchval("SELECT to_regclass('latest_quotes') IS NOT NULL"):
-            return {}
-        rows = await con.fetch(
-            "SELECT symbol, price FROM latest_quotes WHERE symbol = ANY($1::text[]) AND price IS NOT NULL", symbols)
-    return {row["symbol"]: str(row["price"]) for row in rows}
+        prices = await positions_queries.latest_prices_of(con, symbols)
+    return {symbol: str(price) for symbol, price in prices.items()}
 
 
 async def has_observed_quote(symbol: str) -> bool:
     from services.stack import connect_runtime
 
     async with connect_runtime(name="openbell-alerts") as rt, rt.store.pool.acquire() as con:
-        if not await con.fetchval("SELECT to_regclass('latest_quotes') IS NOT NULL"):
-            return False
-        return bool(await con.fetchval(
-            "SELECT 1 FROM latest_quotes WHERE symbol = $1 AND price IS NOT NULL", symbol))
+        return await positions_queries.latest_price(con, symbol) is not None
 
 
 @alerts_app.command("list")

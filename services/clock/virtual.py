@@ -260,13 +260,9 @@ class VirtualClock:
 
     async def _relay_position(self) -> tuple[int, int | None]:
         """(the log's head, the relay's stored position: None when no relay ever ran for this prefix)."""
-        async with self.store.pool.acquire() as con:
-            row = await con.fetchrow(
-                "SELECT (SELECT coalesce(max(global_position), 0) FROM events) AS head,"
-                " (SELECT position FROM eventstore_checkpoints WHERE name = $1) AS published",
-                f"relay:{self.subjects.prefix}",
-            )
-        return int(row["head"]), row["published"]
+        # The checkpoint first: an event appended between the two reads then shows as not yet published.
+        published = await self.store.checkpoint(f"relay:{self.subjects.prefix}")
+        return await self.store.head_position(), published
 
     async def _wait_quiet(self, instant: datetime) -> None:
         """Until :meth:`_busy` says nothing moves (see the module docstring). A consumer that nobody runs

@@ -196,3 +196,20 @@ async def open_order_symbols(con: asyncpg.Connection) -> frozenset[str]:
         "SELECT DISTINCT symbol FROM trades WHERE status = ANY($1::text[])", list(OPEN_ORDER_STATUSES)
     )
     return frozenset(r["symbol"] for r in rows)
+
+
+class StatusCount(BaseModel):
+    """How many orders are in one status, and the quantity they filled."""
+
+    status: str
+    orders: int
+    filled_qty: PlainDecimal
+
+
+async def status_counts(con: asyncpg.Connection) -> list[StatusCount]:
+    """Orders per status (the demo's summary), by status name."""
+    rows = await con.fetch(
+        "SELECT status, count(*) AS orders, coalesce(sum(filled_qty), 0) AS filled_qty"
+        " FROM trades GROUP BY 1 ORDER BY 1"
+    )
+    return [StatusCount.model_validate(dict(row)) for row in rows]

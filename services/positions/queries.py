@@ -12,7 +12,9 @@ from decimal import Decimal
 import asyncpg
 from pydantic import BaseModel, Field
 
+from eventstore.queries import stream_events_newest_first
 from services.core.decimals import PlainDecimal
+from services.model.streams import portfolio_stream
 
 
 class Position(BaseModel):
@@ -162,19 +164,16 @@ async def list_fills(
     con: asyncpg.Connection, portfolio_id: str, *, before: int | None = None, limit: int = 100
 ) -> list[Fill]:
     """The portfolio's fills, newest first; ``before``: a global position from the previous page (keyset)."""
-    rows = await con.fetch(
-        """SELECT global_position, data FROM events
-           WHERE stream_id = $1 AND event_type = 'FillApplied' AND ($2::bigint IS NULL OR global_position < $2)
-           ORDER BY global_position DESC LIMIT $3""",
-        f"portfolio-{portfolio_id}", before, limit,
+    events = await stream_events_newest_first(
+        con, portfolio_stream(portfolio_id), "FillApplied", before=before, limit=limit
     )
     fills = []
-    for row in rows:
-        data = json.loads(row["data"]) if isinstance(row["data"], str) else row["data"]
+    for event in events:
+        data = json.loads(event.data)
         qty, notional = Decimal(str(data["fill_qty"])), Decimal(str(data["fill_notional"]))
         fills.append(
             Fill(
-                global_position=row["global_position"], portfolio_id=data["portfolio_id"],
+                global_position=event.global_position, portfolio_id=data["portfolio_id"],
                 client_order_id=data["client_order_id"], symbol=data["symbol"], side=data["side"], fill_qty=qty,
                 fill_price=(notional / qty).quantize(Decimal("0.0001")) if qty else Decimal(0),
                 fill_notional=notional, cash_change=Decimal(str(data["cash_change"])),
@@ -223,3 +222,13 @@ async def latest_price(con: asyncpg.Connection, symbol: str) -> Decimal | None:
         return None
     price = await con.fetchval("SELECT price FROM latest_quotes WHERE symbol = $1 AND price IS NOT NULL", symbol)
     return None if price is None else Decimal(price)
+
+
+async def latest_prices_of(con: asyncpg.Connection, symbols: list[str]) -> dict[str, Decimal]:
+    """The latest usable observed price of each of ``symbols`` that has one."""
+    if not await _exists(con, "latest_quotes"):
+        return {}
+    rows = await con.fetch(
+        "SELECT symbol, price FROM latest_quotes WHERE symbol = ANY($1::text[]) AND price IS NOT NULL", symbols
+    )
+    return {row["symbol"]: Decimal(row["price"]) for row in rows}

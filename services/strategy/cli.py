@@ -109,14 +109,8 @@ def portfolio_list() -> None:
 
     async def main() -> list[Any]:
         async with connect_runtime(name="openbell-cli") as rt:
-            async with rt.store.pool.acquire() as con:
-                ids = [
-                    r[0]
-                    for r in await con.fetch(
-                        "SELECT DISTINCT substr(stream_id, 11) FROM events WHERE stream_id LIKE 'portfolio-%'"
-                        " AND event_type = 'PortfolioOpened' ORDER BY 1"
-                    )
-                ]
+            # Every portfolio stream; one that was never opened (positions no portfolio owns) folds to None.
+            ids = [stream_id.removeprefix("portfolio-") for stream_id in await rt.store.stream_ids("portfolio-")]
             return [await load_portfolio(rt.store, pid) for pid in ids]
 
     table = Table(title="portfolios")
