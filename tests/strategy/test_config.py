@@ -4,7 +4,7 @@ import pytest
 
 from services.strategy.config import ConfigError, load_portfolios_toml, parse_portfolio_spec, parse_strategy_spec
 from services.strategy.sizing import FixedNotional, PercentOfEquity
-from tests.logic.helpers import D
+from tests.builders import D
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "portfolios.toml"
 

@@ -24,7 +24,7 @@ from services.strategy.decide import (
     limit_price_for,
 )
 from services.strategy.risk import RiskLimits
-from tests.logic.helpers import T0, D, bars_from_closes
+from tests.builders import T0, D, bars_from_closes
 
 ALWAYS = "tests.strategy.sample_strategies:always"
 TICK = Tick(tick_id="strategy_execution@2025-03-03T15:00:00Z", scheduled_at=T0 + timedelta(minutes=30))

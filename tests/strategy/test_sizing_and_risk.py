@@ -6,7 +6,7 @@ from services.model.vocabulary import Side
 from services.strategy import risk
 from services.strategy.risk import ProposedOrder, RiskContext, RiskLimits, check_order, daily_loss_breached
 from services.strategy.sizing import FixedNotional, FixedQuantity, PercentOfEquity, size_order
-from tests.logic.helpers import D
+from tests.builders import D
 
 
 def size(sizing: FixedQuantity | FixedNotional | PercentOfEquity, side: Side, price: str, held: str = "0") -> Decimal:

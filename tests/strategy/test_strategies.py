@@ -13,7 +13,7 @@ from services.strategy.strategies import (
     relative_strength_index,
     rsi_mean_reversion,
 )
-from tests.logic.helpers import T0, D, bars_from_closes
+from tests.builders import T0, D, bars_from_closes
 
 
 def inputs(closes: list[int] | list[str] | list[Decimal], qty: str = "0", **parameters: object) -> StrategyInput:
