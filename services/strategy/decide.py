@@ -43,8 +43,8 @@ from services.model.vocabulary import OrderType, Side, require_aware
 from services.strategy import risk
 from services.strategy.config import StrategySpec
 from services.strategy.plugins import resolve_strategy
-from services.strategy.risk import ProposedOrder, RiskContext, RiskDecision, RiskLimits, check_order
-from services.strategy.sizing import size_order
+from services.strategy.risk import EQUITY_UNKNOWN, ProposedOrder, RiskContext, RiskDecision, RiskLimits, check_order
+from services.strategy.sizing import PercentOfEquity, size_order
 from services.strategy.strategies import Action, Signal, StrategyFunction, StrategyInput
 
 ONE_ORDER_PER_SYMBOL = "one_order_per_symbol"
@@ -355,6 +355,10 @@ def order_or_refusal(context: DecisionContext, found: StrategySignal, commitment
     """A non-HOLD signal sized and checked: its OrderRequested, or an OrderRejectedByRisk naming the rule."""
     side = Side.BUY if found.signal.action is Action.BUY else Side.SELL
     price = context.market.prices.get(found.symbol)
+    if side is Side.BUY and isinstance(found.strategy.sizing, PercentOfEquity) and context.equity is None:
+        # A share of an equity nobody can value (a holding has no price): refused, never a failed tick.
+        unknown = RiskDecision.refuse(EQUITY_UNKNOWN, "equity unknown (a holding has no price): cannot size the order")
+        return refusal_event(context, found, side, ZERO, unknown)
     qty = size_signal(found, side, price, context.equity, commitments)
     verdict = check_signal_order(context, found.symbol, side, qty, price, commitments)
     if not verdict.allowed:

@@ -194,6 +194,16 @@ def test_an_unpriced_holding_blocks_buys_that_need_the_equity() -> None:
     assert [r.rule for r in of_type(result, OrderRejectedByRisk)] == [risk.EQUITY_UNKNOWN]
 
 
+def test_a_percent_of_equity_buy_with_an_unpriced_holding_is_refused_not_a_failed_tick() -> None:
+    """Sizing a share of an equity nobody can value raised, and failed the whole strategy_execution."""
+    holdings = {"TSLA": Position(symbol="TSLA", qty=D(1), cost_basis=D(200))}
+    by_equity = always("buyer", ["AAPL"], sizing={"method": "percent_of_equity", "percent": "5"})
+    result = decide(state(by_equity, always("other", ["MSFT"]), positions=holdings))
+    refused = of_type(result, OrderRejectedByRisk)
+    assert [(r.symbol, r.rule) for r in refused] == [("AAPL", risk.EQUITY_UNKNOWN), ("MSFT", risk.EQUITY_UNKNOWN)]
+    assert "cannot size" in refused[0].detail
+
+
 def test_cash_promised_to_earlier_open_buys_is_not_spent_again() -> None:
     # 100,000 cash in the books; an open buy of 950 AAPL at the market (100) and unbooked fills of 40
     # MSFT at 201 promise 95,000 + 8,040: a buy of 10 AAPL (1,000) no longer fits.
