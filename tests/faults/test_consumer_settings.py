@@ -6,6 +6,7 @@ from __future__ import annotations
 from nats.aio.client import Client as NatsClient
 
 from services import stack
+from services.core.jobs.types import JobType
 from services.core.settings import load_settings
 from services.core.subjects import Subjects
 from tests.positions.helpers import sim_factory
@@ -30,3 +31,7 @@ async def test_every_consumer_of_every_service_uses_the_configured_ack_wait(
     # deliveries (openbell dead-letters after OPENBELL_MAX_DELIVER failures of a handler's own)
     assert {name.split("_", 1)[0] for name in seen} == set(services)
     assert set(seen.values()) == {(7.0, -1)}, seen
+    # ... and each service consumes exactly the ticks its definition declares (services/stack.py).
+    ticks = {name for name in seen if name.endswith(tuple(job.value for job in JobType))}
+    declared = {f"{d.name}_{job.value}" for d in stack.SERVICES.resolve(services) for job in d.job_types}
+    assert ticks == declared and len(declared) == len(JobType)
