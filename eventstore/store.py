@@ -604,12 +604,6 @@ class EventStore:
             rows = await con.fetch("SELECT name, position FROM eventstore_checkpoints ORDER BY name")
         return {row["name"]: int(row["position"]) for row in rows}
 
-    async def checkpoint(self, name: str) -> int | None:
-        """One reader's stored checkpoint, or None when it never stored one."""
-        async with self.pool.acquire() as con:
-            position = await con.fetchval("SELECT position FROM eventstore_checkpoints WHERE name = $1", name)
-        return None if position is None else int(position)
-
     async def count(self) -> int:
         async with self.pool.acquire() as con:
             return int(await con.fetchval("SELECT count(*) FROM events"))

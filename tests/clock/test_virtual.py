@@ -4,13 +4,15 @@ job ledger; the virtual clock emits every slot in simulated time and waits for e
 from __future__ import annotations
 
 import time
+import uuid
 from collections import Counter
 from datetime import UTC, date, datetime
 
+import asyncpg
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from eventstore import EventStore
+from eventstore import EventStore, NewEvent
 from eventstore.projections import ProjectionRunner
 from services.clock import calendar, schedule
 from services.clock.schedule import JobType
@@ -90,3 +92,44 @@ async def test_virtual_clock_reports_a_missing_consumer(
     with pytest.raises(VirtualClockStalled, match="portfolio_snapshot@2026-11-23T21:05:00Z"):
         await vclock.run(START, END)
     await store.close()
+
+
+async def test_a_relay_done_with_the_log_is_quiet_whatever_order_positions_committed_in(
+    pg_dsn: str, nc: NatsClient, subject_prefix: str
+) -> None:
+    """Two appends that commit in the other order than their positions: the last event in commit order
+    has the lower position. A relay that published both stores that event's position, below the highest
+    one. The clock took that for a relay behind the log, waited for an append that never came, and a demo
+    stalled (seen at 14:30 New York of a one-day demo)."""
+    subjects = Subjects(subject_prefix)
+    await subjects.ensure_streams(nc.jetstream())
+    store = await EventStore.connect(pg_dsn)
+    first, second = await asyncpg.connect(pg_dsn), await asyncpg.connect(pg_dsn)
+    try:
+        insert = (
+            "INSERT INTO events (stream_id, stream_version, event_id, event_type, data)"
+            " VALUES ($1, 0, gen_random_uuid(), 'Noted', '{}') RETURNING global_position, tx_id::text::bigint"
+        )
+        first_tx, second_tx = first.transaction(), second.transaction()
+        await second_tx.start()
+        await second.fetchval("SELECT pg_current_xact_id()")  # the older transaction id...
+        await first_tx.start()
+        late_position, late_tx = await first.fetchrow(insert, "a")  # ...the lower position, a newer tx id
+        high_position, _ = await second.fetchrow(insert, "b")
+        await second_tx.commit()
+        await first_tx.commit()
+        assert late_position < high_position
+        # The relay published both: its position is the last event in commit order, the lower one.
+        await first.execute(
+            "INSERT INTO eventstore_checkpoints (name, position, tx) VALUES ($1, $2, $3)",
+            f"relay:{subject_prefix}", late_position, late_tx,
+        )
+        vclock = VirtualClock(store, nc, subjects)
+        assert await vclock._busy() is None
+        # One more event after it: now the relay is behind.
+        await store.append("c", [NewEvent(type="Noted", data={}, event_id=uuid.uuid5(uuid.NAMESPACE_URL, "c"))])
+        assert await vclock._busy() == "the relay behind the log"
+    finally:
+        await first.close()
+        await second.close()
+        await store.close()
