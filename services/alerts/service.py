@@ -189,10 +189,8 @@ class AlertsService:
 
     async def price_of(self, symbol: str) -> Decimal | None:
         """The latest observed price, else the broker's current quote (mid)."""
-        if self.ctx.reads is None:
-            raise RuntimeError("the alerts service needs ServiceContext.reads (services.stack gives them)")
         async with self.store.pool.acquire() as con:
-            price = await self.ctx.reads.latest_price(con, symbol)  # the positions service's read model
+            price = await self.ctx.read_models.latest_price(con, symbol)  # the positions service's read model
         if price is not None:
             return price
         broker = await self.ctx.broker()

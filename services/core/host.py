@@ -93,6 +93,14 @@ class ServiceContext:
             broker.time_moved()
         return broker.seen_at(moment)
 
+    @property
+    def read_models(self) -> ReadModels:
+        """Other services' read models through their owners' queries; a host without them cannot run a
+        service that needs them (the composition root, services.stack, always gives them)."""
+        if self.reads is None:
+            raise RuntimeError("this service needs ServiceContext.reads (services.stack gives them)")
+        return self.reads
+
     def background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``coro`` until the host stops. It must wait out its servers' errors itself: if it ends
         before the host stops (an error it did not expect), the host stops and ``serve`` exits non-zero."""

@@ -142,7 +142,15 @@ SELECT portfolio_id, symbol, side,
 FROM parts GROUP BY portfolio_id, symbol, side
 """
 
-_trades_exist: list[bool] = []
+_trades_exist = False
+
+
+async def _trades_table_exists(con: asyncpg.Connection) -> bool:
+    """Whether the read model's table exists yet (once it does, it stays: asked until it does)."""
+    global _trades_exist
+    if not _trades_exist:
+        _trades_exist = bool(await con.fetchval("SELECT to_regclass('trades') IS NOT NULL"))
+    return _trades_exist
 
 
 async def committed_orders(con: asyncpg.Connection) -> list[CommittedOrder]:
@@ -157,9 +165,8 @@ async def committed_orders(con: asyncpg.Connection) -> list[CommittedOrder]:
     through one that does not."""
     async with con.transaction(isolation="repeatable_read", readonly=True):
         # Before the read model's first run there is no table: every request in the log is then open.
-        if not _trades_exist and await con.fetchval("SELECT to_regclass('trades') IS NOT NULL"):
-            _trades_exist.append(True)  # once it exists, it stays: asked once per process
-        rows = await con.fetch(_COMMITTED_IN_TRADES, list(OPEN_ORDER_STATUSES)) if _trades_exist else []
+        exists = await _trades_table_exists(con)
+        rows = await con.fetch(_COMMITTED_IN_TRADES, list(OPEN_ORDER_STATUSES)) if exists else []
         requested = await events_after_checkpoint(con, checkpoint_name(TRADES), ["OrderRequested"])
     # (portfolio, symbol, side, priced) -> [qty, notional]: the priced parts apart from the market orders' rest
     sums: dict[tuple[str, str, Side, bool], list[Decimal]] = {}
@@ -188,9 +195,7 @@ async def committed_orders(con: asyncpg.Connection) -> list[CommittedOrder]:
 
 async def open_order_symbols(con: asyncpg.Connection) -> frozenset[str]:
     """The symbols of orders still open (none before the read model exists)."""
-    if not _trades_exist and await con.fetchval("SELECT to_regclass('trades') IS NOT NULL"):
-        _trades_exist.append(True)
-    if not _trades_exist:
+    if not await _trades_table_exists(con):
         return frozenset()
     rows = await con.fetch(
         "SELECT DISTINCT symbol FROM trades WHERE status = ANY($1::text[])", list(OPEN_ORDER_STATUSES)

@@ -28,9 +28,7 @@ class PositionsShell:
     @property
     def reads(self) -> ReadModels:
         """Other services' read models (the alerts' symbols, the orders still open), through their owners."""
-        if self.ctx.reads is None:
-            raise RuntimeError("the positions service needs ServiceContext.reads (services.stack gives them)")
-        return self.ctx.reads
+        return self.ctx.read_models
 
     async def publish(self, kind: str, key: str, payload: bytes) -> None:
         nc = self.ctx.rt.nc

@@ -53,9 +53,7 @@ class TickControlsCache:
 
 async def load_controls(ctx: ServiceContext, at: datetime) -> TickControls:
     """The tick's controls, its four reads at once."""
-    reads = ctx.reads
-    if reads is None:
-        raise RuntimeError("the strategy service needs ServiceContext.reads (services.stack gives them)")
+    reads = ctx.read_models
 
     async def quarantined() -> frozenset[str]:
         async with ctx.rt.store.pool.acquire() as con:
